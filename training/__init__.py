@@ -1,1 +1,1 @@
-"""training package."""
+"""Rewards, PPO, the adversarial trainer, checkpoints and their configuration."""
