@@ -194,6 +194,9 @@ class Sandbox:
         self._workers: list[_Worker | None] = [None] * self.num_workers
         self._lock = threading.Lock()
         self.workers_restarted = 0
+        # Workers are started from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG)
+        # fires when the *thread* that started it exits, e.g. a finished run_matrix pool thread.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
         for i in range(self.num_workers):
             self._idle.put(i)
 
@@ -246,6 +249,7 @@ class Sandbox:
             if worker is not None:
                 worker.close()
                 self._workers[i] = None
+        self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -262,7 +266,7 @@ class Sandbox:
     # ------------------------------------------------------------ workers
     def _worker(self, index: int) -> _Worker:
         if self._workers[index] is None:
-            self._workers[index] = _Worker(index, self.isolation, self.config)
+            self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config).result()
         return self._workers[index]  # type: ignore[return-value]
 
     def _replace(self, index: int):

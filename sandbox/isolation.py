@@ -90,7 +90,8 @@ def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict
     if level == "unshare":
         inner = drop + [python, "-I", str(WORKER)]
         script = (
-            f"mount -t tmpfs -o size={tmp_mb}m,mode=1777 sbx /tmp && "
+            _reachable_script(python_paths() + [str(WORKER.parent)])
+            + f"mount -t tmpfs -o size={tmp_mb}m,mode=1777 sbx /tmp && "
             "mount -t tmpfs -o size=1m sbx /var/tmp && mount -t tmpfs -o size=1m sbx /dev/shm && "
             "exec " + shlex.join(inner)
         )
@@ -128,6 +129,26 @@ def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict
         return bwrap, None
     script = " && ".join(stage) + " && exec " + shlex.join(drop + bwrap)
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script], None
+
+
+def _reachable_script(paths: list[str]) -> str:
+    """Shell steps (run as root in a private mount namespace) that make `paths` reachable by an
+    unprivileged uid: each closed ancestor (e.g. /root, mode 700) is hidden under an empty tmpfs and the
+    paths are bound back at their own locations. Hiding /root also hides whatever else it holds."""
+    closed = sorted({a for p in paths for a in _ancestors(p) if not os.stat(a).st_mode & 0o001})
+    closed = [a for a in closed if not any(a.startswith(b + "/") for b in closed)]  # outermost only
+    if not closed:
+        return ""
+    steps = ["mount -t tmpfs -o size=1m,mode=755 sbx /mnt"]
+    steps += [f"mkdir -p /mnt/{i} && mount --bind {shlex.quote(p)} /mnt/{i}" for i, p in enumerate(paths)]
+    steps += [f"mount -t tmpfs -o size=1m,mode=755 sbx {shlex.quote(a)}" for a in closed]
+    steps += [f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/{i} {shlex.quote(p)}" for i, p in enumerate(paths)]
+    return " && ".join(steps) + " && "
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path).resolve().parts
+    return [str(Path(*parts[:i])) for i in range(2, len(parts))]
 
 
 def _process_work_root(index: int) -> str:

@@ -220,6 +220,7 @@ def child_main(request, result_fd, nonce, expected, fast, module, codes):
         cap_err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(cap, 1)
         os.dup2(cap_err, 2)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.closerange(3, result_fd)
         os.closerange(result_fd + 1, 65536)
         vm = _vm_size_bytes()
@@ -240,6 +241,11 @@ def child_main(request, result_fd, nonce, expected, fast, module, codes):
         reporter.send(DONE, DONE)
     except BaseException:
         pass
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
     os._exit(0)
 
 

@@ -1,0 +1,142 @@
+"""Sandbox correctness: counts, runners, matrix, validity, and every reference solution passing."""
+import pytest
+
+from data.problems import load_humaneval, validate_problem
+from sandbox import Sandbox, SandboxConfig
+from sandbox.executor import add_solution_import
+from sandbox.isolation import LEVELS, detect_level
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+def test_counts_passing_and_failing_tests(sandbox):
+    tests = (
+        "def test_ok():\n    assert add(1, 2) == 3\n\n"
+        "def test_wrong():\n    assert add(1, 2) == 4\n\n"
+        "def test_raises():\n    raise ValueError('boom')\n"
+    )
+    r = sandbox.execute_tests(ADD, tests)
+    assert (r.status, r.passed, r.failed, r.errors, r.total) == ("failed", 1, 2, 0, 3)
+    assert r.test_outcomes == {"test_ok": "passed", "test_wrong": "failed", "test_raises": "failed"}
+    assert r.pass_rate == pytest.approx(1 / 3)
+    assert r.failing_tests == ["test_wrong", "test_raises"]
+    assert "boom" in r.stderr
+
+
+def test_all_pass(sandbox):
+    r = sandbox.execute_tests(ADD, "from solution import add\n\ndef test_a():\n    assert add(2, 2) == 4\n")
+    assert r.status == "passed" and r.all_passed and r.pass_rate == 1.0 and not r.timed_out
+    assert r.duration_s > 0
+
+
+def test_syntax_error_in_code_is_a_collection_error(sandbox):
+    r = sandbox.execute_tests("def add(a, b) return a\n", "def test_a():\n    assert add(1, 1) == 2\n")
+    assert (r.status, r.passed, r.errors, r.total) == ("error", 0, 1, 1)
+    assert "SyntaxError" in r.stderr
+
+
+def test_syntax_error_in_tests(sandbox):
+    r = sandbox.execute_tests(ADD, "def test_a(:\n    pass\n")
+    assert r.status == "error" and r.total == 0 and r.passed == 0
+
+
+def test_exception_at_import_errors_every_test(sandbox):
+    r = sandbox.execute_tests("raise RuntimeError('at import')\n", "def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    assert (r.errors, r.passed, r.status) == (2, 0, "error")
+
+
+def test_timeout(sandbox):
+    code = "import time\ndef slow():\n    time.sleep(30)\n"
+    r = sandbox.execute_tests(code, "def test_fast():\n    assert 1\n\ndef test_slow():\n    slow()\n", timeout_s=1)
+    assert r.timed_out and r.status == "timeout"
+    assert r.test_outcomes == {"test_fast": "passed", "test_slow": "missing"}
+    assert r.passed == 1 and r.failed == 1
+    assert r.duration_s < 5
+
+
+def test_fast_runner_handles_raises_and_parametrize(sandbox):
+    tests = (
+        "import pytest\n\n"
+        "def test_raises():\n    with pytest.raises(TypeError):\n        add(1, 'a')\n\n"
+        "@pytest.mark.parametrize('a,b,c', [(1, 2, 3), (0, 0, 0), (-1, 1, 5)])\n"
+        "def test_param(a, b, c):\n    assert add(a, b) == c\n"
+    )
+    r = sandbox.execute_tests(ADD, tests)
+    assert r.runner == "fast"
+    assert r.total == 4 and r.passed == 3
+    assert r.test_outcomes["test_param[-1-1-5]"] == "failed"
+    assert not r.passed_test("test_param") and r.passed_test("test_raises")
+
+
+def test_pytest_fallback_for_fixtures_and_classes(sandbox):
+    tests = (
+        "import pytest\n\n"
+        "@pytest.fixture\ndef two():\n    return 2\n\n"
+        "def test_fixture(two):\n    assert add(two, two) == 4\n\n"
+        "class TestAdd:\n    def test_zero(self):\n        assert add(0, 0) == 0\n"
+        "    def test_bad(self):\n        assert add(1, 1) == 3\n"
+    )
+    r = sandbox.execute_tests(ADD, tests)
+    assert r.runner == "pytest"
+    assert r.test_outcomes == {"test_fixture": "passed", "TestAdd::test_zero": "passed", "TestAdd::test_bad": "failed"}
+
+
+def test_output_is_captured_and_capped():
+    with Sandbox(SandboxConfig(num_workers=1, max_output_chars=100)) as sb:
+        r = sb.execute_tests("print('x' * 10000)\n", "def test_a():\n    pass\n")
+    assert r.all_passed
+    assert r.stdout.startswith("x" * 100) and "[output truncated]" in r.stdout and len(r.stdout) < 200
+
+
+def test_solution_import_is_added():
+    assert add_solution_import("def test_a(): pass").startswith("from solution import *")
+    assert add_solution_import("from solution import f\n") == "from solution import f\n"
+
+
+def test_run_matrix_and_validity(sandbox):
+    codes = [ADD, "def add(a, b):\n    return a - b\n", "syntax error here"]
+    tests = ["def test_a():\n    assert add(2, 0) == 2\n", "def test_b():\n    assert add(2, 1) == 3\n",
+             "def test_c():\n    assert add(1, 1) == 3\n"]
+    m = sandbox.run_matrix(codes, tests)
+    assert [[r.all_passed for r in row] for row in m] == [
+        [True, True, False],
+        [True, False, False],
+        [False, False, False],
+    ]
+    assert sandbox.validate_tests_against_solution(tests, ADD) == [True, True, False]
+
+
+def test_example_problems_validate(sandbox, example_problems):
+    assert len(example_problems) >= 8
+    for problem in example_problems:
+        result = validate_problem(problem, sandbox)
+        assert result.all_passed, (problem.id, result.failing_tests, result.stderr)
+        assert result.total >= 5
+
+
+def test_validate_problem_reports_failing_tests(sandbox, example_problems):
+    problem = example_problems[0]
+    broken = type(problem)(**{**problem.to_dict(), "reference_solution": "def reverse_words(s):\n    return s\n"})
+    result = validate_problem(broken, sandbox)
+    assert not result.all_passed
+    assert "test_two_words" in result.failing_tests and "test_empty" not in result.failing_tests
+
+
+def test_every_humaneval_canonical_solution_passes(sandbox):
+    problems = load_humaneval()
+    assert len(problems) == 164
+    matrix_rows = [sandbox.execute_tests(p.reference_solution, p.tests) for p in problems]
+    failed = [p.id for p, r in zip(problems, matrix_rows) if not r.all_passed]
+    assert failed == []
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_each_available_isolation_level_runs_tests(level):
+    try:
+        detect_level(level)
+    except RuntimeError:
+        pytest.skip(f"isolation {level} not available here")
+    with Sandbox(SandboxConfig(num_workers=1, isolation=level)) as sb:
+        assert sb.isolation == level
+        r = sb.execute_tests(ADD, "def test_a():\n    assert add(1, 2) == 3\n\ndef test_b():\n    assert add(1, 2) == 0\n")
+    assert r.test_outcomes == {"test_a": "passed", "test_b": "failed"}
