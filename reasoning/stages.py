@@ -117,12 +117,12 @@ def get_stage(name: str) -> ReasoningStage:
     for stage in STAGES:
         if stage.name == name:
             return stage
-    raise KeyError(f"unknown reasoning stage {name!r}; known stages: {', '.join(STAGE_NAMES)}")
+    raise KeyError(f"unknown reasoning stage {name!r}; known stages: {', '.join(s.name for s in STAGES)}")
 
 
 def stage_index(name: str) -> int:
     """0-based position of a stage in the chain."""
-    return STAGE_NAMES.index(get_stage(name).name)
+    return [s.name for s in STAGES].index(get_stage(name).name)
 
 
 def next_stage(name: str | None) -> ReasoningStage | None:
@@ -151,9 +151,10 @@ def format_chain(chain: Chain) -> str:
     for stage in STAGES:
         if stage.name in chain:
             parts.append(f"## {stage.title}\n{chain[stage.name].strip()}\n\n")
-    unknown = set(chain) - set(STAGE_NAMES)
+    names = [s.name for s in STAGES]
+    unknown = set(chain) - set(names)
     if unknown:
-        raise KeyError(f"chain has unknown stages {sorted(unknown)}; known stages: {', '.join(STAGE_NAMES)}")
+        raise KeyError(f"chain has unknown stages {sorted(unknown)}; known stages: {', '.join(names)}")
     return "Reasoning so far:\n\n" + "".join(parts) if parts else ""
 
 

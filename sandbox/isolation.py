@@ -124,7 +124,8 @@ def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict
         bwrap += ["--ro-bind", src, dst]
     for key, value in dict(ENV, SANDBOX_OWN_PIDNS="1").items():
         bwrap += ["--setenv", key, value]
-    bwrap += ["--chdir", "/tmp", "--", python, "-I", SANDBOX_WORKER]
+    # the root bwrap builds is a writable tmpfs of unbounded size: make it read-only; /tmp stays writable
+    bwrap += ["--remount-ro", "/", "--chdir", "/tmp", "--", python, "-I", SANDBOX_WORKER]
     if not root:
         return bwrap, None
     script = " && ".join(stage) + " && exec " + shlex.join(drop + bwrap)

@@ -1,0 +1,105 @@
+"""Problem loading: the example set, HumanEval, and clear errors for every kind of bad input."""
+import json
+
+import pytest
+
+from data.problems import (
+    EXAMPLE_PROBLEMS,
+    Problem,
+    ProblemFormatError,
+    load_humaneval,
+    load_problems,
+    problem_from_dict,
+    save_problems,
+)
+
+
+def good_record(**override):
+    record = {
+        "id": "double",
+        "title": "Double",
+        "description": "Return twice x.",
+        "entry_point": "double",
+        "reference_solution": "def double(x):\n    return 2 * x\n",
+        "tests": "from solution import *\n\ndef test_two():\n    assert double(2) == 4\n",
+        "difficulty": "easy",
+        "tags": ["math"],
+    }
+    record.update(override)
+    return record
+
+
+def write(tmp_path, data, name="problems.json"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_example_problems_load(example_problems):
+    assert len(example_problems) >= 8
+    assert {p.difficulty for p in example_problems} == {"easy", "medium", "hard"}
+    assert len({p.id for p in example_problems}) == len(example_problems)
+    for p in example_problems:
+        assert isinstance(p, Problem) and p.signature.startswith(f"def {p.entry_point}(")
+        assert p.tests.count("def test_") >= 5
+
+
+def test_round_trip(tmp_path, example_problems):
+    path = tmp_path / "copy.json"
+    save_problems(example_problems, path)
+    assert load_problems(path) == example_problems
+
+
+def test_object_with_problems_list(tmp_path):
+    problems = load_problems(write(tmp_path, {"problems": [good_record()]}))
+    assert problems[0].id == "double" and problems[0].signature == ""
+
+
+@pytest.mark.parametrize("data, expected", [
+    ("{not json", "invalid JSON at line 1"),
+    ([], "holds no problems"),
+    ({"x": 1}, "expected a list of problems"),
+    ([good_record(), good_record()], "problem 'double': field 'id' is a duplicate"),
+    ([{k: v for k, v in good_record().items() if k != "tests"}], "problem 'double': field 'tests' is missing"),
+    ([good_record(title=3)], "problem 'double': field 'title' must be str, got int"),
+    ([good_record(tags="math")], "field 'tags' must be list"),
+    ([good_record(tags=[1])], "field 'tags' must be a list of strings"),
+    ([good_record(difficulty="trivial")], "field 'difficulty' is 'trivial'"),
+    ([good_record(entry_point="triple")], "field 'entry_point': the reference solution does not define 'triple'"),
+    ([good_record(reference_solution="def double(:")], "field 'reference_solution' does not parse"),
+    ([good_record(tests="x = 1\n")], "field 'tests' has no test_* function"),
+    ([good_record(description="  ")], "field 'description' is empty"),
+    ([good_record(extra=1)], "unknown field(s) ['extra']"),
+    ([good_record(), "oops"], "problem #1: expected a JSON object"),
+])
+def test_bad_input_names_file_problem_and_field(tmp_path, data, expected):
+    path = write(tmp_path, data)
+    with pytest.raises(ProblemFormatError) as info:
+        load_problems(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ProblemFormatError, match="cannot read the problem file"):
+        load_problems(tmp_path / "nope.json")
+
+
+def test_one_bad_problem_fails_the_whole_file(tmp_path):
+    with pytest.raises(ProblemFormatError):
+        load_problems(write(tmp_path, [good_record(), good_record(id="b", entry_point="nope")]))
+
+
+def test_problem_from_dict_is_the_same_check():
+    assert problem_from_dict(good_record()).entry_point == "double"
+
+
+def test_humaneval_ships_164_problems():
+    problems = load_humaneval()
+    assert len(problems) == 164
+    first = problems[0]
+    assert first.id == "HumanEval/0" and first.entry_point == "has_close_elements"
+    assert first.reference_solution.startswith(first.description)
+    assert "def test_check():" in first.tests and "check(has_close_elements)" in first.tests
+    assert first.signature.startswith("def has_close_elements(")
+    assert len(load_humaneval(limit=5)) == 5
