@@ -17,7 +17,7 @@ setup(
     version="0.1.0",
     description="Adversarial RL for code generation: a multi-stage reasoning Generator against a "
     "test-writing Discriminator, with a secure sandbox and hand-written PPO.",
-    long_description=(HERE / "README.md").read_text(),
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["models", "reasoning", "sandbox", "training", "evaluation", "inference", "data"],
