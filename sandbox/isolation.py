@@ -89,12 +89,8 @@ def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--"]
     if level == "unshare":
         inner = drop + [python, "-I", str(WORKER)]
-        script = (
-            _reachable_script(python_paths() + [str(WORKER.parent)])
-            + f"mount -t tmpfs -o size={tmp_mb}m,mode=1777 sbx /tmp && "
-            "mount -t tmpfs -o size=1m sbx /var/tmp && mount -t tmpfs -o size=1m sbx /dev/shm && "
-            "exec " + shlex.join(inner)
-        )
+        private = [("/tmp", f"size={tmp_mb}m,mode=1777"), ("/var/tmp", "size=1m"), ("/dev/shm", "size=1m")]
+        script = _private_mounts_script(python_paths() + [str(WORKER.parent)], private) + "exec " + shlex.join(inner)
         argv = ["unshare", "--mount", "--propagation", "private", "--net", "--pid", "--fork",
                 "--kill-child", "--mount-proc", "--", "sh", "-c", script]
         return argv, dict(ENV, SANDBOX_OWN_PIDNS="1")
@@ -132,16 +128,16 @@ def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script], None
 
 
-def _reachable_script(paths: list[str]) -> str:
-    """Shell steps (run as root in a private mount namespace) that make `paths` reachable by an
-    unprivileged uid: each closed ancestor (e.g. /root, mode 700) is hidden under an empty tmpfs and the
-    paths are bound back at their own locations. Hiding /root also hides whatever else it holds."""
+def _private_mounts_script(paths: list[str], private: list[tuple[str, str]]) -> str:
+    """Shell steps (run as root in a private mount namespace) that mount empty tmpfs over the `private`
+    directories and over every closed ancestor of `paths` (e.g. /root, mode 700, which an unprivileged uid
+    cannot traverse), while keeping `paths` themselves reachable at their own locations: they are staged
+    under /mnt first and bound back afterwards (a virtualenv under /tmp survives the private /tmp)."""
     closed = sorted({a for p in paths for a in _ancestors(p) if not os.stat(a).st_mode & 0o001})
     closed = [a for a in closed if not any(a.startswith(b + "/") for b in closed)]  # outermost only
-    if not closed:
-        return ""
     steps = ["mount -t tmpfs -o size=1m,mode=755 sbx /mnt"]
     steps += [f"mkdir -p /mnt/{i} && mount --bind {shlex.quote(p)} /mnt/{i}" for i, p in enumerate(paths)]
+    steps += [f"mount -t tmpfs -o {opts} sbx {shlex.quote(d)}" for d, opts in private]
     steps += [f"mount -t tmpfs -o size=1m,mode=755 sbx {shlex.quote(a)}" for a in closed]
     steps += [f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/{i} {shlex.quote(p)}" for i, p in enumerate(paths)]
     return " && ".join(steps) + " && "
