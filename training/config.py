@@ -43,12 +43,17 @@ class PPOConfig:
     max_grad_norm: float = 1.0  # global gradient-norm clip
     normalize_advantages: bool = True  # divide group-relative advantages by the group's std
     weight_decay: float = 0.0  # AdamW weight decay
+    precision: str = "fp32"  # "fp32", or "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU)
 
     def __post_init__(self):
         if not 0 < self.clip_coef < 1:
             raise ValueError("clip_coef must be in (0, 1), e.g. 0.2")
         if self.ppo_epochs < 1 or self.num_minibatches < 1:
             raise ValueError("ppo_epochs and num_minibatches must be >= 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.kl_coef < 0 or self.max_grad_norm <= 0:
+            raise ValueError("kl_coef must be >= 0 and max_grad_norm > 0")
 
 
 @dataclass

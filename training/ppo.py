@@ -1,8 +1,31 @@
-"""PPO math as pure functions (torch only). Each loss returns `(loss, metrics)`."""
+"""PPO math as pure functions (torch only), and one update step over a batch of rollouts.
+
+After cleanrl `ppo.py` and the PPO paper (Schulman et al. 2017), with group-relative advantages (GRPO,
+Shao et al. 2024) and the k3 KL estimator (Schulman, "Approximating KL divergence", 2020). Per response
+token t, with old log-probs from the rollout and ref log-probs from the frozen reference:
+
+    ratio_t = exp(logp_t − old_logp_t)
+    A       = (r − mean_group r) [/ (std_group r + eps)]                   broadcast to the response tokens
+    L_clip  = − mean_t min(ratio_t · A, clip(ratio_t, 1 − ε, 1 + ε) · A)
+    KL_t    = exp(ref_logp_t − logp_t) − (ref_logp_t − logp_t) − 1            (k3, ≥ 0, unbiased)
+    loss    = L_clip + β · mean_t KL_t
+
+mean_t is the masked mean over all response tokens of the (mini)batch: Σ x·mask / Σ mask.
+Log-prob tensors are (B, T) aligned with input_ids: logprobs[:, t] = log π(input_ids[:, t] | input_ids[:, :t]);
+position 0 has no prediction and is 0.
+"""
 from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -12,3 +35,298 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     tokens: (B, T) ids. Returns (B, T). Computed in fp32 for stability under bf16 autocast."""
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(l) − Σ softmax(l) · l over the last dimension, in fp32. (..., V) -> (...)."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (F.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ x·mask / max(Σ mask, 1). Masked entries never reach the result (not even a NaN)."""
+    mask = mask.bool()
+    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------- advantages
+def _group_index(group_ids: torch.Tensor | Sequence, device: torch.device) -> torch.Tensor:
+    """(B,) group number in 0..G-1 of each sample; ids may be a tensor or any hashables (problem ids)."""
+    if isinstance(group_ids, torch.Tensor):
+        return torch.unique(group_ids, return_inverse=True)[1].to(device)  # (B,)
+    numbers: dict = {}
+    return torch.tensor([numbers.setdefault(g, len(numbers)) for g in group_ids], dtype=torch.long, device=device)
+
+
+def _group_stats(rewards: torch.Tensor, index: torch.Tensor, atol: float):
+    """Per-sample group mean and population std, and whether the sample's group has a zero spread."""
+    num_groups = int(index.max()) + 1 if index.numel() else 0
+    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, torch.ones_like(rewards))
+    mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
+    var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
+    high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
+    low = torch.full_like(count, math.inf).scatter_reduce_(0, index, rewards, "amin")  # (G,)
+    flat = (high - low) <= atol  # (G,) all rewards of the group equal: no signal
+    return mean[index], var.sqrt()[index], flat
+
+
+def compute_advantages(
+    rewards: torch.Tensor | Sequence[float],
+    group_ids: torch.Tensor | Sequence,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+) -> torch.Tensor:
+    """Group-relative advantages (GRPO): A_i = r_i − mean_{g(i)} r  [/ (std_{g(i)} r + eps)].
+
+    rewards (B,), group_ids (B,) the problem (group) of each sample. std is the population std of the
+    group. A group whose rewards are all equal (max − min ≤ atol, a single sample included) carries no
+    signal and gets exactly zero advantages (float noise is not amplified by the division)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)  # (B,)
+    index = _group_index(group_ids, rewards.device)  # (B,)
+    if rewards.shape != index.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(index.shape)} must match")
+    if rewards.numel() == 0:
+        return rewards.clone()
+    mean, std, flat = _group_stats(rewards, index, atol)  # (B,), (B,), (G,)
+    advantages = rewards - mean  # (B,)
+    if normalize:
+        advantages = advantages / (std + eps)
+    return torch.where(flat[index], torch.zeros_like(advantages), advantages)
+
+
+def count_zero_signal_groups(
+    rewards: torch.Tensor | Sequence[float], group_ids: torch.Tensor | Sequence, atol: float = 1e-6
+) -> int:
+    """Number of groups whose rewards are all equal (max − min ≤ atol): their advantages are all 0."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)  # (B,)
+    if rewards.numel() == 0:
+        return 0
+    index = _group_index(group_ids, rewards.device)  # (B,)
+    return int(_group_stats(rewards, index, atol)[2].sum())
+
+
+# ---------------------------------------------------------------- the loss
+def compute_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_coef: float,
+    kl_coef: float = 0.0,
+    ref_logprobs: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate with a k3 KL penalty to the reference; masked mean over response tokens.
+
+        ratio_t = exp(logp_t − old_logp_t)
+        L_clip  = mean_t max(−A·ratio_t, −A·clip(ratio_t, 1 − clip_coef, 1 + clip_coef))
+        KL_t    = exp(ref_logp_t − logp_t) − (ref_logp_t − logp_t) − 1
+        loss    = L_clip + kl_coef · mean_t KL_t
+
+    logprobs (B, T) with grad; old_logprobs, ref_logprobs (B, T) without; advantages (B,) or (B, T);
+    response_mask (B, T), 1 on response tokens. Entries outside the mask are ignored, even NaN ones.
+    With ratio 1 (old = logprobs) the gradient is the plain policy gradient −mean_t A·∇logp_t.
+
+    Metrics (floats): `pg_loss`; `kl_ref` mean_t KL_t (0 without a reference); `approx_kl` the k3
+    estimate of KL(old ‖ new) = mean_t (ratio_t − 1) − log ratio_t (cleanrl); `clip_frac` the share of
+    tokens where the clipped term is the active one and the gradient is cut (ratio > 1 + ε with A > 0,
+    ratio < 1 − ε with A < 0); `entropy` mean_t of the given per-token entropy (B, T), if any."""
+    mask = response_mask.bool()  # (B, T)
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (B, 1)
+    advantages = advantages.expand_as(logprobs)  # (B, T)
+    zero = torch.zeros_like(logprobs)
+    # padding may hold anything: keep it out of exp() so it cannot produce NaN gradients
+    logprobs = torch.where(mask, logprobs, zero)  # (B, T) log π(a_t|s_t)
+    old_logprobs = torch.where(mask, old_logprobs.detach(), zero)  # (B, T)
+    advantages = torch.where(mask, advantages.detach(), zero)  # (B, T)
+
+    logratio = logprobs - old_logprobs  # (B, T)
+    ratio = logratio.exp()  # (B, T)
+    pg_loss1 = -advantages * ratio  # (B, T)
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)  # (B, T)
+    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)  # ()
+
+    if ref_logprobs is not None:
+        delta = torch.where(mask, ref_logprobs.detach(), zero) - logprobs  # (B, T) ref − logp
+        kl_ref = masked_mean(delta.exp() - delta - 1, mask)  # ()
+    else:
+        kl_ref = torch.zeros((), device=logprobs.device)
+    loss = pg_loss + kl_coef * kl_ref
+
+    with torch.no_grad():
+        clipped = ((ratio > 1 + clip_coef) & (advantages > 0)) | ((ratio < 1 - clip_coef) & (advantages < 0))  # (B, T)
+        metrics = {
+            "loss": loss.item(),
+            "pg_loss": pg_loss.item(),
+            "kl_ref": kl_ref.item(),
+            "approx_kl": masked_mean((ratio - 1) - logratio, mask).item(),
+            "clip_frac": masked_mean(clipped.float(), mask).item(),
+        }
+        if entropy is not None:
+            metrics["entropy"] = masked_mean(entropy.float(), mask).item()
+    return loss, metrics
+
+
+# ---------------------------------------------------------------- log-probs from a model
+@dataclass
+class RolloutBatch:
+    """Sampled sequences (prompt + response, padded) and what the update needs about them."""
+
+    input_ids: torch.Tensor  # (B, T) prompt and response token ids
+    attention_mask: torch.Tensor  # (B, T) 1 on real tokens, 0 on padding
+    response_mask: torch.Tensor  # (B, T) 1 on the sampled response tokens (the actions)
+    advantages: torch.Tensor  # (B,) one advantage per sequence, broadcast over its response tokens
+    old_logprobs: torch.Tensor | None = None  # (B, T) log-probs when sampled; None: on-policy, taken now
+    ref_logprobs: torch.Tensor | None = None  # (B, T) log-probs of the frozen reference; None: no KL term
+
+    def __post_init__(self):
+        shape = tuple(self.input_ids.shape)
+        for name in ("attention_mask", "response_mask", "old_logprobs", "ref_logprobs"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"RolloutBatch.{name} has shape {tuple(value.shape)}, input_ids {shape}")
+        if tuple(self.advantages.shape) != shape[:1]:
+            raise ValueError(f"RolloutBatch.advantages must be ({shape[0]},), got {tuple(self.advantages.shape)}")
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> RolloutBatch:
+        """The rows `index` (a minibatch)."""
+        return RolloutBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                               for f in fields(self)})
+
+
+def _autocast(model: torch.nn.Module, precision: str):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _forward_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    precision: str,
+    entropy_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log-probs aligned with input_ids (position 0 is 0) and, given a (B, T) mask, the (B, T)
+    entropy of the predicting distribution at those positions (no grad; 0 elsewhere)."""
+    with _autocast(model, precision):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    # logits[:, t] predicts input_ids[:, t + 1]
+    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
+    logprobs = F.pad(logprobs, (1, 0), value=0.0)  # (B, T)
+    entropy = None
+    if entropy_mask is not None:
+        with torch.no_grad():
+            where = entropy_mask[:, 1:].bool()  # (B, T-1) positions whose prediction is needed
+            entropy = torch.zeros_like(logprobs)  # (B, T)
+            entropy[:, 1:][where] = entropy_from_logits(logits[:, :-1][where])  # (N,) only the response tokens
+    return logprobs, entropy
+
+
+def batch_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, precision: str = "fp32"
+) -> torch.Tensor:
+    """(B, T) log π(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits`;
+    position 0 (nothing predicts it) is 0. Gradients flow when the caller's grad mode allows.
+    The one implementation behind rollout old log-probs, reference log-probs and `train_step`."""
+    return _forward_logprobs(model, input_ids, attention_mask, precision)[0]
+
+
+@torch.no_grad()
+def compute_ref_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, precision: str = "fp32", chunk_size: int = 0
+) -> torch.Tensor:
+    """(B, T) `batch_logprobs` of `model` on the batch without gradients, `chunk_size` rows at a time
+    (0: all at once), on the model's device. For the frozen reference (ref_logprobs) and for the policy
+    right after sampling (old_logprobs)."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)  # (B, T)
+    size = chunk_size or len(batch)
+    return torch.cat([
+        batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision)
+        for i in range(0, len(batch), size)
+    ])  # (B, T)
+
+
+# ---------------------------------------------------------------- one update
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch, config) -> dict[str, float]:
+    """One PPO update of `model` on `batch`: `config.ppo_epochs` passes, each over `config.num_minibatches`
+    shuffled minibatches, one optimizer step per minibatch (`config` is a `PPOConfig`; the learning rate is
+    the optimizer's).
+
+    Each step: loss = `compute_policy_loss` (clip_coef, kl_coef), backward, clip the global gradient norm
+    to `max_grad_norm`, step. A non-finite loss or gradient norm skips the step: gradients are dropped, the
+    optimizer does not step, weights and optimizer state stay bit-for-bit unchanged; it is counted in
+    `ppo/skipped_steps`. With `batch.old_logprobs` None the log-probs of the current weights (before any
+    step, no grad) are used, so the first step has ratio 1. The forward runs under bf16 autocast when
+    `config.precision` is "bf16", on the model's device type. The model's train/eval mode is left as it is
+    (dropout should be off for ratios to mean anything; HF models load in eval mode).
+
+    Returns namespaced metrics: `ppo/loss`, `ppo/pg_loss`, `ppo/kl_ref`, `ppo/approx_kl`, `ppo/clip_frac`,
+    `ppo/entropy`, `ppo/grad_norm` (before clipping), averaged over the steps taken (NaN when none);
+    `ppo/steps`, `ppo/skipped_steps`, `ppo/tokens` (response tokens in the batch), `ppo/time_s`."""
+    start = time.perf_counter()
+    precision = config.precision
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    response_mask = batch.response_mask.clone()  # (B, T)
+    response_mask[:, 0] = 0  # nothing predicts position 0
+    batch = RolloutBatch(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        response_mask=response_mask.to(device),
+        advantages=batch.advantages.to(device=device, dtype=torch.float32),
+        old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs.to(device),
+        ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs.to(device),
+    )
+    on_policy_single_step = config.ppo_epochs == 1 and min(config.num_minibatches, len(batch)) == 1
+    if batch.old_logprobs is None and not on_policy_single_step:
+        batch.old_logprobs = compute_ref_logprobs(model, batch, precision)  # (B, T) frozen before any step
+
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    steps = skipped = 0
+    for _ in range(config.ppo_epochs):
+        for index in torch.randperm(len(batch)).tensor_split(min(config.num_minibatches, len(batch))):
+            mb = batch.select(index.to(device))
+            logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision,
+                                                  entropy_mask=mb.response_mask)  # (b, T), (b, T)
+            old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
+            loss, metrics = compute_policy_loss(
+                logprobs, old_logprobs, mb.advantages, mb.response_mask,
+                clip_coef=config.clip_coef, kl_coef=config.kl_coef, ref_logprobs=mb.ref_logprobs, entropy=entropy,
+            )
+            if not torch.isfinite(loss):
+                logger.warning("PPO step skipped: non-finite loss %s", loss.item())
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                logger.warning("PPO step skipped: non-finite gradient norm %s", grad_norm.item())
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            metrics["grad_norm"] = grad_norm.item()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+
+    out = {f"ppo/{key}": (sums[key] / steps if steps else math.nan)
+           for key in ("loss", "pg_loss", "kl_ref", "approx_kl", "clip_frac", "entropy", "grad_norm")}
+    out.update({
+        "ppo/steps": steps,
+        "ppo/skipped_steps": skipped,
+        "ppo/tokens": int(batch.response_mask.sum()),
+        "ppo/time_s": time.perf_counter() - start,
+    })
+    return out

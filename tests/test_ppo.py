@@ -1,0 +1,297 @@
+"""PPO math on hand-made tensors, and `train_step` on a tiny randomly initialised Llama (no download)."""
+import math
+
+import pytest
+import torch
+
+from training.config import PPOConfig
+from training.ppo import (
+    RolloutBatch,
+    batch_logprobs,
+    compute_advantages,
+    compute_policy_loss,
+    compute_ref_logprobs,
+    count_zero_signal_groups,
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    train_step,
+)
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- advantages
+def test_group_relative_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.5, 0.0, 0.5, 1.0])
+    groups = [0, 0, 1, 1, 1, 7, 7, 7]
+    raw = compute_advantages(rewards, groups, normalize=False)
+    torch.testing.assert_close(raw, torch.tensor([0.5, -0.5, 0, 0, 0, -0.5, 0, 0.5]))
+    norm = compute_advantages(rewards, groups, normalize=True)
+    # group 0: std 0.5 -> ±1; group 7: population std sqrt(1/6) -> ±0.5 * sqrt(6) = ±1.2247
+    s = 0.5 * math.sqrt(6)
+    torch.testing.assert_close(norm, torch.tensor([1.0, -1.0, 0, 0, 0, -s, 0, s]), atol=1e-5, rtol=0)
+    assert count_zero_signal_groups(rewards, groups) == 1
+
+
+def test_equal_rewards_give_exactly_zero_advantages():
+    rewards = torch.tensor([0.3, 0.3 + 1e-9, 0.3, 0.9])  # float noise in group 0; group 1 has one sample
+    adv = compute_advantages(rewards, [0, 0, 0, 1])
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert count_zero_signal_groups(rewards, [0, 0, 0, 1]) == 2
+    assert count_zero_signal_groups([0.0, 1.0], [0, 0]) == 0
+    # problem ids may be strings; a tensor of ids works the same
+    adv = compute_advantages([1.0, 0.0, 0.2], ["two_sum", "two_sum", "fizzbuzz"])
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, 0.0]), atol=1e-5, rtol=0)
+    assert count_zero_signal_groups([1.0, 0.0, 0.2], torch.tensor([3, 3, 9])) == 1
+
+
+# ---------------------------------------------------------------- the loss on hand tensors
+def hand_example():
+    """2 sequences x 3 positions; position 0 is the prompt, (1, 2) is padding.
+    ratios: row 0 (A = +1): 1.5, 0.9; row 1 (A = -1): 0.5."""
+    old = torch.tensor([[0.0, -1.0, -2.0], [0.0, -1.5, -1.0]])
+    logprobs = old + torch.log(torch.tensor([[1.0, 1.5, 0.9], [1.0, 0.5, 7.0]]))
+    ref = logprobs + torch.tensor([[0.0, LN2, 0.0], [0.0, -LN2, 3.0]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    return logprobs.requires_grad_(), old, ref, mask, adv
+
+
+def test_loss_hand_computed_2x3():
+    logprobs, old, ref, mask, adv = hand_example()
+    loss, metrics = compute_policy_loss(logprobs, old, adv, mask, clip_coef=0.2, kl_coef=0.1, ref_logprobs=ref)
+    # per token max(-A r, -A clip(r)): (0,1): max(-1.5, -1.2) = -1.2; (0,2): -0.9; (1,1): max(0.5, 0.8) = 0.8
+    pg = (-1.2 - 0.9 + 0.8) / 3
+    # k3 with d = ref - logp: d = ln2 -> 2 - ln2 - 1; d = 0 -> 0; d = -ln2 -> 0.5 + ln2 - 1; sum = 0.5
+    kl = 0.5 / 3
+    assert metrics["pg_loss"] == pytest.approx(pg)
+    assert metrics["kl_ref"] == pytest.approx(kl)
+    assert loss.item() == pytest.approx(pg + 0.1 * kl)
+    assert metrics["loss"] == pytest.approx(pg + 0.1 * kl)
+    assert metrics["clip_frac"] == pytest.approx(2 / 3)  # (0,1) and (1,1) are cut
+    # approx KL(old || new) = mean (r - 1) - ln r
+    approx = ((0.5 - math.log(1.5)) + (-0.1 - math.log(0.9)) + (-0.5 + LN2)) / 3
+    assert metrics["approx_kl"] == pytest.approx(approx)
+    loss.backward()
+    # gradient: clipped tokens get 0; (0,2): -A r / N = -0.9/3; KL term: beta * (1 - exp(d)) / N
+    expected = torch.tensor([[0.0, 0.1 * (1 - 2) / 3, -0.9 / 3], [0.0, 0.1 * (1 - 0.5) / 3, 0.0]])
+    torch.testing.assert_close(logprobs.grad, expected)
+
+
+def test_ratio_one_gives_the_plain_policy_gradient():
+    torch.manual_seed(0)
+    logprobs = (-torch.rand(3, 5) * 3).requires_grad_()  # (B, T)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 1, 0, 0, 0]])
+    adv = torch.tensor([0.7, -1.3, 2.0])
+    loss, metrics = compute_policy_loss(logprobs, logprobs.detach(), adv, mask, clip_coef=0.2)
+    loss.backward()
+    # plain policy gradient surrogate: -Σ A·logp·mask / Σ mask
+    plain = logprobs.detach().clone().requires_grad_()
+    (-(adv[:, None] * plain * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(logprobs.grad, plain.grad)
+    assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
+    assert loss.item() == pytest.approx(-(adv[:, None] * mask).sum().item() / mask.sum().item())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_clipping_engages_only_beyond_one_plus_minus_eps(sign):
+    ratios = torch.tensor([[0.5, 0.79, 0.81, 1.0, 1.19, 1.21, 2.0]])
+    old = torch.full_like(ratios, -1.0)
+    logprobs = (old + ratios.log()).requires_grad_()
+    mask = torch.ones_like(ratios)
+    loss, metrics = compute_policy_loss(logprobs, old, torch.tensor([sign]), mask, clip_coef=0.2)
+    loss.backward()
+    # A > 0: the objective stops rewarding ratios above 1.2; A < 0: it stops punishing ratios below 0.8
+    cut = ratios > 1.2 if sign > 0 else ratios < 0.8
+    expected = torch.where(cut, torch.zeros_like(ratios), -sign * ratios / ratios.numel())
+    torch.testing.assert_close(logprobs.grad, expected)
+    assert metrics["clip_frac"] == pytest.approx(2 / 7)
+    # on the other side the unclipped term is the larger loss, so no clipping there
+    assert (logprobs.grad[~cut] != 0).all()
+
+
+def test_kl_is_zero_against_itself_and_positive_otherwise():
+    torch.manual_seed(1)
+    logprobs = -torch.rand(2, 4) * 4
+    mask = torch.ones(2, 4)
+    adv = torch.zeros(2)
+    _, same = compute_policy_loss(logprobs, logprobs, adv, mask, 0.2, kl_coef=1.0, ref_logprobs=logprobs)
+    assert same["kl_ref"] == 0.0 and same["loss"] == 0.0
+    ref = logprobs + torch.randn(2, 4)
+    loss, other = compute_policy_loss(logprobs, logprobs, adv, mask, 0.2, kl_coef=1.0, ref_logprobs=ref)
+    assert other["kl_ref"] > 0 and loss.item() == pytest.approx(other["kl_ref"])
+    _, none = compute_policy_loss(logprobs, logprobs, adv, mask, 0.2, kl_coef=1.0, ref_logprobs=None)
+    assert none["kl_ref"] == 0.0
+
+
+def test_masked_mean_ignores_padding_even_nan():
+    logprobs, old, ref, mask, adv = hand_example()
+    clean_loss, _ = compute_policy_loss(logprobs, old, adv, mask, 0.2, 0.1, ref)
+    clean_loss.backward()
+    clean_grad = logprobs.grad.clone()
+    pad = ~mask.bool()
+    dirty = logprobs.detach().masked_fill(pad, float("nan")).requires_grad_()
+    loss, metrics = compute_policy_loss(dirty, old.masked_fill(pad, 1e4), adv, mask, 0.2, 0.1,
+                                        ref.masked_fill(pad, float("inf")), entropy=torch.full((2, 3), float("nan")).masked_fill(~pad, 2.0))
+    loss.backward()
+    assert loss.item() == pytest.approx(clean_loss.item())
+    torch.testing.assert_close(dirty.grad, clean_grad)
+    assert metrics["entropy"] == 2.0
+    assert masked_mean(torch.tensor([1.0, 100.0, 3.0]), torch.tensor([1, 0, 1])).item() == 2.0
+    assert masked_mean(torch.tensor([1.0]), torch.tensor([0])).item() == 0.0  # empty mask: 0, not NaN
+
+
+def test_entropy_from_logits():
+    uniform = torch.zeros(2, 8)
+    torch.testing.assert_close(entropy_from_logits(uniform), torch.full((2,), math.log(8)))
+    peaked = torch.tensor([[100.0, 0.0, 0.0]])
+    assert entropy_from_logits(peaked).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- a tiny model
+@pytest.fixture(scope="module")
+def tiny_model_factory():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+
+    def make(seed=0):
+        torch.manual_seed(seed)
+        return transformers.LlamaForCausalLM(config).eval()
+
+    return make
+
+
+def make_batch(seed=0, B=4, T=12, prompt=4):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, 100, (B, T), generator=g)
+    attention_mask = torch.ones(B, T, dtype=torch.long)
+    attention_mask[1, -3:] = 0  # right padding
+    response_mask = attention_mask.clone()
+    response_mask[:, :prompt] = 0
+    return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+                        advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]))
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_batch_logprobs_match_the_models_own_logits(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    lp = compute_ref_logprobs(model, batch)
+    assert lp.shape == batch.input_ids.shape and not lp.requires_grad
+    assert (lp[:, 0] == 0).all()
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    for b, t in [(0, 1), (0, 11), (2, 5), (3, 7)]:  # logits[:, t-1] predicts input_ids[:, t]
+        expected = torch.log_softmax(logits[b, t - 1], -1)[batch.input_ids[b, t]]
+        torch.testing.assert_close(lp[b, t], expected)
+    torch.testing.assert_close(lp[:, 1:], logprobs_from_logits(logits[:, :-1], batch.input_ids[:, 1:]))
+    # padding does not change the real tokens' log-probs; chunking does not change anything
+    alone = compute_ref_logprobs(model, make_batch().select(torch.tensor([1])))
+    unpadded = batch_logprobs(model, batch.input_ids[1:2, :-3], torch.ones(1, 9, dtype=torch.long))
+    torch.testing.assert_close(alone[:, :-3], unpadded.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compute_ref_logprobs(model, batch, chunk_size=3), lp)
+
+
+def test_train_step_changes_trainable_weights_only(tiny_model_factory):
+    model = tiny_model_factory()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a frozen part must stay frozen
+    before = snapshot(model)
+    batch = make_batch()
+    batch.ref_logprobs = compute_ref_logprobs(tiny_model_factory(), batch)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    metrics = train_step(model, optimizer, batch, PPOConfig(kl_coef=0.1, ppo_epochs=2, num_minibatches=2))
+    after = model.state_dict()
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "lm_head.weight" in changed and "model.layers.0.self_attn.q_proj.weight" in changed
+    assert metrics["ppo/steps"] == 4 and metrics["ppo/skipped_steps"] == 0
+    assert metrics["ppo/tokens"] == 4 * 8 - 3
+    for key in ("ppo/loss", "ppo/pg_loss", "ppo/clip_frac", "ppo/approx_kl", "ppo/kl_ref", "ppo/entropy", "ppo/grad_norm"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["ppo/entropy"] > 0 and metrics["ppo/grad_norm"] > 0
+    assert metrics["ppo/kl_ref"] > 0  # the weights moved away from the reference after the first step
+
+
+def test_train_step_raises_the_log_prob_of_positive_advantage_responses(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    batch.advantages = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    mask = batch.response_mask.bool()
+    before = compute_ref_logprobs(model, batch)[mask].sum()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = train_step(model, optimizer, batch, PPOConfig(kl_coef=0.0, max_grad_norm=10.0))
+    after = compute_ref_logprobs(model, batch)[mask].sum()
+    assert after > before
+    # one on-policy step with old_logprobs None: ratio 1, nothing clipped
+    assert metrics["ppo/clip_frac"] == 0.0 and metrics["ppo/approx_kl"] == 0.0
+
+
+def test_on_policy_step_equals_the_policy_gradient_on_the_model(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    batch.old_logprobs = compute_ref_logprobs(model, batch)
+    mask = batch.response_mask.float()
+    logprobs = batch_logprobs(model, batch.input_ids, batch.attention_mask)
+    loss, _ = compute_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
+    grads = torch.autograd.grad(loss, [model.lm_head.weight])[0]
+    logprobs = batch_logprobs(model, batch.input_ids, batch.attention_mask)
+    plain = -(batch.advantages[:, None] * logprobs * mask).sum() / mask.sum()
+    torch.testing.assert_close(grads, torch.autograd.grad(plain, [model.lm_head.weight])[0])
+
+
+def test_nan_loss_skips_the_step_and_leaves_weights_bit_for_bit(tiny_model_factory, caplog):
+    model = tiny_model_factory()
+    before = snapshot(model)
+    batch = make_batch()
+    batch.advantages = torch.tensor([1.0, float("nan"), 0.5, -0.5])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    metrics = train_step(model, optimizer, batch, PPOConfig())
+    assert metrics["ppo/skipped_steps"] == 1 and metrics["ppo/steps"] == 0
+    assert "non-finite loss" in caplog.text  # caught before backward, not only by the gradient check
+    assert math.isnan(metrics["ppo/loss"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert len(optimizer.state) == 0
+
+
+def test_nan_gradient_skips_the_step_and_counts_it(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_step(model, optimizer, batch, PPOConfig())  # a good step first, so the optimizer has state
+    before = snapshot(model)
+    state_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    handle = model.model.norm.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    metrics = train_step(model, optimizer, batch, PPOConfig(ppo_epochs=3))
+    handle.remove()
+    assert metrics["ppo/skipped_steps"] == 3 and metrics["ppo/steps"] == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for p, s in optimizer.state.items():
+        assert all(torch.equal(state_before[id(p)][k], v) for k, v in s.items())
+    # the next clean step trains again
+    assert train_step(model, optimizer, batch, PPOConfig())["ppo/steps"] == 1
+
+
+def test_train_step_bf16_autocast_on_cpu(tiny_model_factory):
+    model = tiny_model_factory()
+    before = snapshot(model)
+    batch = make_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    metrics = train_step(model, optimizer, batch, PPOConfig(precision="bf16", num_minibatches=4))
+    assert metrics["ppo/steps"] == 4 and metrics["ppo/skipped_steps"] == 0
+    assert math.isfinite(metrics["ppo/loss"])
+    assert next(model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+    assert not torch.equal(before["lm_head.weight"], model.lm_head.weight)
+
+
+def test_config_and_batch_validation():
+    with pytest.raises(ValueError, match="precision"):
+        PPOConfig(precision="fp16")
+    with pytest.raises(ValueError, match="advantages"):
+        RolloutBatch(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3),
+                     response_mask=torch.ones(2, 3), advantages=torch.zeros(3))
