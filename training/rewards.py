@@ -1,0 +1,303 @@
+"""Rewards from the sandbox's code × test matrix (DESIGN.md 'Rewards', after UTRL and CURE). All in [0, 1].
+
+The trainer runs every generator code i against every discriminator test module j (`Sandbox.run_matrix`),
+the reference solution against every module (validity), and every code against the problem's own
+ground-truth tests. `build_test_matrix` and `ground_truth_matrix` turn those `ExecutionResult`s into plain
+arrays, one column per test *function*:
+
+    passes[i, t]   bool (n, T)  code i passes test t (a parametrized test passes when all its cases do)
+    valid[t]       bool (T,)    test t passes on the reference solution
+    sample_ids[t]  int  (T,)    which discriminator sample (module) j test t came from
+    keys[t]        str  (T,)    deduplication key: two tests with the same key are the same test
+    gt_passes[i,g] bool (n, G)  code i passes ground-truth test g
+
+The reward functions below work on those arrays only, so they are tested on hand-made matrices.
+
+Generator, per code i (V = valid tests of all samples, deduplicated by key; GT = ground-truth tests):
+
+    r_gen(i) = gen_pass_coef · pass_rate(i, V ∪ GT) + gen_format_coef · format_ok(i)
+    pass_rate(i, S) = |{t ∈ S : code i passes t}| / |S|          (0 when S is empty)
+
+Discriminator, per sample j (T_j = its tests deduplicated by key, V_j ⊆ T_j the valid ones,
+C = the codes that are well formed):
+
+    r_disc(j) = disc_discrimination_coef · |{i ∈ C : i fails some t ∈ V_j}| / |C|
+              + disc_validity_coef       · |V_j| / max(τ, |T_j|)
+              + disc_format_coef         · format_ok(j)
+
+Format failures (decided by the caller's sanitizer/parser, passed in as `format_ok`):
+  * a code that failed to parse or lacks the entry point scores exactly 0 (its pass rate is not counted:
+    trivially valid tests such as `assert True` would otherwise pay an unparseable answer); it is also left
+    out of C, so catching it earns the discriminator nothing;
+  * a test sample that failed sanitization scores exactly 0 and contributes no test to the generator
+    (give it an empty name list so it has no columns); a sample with no test function counts as a
+    format failure too.
+Invalid tests never touch the generator's reward: they are outside V, so they neither hurt nor help it.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sandbox.executor import PASSED, ExecutionResult
+from training.config import RewardConfig
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- from sandbox results to arrays
+@dataclass
+class TestMatrix:
+    """Discriminator tests as columns, generator codes as rows (see the module docstring)."""
+
+    passes: np.ndarray  # (n, T) bool: code i passes test t
+    valid: np.ndarray  # (T,) bool: test t passes on the reference solution
+    sample_ids: np.ndarray  # (T,) int: discriminator sample the test came from
+    keys: list[str]  # (T,) deduplication key of each test
+    names: list[str]  # (T,) test name within its module, as the sandbox reports it
+
+    __test__ = False  # not a pytest test class, despite its name
+
+
+def collect_tests(source: str) -> dict[str, str]:
+    """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
+
+    The key is the test's AST with its name blanked, plus the AST of the module-level helpers, constants
+    and fixtures it refers to (transitively), so two tests are the same only when they run the same code:
+    `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in another share a
+    key; two tests calling differently defined helpers `check()` do not. Returns {} for a source that does
+    not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    top: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for n in ast.walk(target):
+                    if isinstance(n, ast.Name):
+                        top[n.id] = node
+
+    def key(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+        anonymous = copy.copy(node)
+        anonymous.name = ""  # the name is not the test
+        seen, todo, parts = {node.name}, [anonymous], []
+        while todo:  # the test's code, then every module-level definition it reaches
+            cur = todo.pop()
+            parts.append(ast.dump(cur, annotate_fields=False))
+            for n in ast.walk(cur):
+                name = n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, ast.arg) else None
+                if name in top and name not in seen:
+                    seen.add(name)
+                    todo.append(top[name])
+        return "\n".join(parts[:1] + sorted(parts[1:]))
+
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            out[node.name] = key(node)
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
+                    # a method depends on its class (setup methods, attributes): key the class too
+                    out[f"{node.name}::{item.name}"] = key(item) + "\n" + ast.dump(node)
+    return out
+
+
+def passed_test(result: ExecutionResult, name: str) -> bool:
+    """`result.passed_test(name)` (a parametrized test passes when all its cases do), and a `Test*` class
+    given by its name alone passes when all its methods (`TestC::test_m`) do."""
+    methods = [o for t, o in result.test_outcomes.items() if t.startswith(name + "::")]
+    if methods:
+        return all(o == PASSED for o in methods)
+    return result.passed_test(name)
+
+
+def build_test_matrix(
+    results: Sequence[Sequence[ExecutionResult]],
+    test_names: Sequence[Sequence[str]],
+    reference_results: Sequence[ExecutionResult],
+    test_sources: Sequence[str] | None = None,
+) -> TestMatrix:
+    """Arrays from `Sandbox.run_matrix(codes, test_sources)` (`results[i][j]`: code i on module j) and
+    `reference_results[j]` (the reference solution on module j).
+
+    `test_names[j]`: the test functions of module j, named as the sandbox names them (`test_x`,
+    `TestC::test_y`, as `collect_tests` lists them; a bare class name `TestC` is one test over all its
+    methods); a parametrized test is one column that passes when all its cases pass (`passed_test`).
+    A test missing from a result (the module did not collect, the worker died, a timeout) counts as not
+    passed: a failure for a code, invalid on the reference. Give a sample that failed sanitization an empty list. With `test_sources`, tests are deduplicated by
+    `collect_tests` keys (the same test written in two modules counts once); without, every (module, name)
+    is distinct."""
+    n, m = len(results), len(test_names)
+    if len(reference_results) != m or any(len(row) != m for row in results):
+        raise ValueError(f"need results[i][j] and reference_results[j] for all {m} test samples")
+    if test_sources is not None and len(test_sources) != m:
+        raise ValueError("need one test source per test sample")
+    columns, sample_ids, keys, names = [], [], [], []
+    for j, sample_names in enumerate(test_names):
+        source_keys = collect_tests(test_sources[j]) if test_sources is not None else {}
+        for name in dict.fromkeys(sample_names):  # a name listed twice is one test
+            columns.append((j, name))
+            sample_ids.append(j)
+            keys.append(source_keys.get(name, f"{j}::{name}"))
+            names.append(name)
+    passes = np.array([[passed_test(results[i][j], name) for j, name in columns] for i in range(n)], dtype=bool)
+    return TestMatrix(
+        passes=passes.reshape(n, len(columns)),
+        valid=np.array([passed_test(reference_results[j], name) for j, name in columns], dtype=bool),
+        sample_ids=np.array(sample_ids, dtype=np.int64),
+        keys=keys,
+        names=names,
+    )
+
+
+def ground_truth_matrix(gt_results: Sequence[ExecutionResult], gt_names: Sequence[str]) -> np.ndarray:
+    """(n, G) bool: code i (`gt_results[i]`, its run on the problem's tests) passes ground-truth test g.
+    `gt_names` from `collect_tests(problem.tests)` (names the sandbox reports)."""
+    names = list(dict.fromkeys(gt_names))
+    return np.array([[passed_test(r, g) for g in names] for r in gt_results], dtype=bool).reshape(
+        len(gt_results), len(names)
+    )
+
+
+# ---------------------------------------------------------------- helpers
+def pass_rates(passes: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """(n,) fraction of the selected tests each code passes: passes[:, columns].mean(1); 0 with no test."""
+    passes = np.asarray(passes, dtype=bool)
+    if columns is not None:
+        passes = passes[:, np.asarray(columns, dtype=bool)]
+    if passes.shape[1] == 0:
+        return np.zeros(passes.shape[0])
+    return passes.mean(axis=1)
+
+
+def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarray:
+    """(T,) bool: the selected columns, keeping only the first of each deduplication key."""
+    columns = np.asarray(columns, dtype=bool)
+    if keys is None:
+        return columns.copy()
+    out, seen = np.zeros_like(columns), set()
+    for t in np.flatnonzero(columns):
+        if keys[t] not in seen:
+            seen.add(keys[t])
+            out[t] = True
+    return out
+
+
+# ---------------------------------------------------------------- generator
+def generator_terms(
+    passes: np.ndarray,
+    valid: np.ndarray,
+    format_ok: np.ndarray,
+    gt_passes: np.ndarray | None = None,
+    keys: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The generator reward's terms per code: `pass_rate` on V ∪ GT (0 for a format failure) and
+    `format_ok`, each (n,) in [0, 1]; also `valid_pass_rate` (V only) and `gt_pass_rate` (GT only)."""
+    passes = np.asarray(passes, dtype=bool)  # (n, T)
+    n = passes.shape[0]
+    format_ok = np.asarray(format_ok, dtype=bool)  # (n,)
+    gt = np.zeros((n, 0), dtype=bool) if gt_passes is None else np.asarray(gt_passes, dtype=bool)  # (n, G)
+    if format_ok.shape != (n,) or gt.shape[0] != n or np.shape(valid) != passes.shape[1:]:
+        raise ValueError(f"shapes: passes {passes.shape}, valid {np.shape(valid)}, format_ok "
+                         f"{format_ok.shape}, gt_passes {gt.shape}")
+    v = unique_columns(keys, np.asarray(valid, dtype=bool))  # (T,) valid, deduplicated
+    scored = np.concatenate([passes[:, v], gt], axis=1)  # (n, |V| + G)
+    return {
+        "pass_rate": pass_rates(scored) * format_ok,
+        "format_ok": format_ok.astype(float),
+        "valid_pass_rate": pass_rates(passes, v) * format_ok,
+        "gt_pass_rate": pass_rates(gt) * format_ok,
+    }
+
+
+def compute_generator_reward(
+    passes: np.ndarray,
+    valid: np.ndarray,
+    format_ok: np.ndarray,
+    config: RewardConfig,
+    gt_passes: np.ndarray | None = None,
+    keys: Sequence[str] | None = None,
+) -> np.ndarray:
+    """(n,) r_gen(i) = gen_pass_coef · pass_rate(i, V ∪ GT) + gen_format_coef · format_ok(i), in [0, 1].
+
+    passes (n, T), valid (T,): all discriminator samples' tests of the problem (`TestMatrix`); V = the
+    valid ones, deduplicated by `keys`; gt_passes (n, G) the ground-truth tests. A code with
+    format_ok False scores 0. With no valid test and no ground-truth test the pass rate is 0."""
+    terms = generator_terms(passes, valid, format_ok, gt_passes, keys)
+    return config.gen_pass_coef * terms["pass_rate"] + config.gen_format_coef * terms["format_ok"]
+
+
+# ---------------------------------------------------------------- discriminator
+def discriminator_terms(
+    passes: np.ndarray,
+    valid: np.ndarray,
+    sample_ids: np.ndarray,
+    format_ok: np.ndarray,
+    validity_floor: int,
+    code_format_ok: np.ndarray | None = None,
+    keys: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The discriminator reward's terms per sample j, each (m,) in [0, 1] with m = len(format_ok):
+    `discrimination` = share of well-formed codes failing a valid test of j, `validity` =
+    |V_j| / max(τ, |T_j|), `format_ok`; also `num_tests` |T_j|, `num_valid` |V_j| and `valid_frac`
+    |V_j| / |T_j|. All terms are 0 for a format failure (format_ok False, or no test)."""
+    passes = np.asarray(passes, dtype=bool)  # (n, T)
+    valid = np.asarray(valid, dtype=bool)  # (T,)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)  # (T,)
+    format_ok = np.asarray(format_ok, dtype=bool)  # (m,)
+    n, m = passes.shape[0], len(format_ok)
+    codes = np.ones(n, dtype=bool) if code_format_ok is None else np.asarray(code_format_ok, dtype=bool)  # (n,)
+    if valid.shape != passes.shape[1:] or sample_ids.shape != valid.shape or codes.shape != (n,):
+        raise ValueError(f"shapes: passes {passes.shape}, valid {valid.shape}, sample_ids {sample_ids.shape}, "
+                         f"code_format_ok {codes.shape}")
+    if sample_ids.size and (sample_ids.min() < 0 or sample_ids.max() >= m):
+        raise ValueError(f"sample_ids must index the {m} entries of format_ok")
+    terms = {k: np.zeros(m) for k in ("discrimination", "validity", "format_ok", "num_tests", "num_valid", "valid_frac")}
+    for j in range(m):
+        own = sample_ids == j  # (T,)
+        tests = unique_columns(keys, own)  # (T,) T_j
+        valid_tests = unique_columns(keys, own & valid)  # (T,) V_j
+        num_tests, num_valid = int(tests.sum()), int(valid_tests.sum())
+        terms["num_tests"][j], terms["num_valid"][j] = num_tests, num_valid
+        if not format_ok[j] or num_tests == 0:
+            continue
+        caught = ~passes[:, valid_tests].all(axis=1)  # (n,) fails at least one valid test
+        terms["discrimination"][j] = caught[codes].mean() if codes.any() else 0.0
+        terms["validity"][j] = num_valid / max(validity_floor, num_tests)
+        terms["valid_frac"][j] = num_valid / num_tests
+        terms["format_ok"][j] = 1.0
+    return terms
+
+
+def compute_discriminator_reward(
+    passes: np.ndarray,
+    valid: np.ndarray,
+    sample_ids: np.ndarray,
+    format_ok: np.ndarray,
+    config: RewardConfig,
+    code_format_ok: np.ndarray | None = None,
+    keys: Sequence[str] | None = None,
+) -> np.ndarray:
+    """(m,) r_disc(j) = disc_discrimination_coef · discrimination(j) + disc_validity_coef · |V_j| / max(τ, |T_j|)
+    + disc_format_coef · format_ok(j), in [0, 1], τ = `config.validity_floor`.
+
+    passes (n, T), valid (T,), sample_ids (T,) as in `TestMatrix`; format_ok (m,) per discriminator
+    sample; code_format_ok (n,) per generator code (None: all well formed). discrimination(j) is the share
+    of the well-formed codes that fail at least one of j's valid tests (0 when none is well formed).
+    A sample with format_ok False or no test scores 0. Duplicate tests (same key) count once in T_j and V_j,
+    so copies cannot lift a sample over the floor τ."""
+    terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys)
+    return (config.disc_discrimination_coef * terms["discrimination"]
+            + config.disc_validity_coef * terms["validity"]
+            + config.disc_format_coef * terms["format_ok"])
