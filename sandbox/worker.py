@@ -377,9 +377,29 @@ def execute(request, counter):
     limit = request["max_output"]
     reply["stdout"] = _read_capped(os.path.join(workdir, "stdout.txt"), limit)
     reply["stderr"] = (reply["stderr"] + _read_capped(os.path.join(workdir, "stderr.txt"), limit))[-limit:]
-    shutil.rmtree(workdir, ignore_errors=True)
+    wipe_scratch()
     reply["duration_s"] = time.monotonic() - start
     return reply
+
+
+def wipe_scratch():
+    """Remove every file the execution left in the writable places, so nothing passes from one
+    execution to the next. In our own namespaces /tmp, /var/tmp and /dev/shm are ours alone."""
+    places = [WORK_ROOT] + (["/var/tmp", "/dev/shm"] if OWN_PID_NAMESPACE else [])
+    for place in places:
+        try:
+            entries = os.listdir(place)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(place, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
 
 def main():

@@ -178,6 +178,19 @@ def test_home_and_project_files_are_not_readable(box):
     assert run(box, code, tests).all_passed
 
 
+def test_nothing_passes_from_one_execution_to_the_next(box):
+    code = (
+        "import os\n"
+        "for d in ('/tmp', '/dev/shm', '/var/tmp', '..'):\n"
+        "    try:\n        open(os.path.join(d, 'leak.txt'), 'w').write('answer')\n"
+        "    except OSError:\n        pass\n"
+    )
+    assert run(box, code, "def test_a():\n    pass\n").all_passed
+    probe = "import os\nfound = [d for d in ('/tmp', '/dev/shm', '/var/tmp', '..') if os.path.exists(os.path.join(d, 'leak.txt'))]\n"
+    r = run(box, probe, "def test_clean():\n    assert found == []\n")
+    assert r.all_passed, r.stderr
+
+
 def test_killing_the_parent_is_contained(box):
     code = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
     restarts = box.workers_restarted
