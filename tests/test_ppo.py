@@ -132,8 +132,9 @@ def test_masked_mean_ignores_padding_even_nan():
     clean_grad = logprobs.grad.clone()
     pad = ~mask.bool()
     dirty = logprobs.detach().masked_fill(pad, float("nan")).requires_grad_()
+    entropy = torch.full((2, 3), 2.0).masked_fill(pad, float("nan"))
     loss, metrics = compute_policy_loss(dirty, old.masked_fill(pad, 1e4), adv, mask, 0.2, 0.1,
-                                        ref.masked_fill(pad, float("inf")), entropy=torch.full((2, 3), float("nan")).masked_fill(~pad, 2.0))
+                                        ref.masked_fill(pad, float("inf")), entropy=entropy)
     loss.backward()
     assert loss.item() == pytest.approx(clean_loss.item())
     torch.testing.assert_close(dirty.grad, clean_grad)

@@ -229,7 +229,8 @@ def test_test_functions_keys_identify_the_same_test_across_modules():
     a = "from solution import *\nK = 3\ndef helper(x):\n    return x + K\ndef test_a():\n    assert helper(1) == 4\n"
     b = "from solution import *\ndef test_b():\n    assert helper(1) == 4\nK = 3\ndef helper(x):\n    return x + K\n"
     c = "from solution import *\nK = 4\ndef helper(x):\n    return x + K\ndef test_c():\n    assert helper(1) == 4\n"
-    d = "import pytest\n@pytest.mark.parametrize('x', [1, 2])\ndef test_p(x):\n    assert x\nclass TestK:\n    def test_m(self):\n        assert 1\n"
+    d = ("import pytest\n@pytest.mark.parametrize('x', [1, 2])\ndef test_p(x):\n    assert x\n"
+         "class TestK:\n    def test_m(self):\n        assert 1\n")
     ka, kb, kc, kd = map(collect_tests, (a, b, c, d))
     assert list(kd) == ["test_p", "TestK::test_m"]
     assert ka["test_a"] == kb["test_b"]  # same code, different name and order

@@ -21,9 +21,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # annotation only: this module imports nothing but torch at run time
+    from training.config import PPOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,8 @@ def _group_index(group_ids: torch.Tensor | Sequence, device: torch.device) -> to
 def _group_stats(rewards: torch.Tensor, index: torch.Tensor, atol: float):
     """Per-sample group mean and population std, and whether the sample's group has a zero spread."""
     num_groups = int(index.max()) + 1 if index.numel() else 0
-    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, torch.ones_like(rewards))
+    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
+    count.index_add_(0, index, torch.ones_like(rewards))  # (G,)
     mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
     var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
     high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
@@ -255,7 +260,9 @@ def compute_ref_logprobs(
 
 
 # ---------------------------------------------------------------- one update
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch, config) -> dict[str, float]:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch, config: PPOConfig
+) -> dict[str, float]:
     """One PPO update of `model` on `batch`: `config.ppo_epochs` passes, each over `config.num_minibatches`
     shuffled minibatches, one optimizer step per minibatch (`config` is a `PPOConfig`; the learning rate is
     the optimizer's).

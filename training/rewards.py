@@ -135,9 +135,9 @@ def build_test_matrix(
     `TestC::test_y`, as `collect_tests` lists them; a bare class name `TestC` is one test over all its
     methods); a parametrized test is one column that passes when all its cases pass (`passed_test`).
     A test missing from a result (the module did not collect, the worker died, a timeout) counts as not
-    passed: a failure for a code, invalid on the reference. Give a sample that failed sanitization an empty list. With `test_sources`, tests are deduplicated by
-    `collect_tests` keys (the same test written in two modules counts once); without, every (module, name)
-    is distinct."""
+    passed: a failure for a code, invalid on the reference. Give a sample that failed sanitization an
+    empty list. With `test_sources`, tests are deduplicated by `collect_tests` keys (the same test written
+    in two modules counts once); without, every (module, name) is distinct."""
     n, m = len(results), len(test_names)
     if len(reference_results) != m or any(len(row) != m for row in results):
         raise ValueError(f"need results[i][j] and reference_results[j] for all {m} test samples")
@@ -263,7 +263,8 @@ def discriminator_terms(
                          f"code_format_ok {codes.shape}")
     if sample_ids.size and (sample_ids.min() < 0 or sample_ids.max() >= m):
         raise ValueError(f"sample_ids must index the {m} entries of format_ok")
-    terms = {k: np.zeros(m) for k in ("discrimination", "validity", "format_ok", "num_tests", "num_valid", "valid_frac")}
+    names = ("discrimination", "validity", "format_ok", "num_tests", "num_valid", "valid_frac")
+    terms = {k: np.zeros(m) for k in names}
     for j in range(m):
         own = sample_ids == j  # (T,)
         tests = unique_columns(keys, own)  # (T,) T_j
