@@ -273,6 +273,45 @@ def test_failed_save_leaves_previous_latest(tmp_path, models_pair, monkeypatch):
     assert load_checkpoint(tmp_path / "latest").step == 1
 
 
+def test_failed_rename_leaves_pointers_that_resolve_to_the_previous_checkpoint(tmp_path, models_pair, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    first = save(manager, 1, models_pair, generator_reward=0.1, test_validity=0.1)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst).name == "step-000002":
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="Input/output"):
+        save(manager, 2, models_pair, generator_reward=0.9, test_validity=0.9)
+    assert [c.path for c in manager.list_checkpoints()] == [first]
+    assert resolve_checkpoint(tmp_path, "latest") == first
+    assert resolve_checkpoint(tmp_path, "best") == first
+
+
+def test_crash_right_after_the_rename_leaves_no_stale_pointer(tmp_path, models_pair, monkeypatch):
+    import training.checkpoint_manager as cm
+
+    manager = CheckpointManager(tmp_path)
+    save(manager, 1, models_pair, generator_reward=0.1, test_validity=0.1)
+    real_fsync_dir = cm._fsync_dir
+
+    def crash_once_published(path):
+        if (tmp_path / "checkpoints/step-000002").exists():
+            raise KeyboardInterrupt  # stands in for dying between the rename and anything after it
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(cm, "_fsync_dir", crash_once_published)
+    with pytest.raises(KeyboardInterrupt):
+        save(manager, 2, models_pair, generator_reward=0.9, test_validity=0.9)
+    monkeypatch.undo()
+    assert resolve_checkpoint(tmp_path, "latest").name == "step-000002"
+    assert resolve_checkpoint(tmp_path, "best").name == "step-000002"
+    assert load_checkpoint(tmp_path / "latest").step == 2
+
+
 def test_killed_save_never_lists_and_is_cleaned_up(tmp_path, models_pair):
     manager = CheckpointManager(tmp_path)
     first = save(manager, 1, models_pair)

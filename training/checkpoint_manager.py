@@ -20,7 +20,6 @@ One process writes to a run folder at a time.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -128,12 +127,10 @@ def restore_rng_state(state: dict) -> None:
     np.random.set_state({**np_state, "state": {"key": key, "pos": int(np_state["state"]["pos"])}})
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored",
-                           len(cuda), torch.cuda.device_count())
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda:
+        logger.warning("CUDA RNG state of %d devices not restored: %d visible", len(cuda), torch.cuda.device_count())
 
 
 class CheckpointManager:
@@ -180,6 +177,10 @@ class CheckpointManager:
                 "files": _hash_tree(tmp),  # fsyncs every file and folder on the way
             }
             _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2))
+            # Pointers first: if we die before the rename they name a folder that does not exist, and
+            # resolve_checkpoint falls back to the manifests; they are never left naming an older checkpoint.
+            info = CheckpointInfo(name, final, step, manifest["sequence"], manifest["score"], manifest["created"])
+            self._write_pointers([c for c in existing if c.name != name] + [info])
             if final.exists():
                 logger.warning("replacing the existing checkpoint %s", final)
                 self._discard(final)
@@ -189,7 +190,6 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         logger.info("saved checkpoint %s (step %s, score %s)", final, step, manifest["score"])
-        self._update_pointers()
         self._prune()
         return final
 
@@ -221,8 +221,7 @@ class CheckpointManager:
         best = _best(self.list_checkpoints())
         return best.path if best else None
 
-    def _update_pointers(self) -> None:
-        infos = self.list_checkpoints()
+    def _write_pointers(self, infos: list[CheckpointInfo]) -> None:
         for alias, info in (("latest", infos[-1] if infos else None), ("best", _best(infos))):
             pointer = self.checkpoints_dir / f"{alias}.json"
             if info is None:
@@ -378,9 +377,7 @@ def _checkpoint_name(name_or_step: int | str, trainer_state: dict) -> tuple[str,
 
 
 def _to_json(trainer_state: dict) -> str:
-    def default(obj):  # numpy scalars, 0-d tensors, dataclass configs
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.asdict(obj)
+    def default(obj):  # numpy scalars and arrays, tensors
         if hasattr(obj, "tolist"):
             return obj.tolist()
         raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
@@ -390,19 +387,15 @@ def _to_json(trainer_state: dict) -> str:
         raise TypeError(f"trainer_state must be JSON-able (dicts, lists, numbers, strings): {e}") from e
 
 
-def _is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel  # optional dependency
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _save_model(model, out_dir: Path, adapter_dir: Path) -> None:
     """`save_pretrained` as safetensors. A peft model is saved twice: its adapters (to resume with the same
     base and KL reference) and, merged on a copy so the live model is untouched, a plain model that any
     transformers user can load. The copy briefly doubles that model's memory."""
-    if _is_peft_model(model):
+    try:
+        from peft import PeftModel  # optional dependency
+    except ImportError:
+        PeftModel = ()
+    if PeftModel and isinstance(model, PeftModel):
         model.save_pretrained(adapter_dir)
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out_dir)
@@ -464,6 +457,6 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by someone else
+        pass
     return True
