@@ -211,36 +211,56 @@ def _autocast(model: torch.nn.Module, precision: str):
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def first_scored_column(mask: torch.Tensor | None) -> int:
+    """The first column of a (B, T) response mask that any row scores (>= 1); 1 without a mask."""
+    if mask is None or not mask.any():
+        return 1
+    return max(1, int(mask.any(0).nonzero()[0]))
+
+
 def _forward_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     precision: str,
     entropy_mask: torch.Tensor | None = None,
+    keep_from: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) log-probs aligned with input_ids (position 0 is 0) and, given a (B, T) mask, the (B, T)
-    entropy of the predicting distribution at those positions (no grad; 0 elsewhere)."""
+    """(B, T) log-probs aligned with input_ids (0 before column `keep_from`, and at position 0) and, given
+    a (B, T) mask, the (B, T) entropy of the predicting distribution at those positions (no grad).
+
+    Only the logits that predict columns keep_from..T-1 are computed (`logits_to_keep`): with a long
+    prompt and a 49k vocabulary the (B, T, V) prompt logits would dominate time and memory. Position ids
+    count real tokens, as `generate` does with left padding."""
+    T = input_ids.shape[1]
+    keep = T - keep_from + 1  # logits at positions keep_from-1 .. T-1; the last one predicts nothing
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     with _autocast(model, precision):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-    # logits[:, t] predicts input_ids[:, t + 1]
-    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
-    logprobs = F.pad(logprobs, (1, 0), value=0.0)  # (B, T)
+        try:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           logits_to_keep=keep).logits  # (B, keep, V)
+        except TypeError:  # a model without logits_to_keep: all positions
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
+    # logits[:, t] predicts input_ids[:, keep_from + t]
+    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, keep_from:])  # (B, T-keep_from)
+    logprobs = F.pad(logprobs, (keep_from, 0), value=0.0)  # (B, T)
     entropy = None
     if entropy_mask is not None:
         with torch.no_grad():
-            where = entropy_mask[:, 1:].bool()  # (B, T-1) positions whose prediction is needed
+            where = entropy_mask[:, keep_from:].bool()  # (B, T-keep_from) positions whose prediction is needed
             entropy = torch.zeros_like(logprobs)  # (B, T)
-            entropy[:, 1:][where] = entropy_from_logits(logits[:, :-1][where])  # (N,) only the response tokens
+            entropy[:, keep_from:][where] = entropy_from_logits(logits[:, :-1][where])  # (N,) response tokens only
     return logprobs, entropy
 
 
 def batch_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, precision: str = "fp32"
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, precision: str = "fp32",
+    keep_from: int = 1,
 ) -> torch.Tensor:
     """(B, T) log π(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits`;
     position 0 (nothing predicts it) is 0. Gradients flow when the caller's grad mode allows.
     The one implementation behind rollout old log-probs, reference log-probs and `train_step`."""
-    return _forward_logprobs(model, input_ids, attention_mask, precision)[0]
+    return _forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from)[0]
 
 
 @torch.no_grad()
@@ -254,7 +274,8 @@ def compute_ref_logprobs(
     input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)  # (B, T)
     size = chunk_size or len(batch)
     return torch.cat([
-        batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision)
+        batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision,
+                       keep_from=first_scored_column(batch.response_mask))
         for i in range(0, len(batch), size)
     ])  # (B, T)
 
@@ -292,6 +313,7 @@ def train_step(
         old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs.to(device),
         ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs.to(device),
     )
+    keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
     on_policy_single_step = config.ppo_epochs == 1 and min(config.num_minibatches, len(batch)) == 1
     if batch.old_logprobs is None and not on_policy_single_step:
         batch.old_logprobs = compute_ref_logprobs(model, batch, precision)  # (B, T) frozen before any step
@@ -302,7 +324,7 @@ def train_step(
     for _ in range(config.ppo_epochs):
         for index in torch.randperm(len(batch)).tensor_split(min(config.num_minibatches, len(batch))):
             mb = batch.select(index.to(device))
-            logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision,
+            logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
                                                   entropy_mask=mb.response_mask)  # (b, T), (b, T)
             old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
             loss, metrics = compute_policy_loss(
