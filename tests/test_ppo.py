@@ -193,7 +193,8 @@ def test_batch_logprobs_match_the_models_own_logits(tiny_model_factory):
     torch.testing.assert_close(lp[:, 4:], logprobs_from_logits(logits[:, 3:-1], batch.input_ids[:, 4:]),
                                atol=1e-4, rtol=1e-4)  # float noise of the sliced (logits_to_keep) forward
     full = batch_logprobs(model, batch.input_ids, batch.attention_mask)  # keep_from=1: every position
-    torch.testing.assert_close(full[:, 1:], logprobs_from_logits(logits[:, :-1], batch.input_ids[:, 1:]))
+    real = batch.attention_mask[:, 1:].bool()  # padding positions get other position ids: not compared
+    torch.testing.assert_close(full[:, 1:][real], logprobs_from_logits(logits[:, :-1], batch.input_ids[:, 1:])[real])
     # padding does not change the real tokens' log-probs; chunking does not change anything
     alone = compute_ref_logprobs(model, make_batch().select(torch.tensor([1])))
     unpadded = batch_logprobs(model, batch.input_ids[1:2, :-3], torch.ones(1, 9, dtype=torch.long))
