@@ -1,0 +1,216 @@
+"""Training curves and summaries from a run's `metrics.jsonl`.
+
+    python -m evaluation.plot runs/my_run                 # writes runs/my_run/curves.png
+    python -m evaluation.plot runs/my_run/metrics.jsonl --out curves.png --keys ppo/kl_ref,ppo/entropy
+
+`metrics.jsonl` holds one JSON object per line: namespaced metrics (`generator/reward_mean`, `ppo/kl_ref`,
+...) plus the bookkeeping fields `step` (int), `stage` (reasoning stage name) and `role` (which model was
+updated). One panel per metric, one curve per role, the reasoning stages shaded. matplotlib is an optional
+dependency, imported only when a figure is drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+DEFAULT_KEYS = (
+    "generator/reward_mean",
+    "discriminator/reward_mean",
+    "discriminator/valid_test_rate",
+    "generator/pass_rate",
+    "ppo/kl_ref",
+)
+BOOKKEEPING = ("step", "stage", "role")  # per-row fields that are not metrics
+MAX_FALLBACK_PANELS = 8  # panels drawn when none of DEFAULT_KEYS is present
+
+
+class MetricsFileError(ValueError):
+    """A metrics file is missing, empty or malformed. The message is one line naming the file."""
+
+
+def metrics_path(path: str | Path) -> Path:
+    """`path` itself, or `path/metrics.jsonl` when `path` is a run folder."""
+    path = Path(path)
+    return path / METRICS_FILE if path.is_dir() else path
+
+
+def load_metrics(path: str | Path) -> list[dict]:
+    """The rows of a `metrics.jsonl` (a file or a run folder holding one), blank lines skipped.
+    Raises `MetricsFileError` for a missing or unreadable file, a line that is not a JSON object, or no rows."""
+    path = metrics_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MetricsFileError(f"{path}: no such metrics file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetricsFileError(f"{path}: cannot read the metrics file: {getattr(e, 'strerror', None) or e}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MetricsFileError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise MetricsFileError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
+    if not rows:
+        raise MetricsFileError(f"{path}: the metrics file holds no rows")
+    return rows
+
+
+def _number(value) -> float | None:
+    """`value` as a float when it is a finite int or float (bools are not metrics), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _means(rows: Sequence[dict]) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in BOOKKEEPING and _number(value) is not None:
+                sums.setdefault(key, []).append(float(value))
+    return {key: sum(values) / len(values) for key, values in sorted(sums.items())}
+
+
+def summarize_metrics(rows: Sequence[dict]) -> dict:
+    """Mean of every numeric metric over the whole run and over each stage:
+
+        {"run": {key: mean}, "stages": {stage: {key: mean}}}
+
+    A mean is over the rows that have the key with a finite number (bools, strings and NaN are skipped;
+    the bookkeeping fields step/stage/role are not metrics). Stages appear in the order the run reached
+    them; rows without a stage count in "run" only."""
+    by_stage: dict[str, list[dict]] = {}
+    for row in rows:
+        if isinstance(row.get("stage"), str):
+            by_stage.setdefault(row["stage"], []).append(row)
+    return {"run": _means(rows), "stages": {stage: _means(stage_rows) for stage, stage_rows in by_stage.items()}}
+
+
+def plottable_keys(rows: Sequence[dict], keys: Sequence[str] | None = None) -> list[str]:
+    """The keys that have at least one numeric value. Default: those of `DEFAULT_KEYS`, or when none is
+    present, the first `MAX_FALLBACK_PANELS` numeric metrics in name order. Asked-for keys that are absent
+    are skipped with a warning."""
+    present = {k for row in rows for k, v in row.items() if k not in BOOKKEEPING and _number(v) is not None}
+    if keys:
+        missing = [k for k in keys if k not in present]
+        if missing:
+            logger.warning("no numeric values for %s; skipped", ", ".join(missing))
+        return [k for k in keys if k in present]
+    return [k for k in DEFAULT_KEYS if k in present] or sorted(present)[:MAX_FALLBACK_PANELS]
+
+
+def _x_values(rows: Sequence[dict]) -> tuple[list[float], str]:
+    """`step` when every row has an int step and steps never go back, else the row number."""
+    steps = [row.get("step") for row in rows]
+    if all(isinstance(s, int) and not isinstance(s, bool) for s in steps) and steps == sorted(steps):
+        return [float(s) for s in steps], "step"
+    return [float(i) for i in range(len(rows))], "row of metrics.jsonl"
+
+
+def _stage_spans(rows: Sequence[dict], xs: list[float]) -> list[tuple[str, float, float]]:
+    """(stage, x start, x end) of each run of consecutive rows with the same stage."""
+    spans: list[tuple[str, float, float]] = []
+    for i, row in enumerate(rows):
+        stage = row.get("stage")
+        if not isinstance(stage, str):
+            continue
+        if spans and spans[-1][0] == stage:
+            spans[-1] = (stage, spans[-1][1], xs[i])
+        else:
+            spans.append((stage, xs[i], xs[i]))
+    # each span reaches the start of the next so the shading has no gaps
+    return [(s, a, spans[j + 1][1] if j + 1 < len(spans) else b) for j, (s, a, b) in enumerate(spans)]
+
+
+def plot_metrics(
+    rows: Sequence[dict], out: str | Path, keys: Sequence[str] | None = None, title: str | None = None
+) -> Path:
+    """Draw one panel per metric of `plottable_keys(rows, keys)` (one curve per role, stages shaded and
+    named) and save the figure as a PNG at `out`. Raises `MetricsFileError` when nothing can be plotted and
+    `ImportError` when matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib, an optional dependency: pip install matplotlib") from None
+
+    asked, keys = keys, plottable_keys(rows, keys)
+    if not keys:
+        raise MetricsFileError("no numeric metrics to plot" + (f" among {', '.join(asked)}" if asked else ""))
+    xs, x_label = _x_values(rows)
+    spans = _stage_spans(rows, xs)
+    roles = list(dict.fromkeys(row.get("role") for row in rows if isinstance(row.get("role"), str))) or [None]
+
+    fig = Figure(figsize=(9, 1.0 + 2.2 * len(keys)), layout="constrained")
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys):
+        for j, (stage, start, end) in enumerate(spans):
+            ax.axvspan(start, end, color="0.92" if j % 2 == 0 else "0.82", alpha=0.6, linewidth=0)
+        for r, role in enumerate(roles):  # one colour per role across panels
+            points = [(x, _number(row.get(key))) for x, row in zip(xs, rows)
+                      if _number(row.get(key)) is not None and (role is None or row.get("role") == role)]
+            if points:
+                ax.plot(*zip(*points), marker=".", markersize=4, linewidth=1.2, color=f"C{r}", label=role or key)
+        ax.set_ylabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=7, loc="best")
+    for stage, start, end in spans:  # stage names above the first panel
+        axes[0].text((start + end) / 2, 1.02, stage, transform=axes[0].get_xaxis_transform(),
+                     ha="center", va="bottom", fontsize=7)
+    axes[-1].set_xlabel(x_label)
+    if title:
+        fig.suptitle(title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=110)
+    logger.info("wrote %s (%d rows; %s)", out, len(rows), ", ".join(keys))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.plot",
+        description="Draw the training curves of a run from its metrics.jsonl to a PNG.",
+    )
+    parser.add_argument("path", help=f"a run folder (its {METRICS_FILE} is read) or a {METRICS_FILE} file")
+    parser.add_argument("--out", help=f"PNG to write (default: curves.png next to {METRICS_FILE})")
+    parser.add_argument(
+        "--keys",
+        help="comma-separated metrics to plot, one panel each; absent ones are skipped "
+        f"(default: those present of {', '.join(DEFAULT_KEYS)})",
+    )
+    parser.add_argument("--title", help="figure title (default: the run folder's name)")
+    parser.add_argument("--summary", action="store_true", help="also print per-stage and whole-run means as JSON")
+    args = parser.parse_args(argv)
+
+    source = metrics_path(args.path)
+    out = Path(args.out) if args.out else source.parent / "curves.png"
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
+    try:
+        rows = load_metrics(source)
+        plot_metrics(rows, out, keys, title=args.title or source.resolve().parent.name)
+    except (MetricsFileError, ImportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({len(rows)} rows)")
+    if args.summary:
+        print(json.dumps(summarize_metrics(rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    sys.exit(main())
