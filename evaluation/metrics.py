@@ -29,16 +29,22 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- pass and failure rates
+def _flat_results(results: Any) -> list[ExecutionResult] | None:
+    """`results` as a flat list when it holds `ExecutionResult`s (flat, or nested like `Sandbox.run_matrix`)."""
+    if isinstance(results, np.ndarray):
+        return None
+    items = [results] if isinstance(results, ExecutionResult) else list(results)
+    if items and isinstance(items[0], (list, tuple)) and items[0] and isinstance(items[0][0], ExecutionResult):
+        items = [r for row in items for r in row]
+    return items if items and all(isinstance(r, ExecutionResult) for r in items) else None
+
+
 def _per_execution(results: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(fraction of tests passed, all passed) per execution. `results`: `ExecutionResult`s, flat or nested
-    as `Sandbox.run_matrix` returns them, or a pass matrix (rows executions, columns tests; a 1-D vector
-    is one single-test execution per entry)."""
-    if not isinstance(results, np.ndarray):
-        items = [results] if isinstance(results, ExecutionResult) else list(results)
-        if items and isinstance(items[0], (list, tuple)) and items[0] and isinstance(items[0][0], ExecutionResult):
-            items = [r for row in items for r in row]
-        if items and all(isinstance(r, ExecutionResult) for r in items):
-            return np.array([r.pass_rate for r in items]), np.array([r.all_passed for r in items])
+    """(fraction of tests passed, all passed) per execution, from `ExecutionResult`s or a pass matrix
+    (rows executions, columns tests; a 1-D vector is one single-test execution per entry)."""
+    flat = _flat_results(results)
+    if flat is not None:
+        return np.array([r.pass_rate for r in flat]), np.array([r.all_passed for r in flat])
     m = np.asarray(results)
     if m.size == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
@@ -87,6 +93,7 @@ _FLIP = {ast.Eq: ast.Eq, ast.NotEq: ast.NotEq, ast.Is: ast.Is, ast.IsNot: ast.Is
          ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}
 _UNBOUND = "_"  # what a name without a known value becomes: variable names never matter
 _MAX_CASES = 64  # literal loops and parametrize lists longer than this are not unrolled
+_MAX_NODES = 500  # a variable whose value is bigger than this counts as unknown (`s = s + s` cannot explode)
 
 
 def _canon(node: ast.AST) -> str:
@@ -118,8 +125,10 @@ class _Substitute(ast.NodeTransformer):
 
 
 def _bind(target: ast.AST, value: ast.expr | None, env: dict[str, ast.expr]) -> None:
+    """Record `target = value` in `env`; None (or a value too big to copy around) binds to `_`."""
     if isinstance(target, ast.Name):
-        env[target.id] = value if value is not None else ast.Name(_UNBOUND, ast.Load())
+        small = value is not None and sum(1 for _ in itertools.islice(ast.walk(value), _MAX_NODES + 1)) <= _MAX_NODES
+        env[target.id] = value if small else ast.Name(_UNBOUND, ast.Load())
     elif isinstance(target, (ast.Tuple, ast.List)):
         parts = value.elts if isinstance(value, (ast.Tuple, ast.List)) else None
         if parts is not None and len(parts) == len(target.elts) and not any(isinstance(p, ast.Starred) for p in parts):
@@ -252,6 +261,8 @@ def _parametrize_cases(func: ast.FunctionDef) -> list[dict[str, ast.expr | None]
                   else ast.Name(names[0], ast.Store()), value, case)
             axis.append(case)
         axes.append(axis)
+    if np.prod([len(axis) for axis in axes]) > _MAX_CASES ** 2:  # stacked decorators: too many to read
+        return [{}]
     return [dict(kv for case in combo for kv in case.items()) for combo in itertools.product(*axes)]
 
 
@@ -516,9 +527,7 @@ def aggregate_report(
         report["eval/strict_pass_rate"] = compute_pass_rate(results, strict=True)
         report["eval/failure_rate"] = compute_failure_rate(results)
         report["eval/num_executions"] = float(_per_execution(results)[0].size)
-        flat = [results] if isinstance(results, ExecutionResult) else [
-            r for item in ([] if isinstance(results, np.ndarray) else results)
-            for r in (item if isinstance(item, (list, tuple)) else [item]) if isinstance(r, ExecutionResult)]
+        flat = _flat_results(results)
         if flat:
             report["eval/error_rate"] = sum(r.status == "error" for r in flat) / len(flat)
             report["eval/timeout_rate"] = sum(r.status == "timeout" for r in flat) / len(flat)

@@ -132,6 +132,15 @@ def test_tests_that_call_nothing_are_one_behaviour_and_bad_sources_count_nothing
     assert compute_test_diversity([]).score == 0.0
 
 
+def test_degenerate_tests_stay_cheap():
+    doubling = "def test_x():\n    s = 'a'\n" + "    s = s + s\n" * 60 + "    assert f(s) == 1\n"
+    assert compute_test_diversity(doubling).num_checks == 1  # a value 2^60 nodes big is not built
+    stacked = "import pytest\n" + "".join(
+        f"@pytest.mark.parametrize('b{i}', {list(range(60))})\n" for i in range(3)) + "def test_x(b0, b1, b2):\n" \
+        "    assert f(b0, b1, b2) == 1\n"
+    assert compute_test_diversity(stacked).num_tests == 1  # 60^3 cases are read as one unknown case
+
+
 # ---------------------------------------------------------------- reasoning coherence
 PROBLEM_RW = "Reverse the words of a sentence. reverse_words(sentence: str) -> str returns the words of sentence in " \
     "reverse order joined by single spaces; leading and trailing spaces are ignored."
