@@ -4,9 +4,10 @@
     python -m evaluation.plot runs/my_run/metrics.jsonl --out curves.png --keys ppo/kl_ref,ppo/entropy
 
 `metrics.jsonl` holds one JSON object per line: namespaced metrics (`generator/reward_mean`, `ppo/kl_ref`,
-...) plus the bookkeeping fields `step` (int), `stage` (reasoning stage name) and `role` (which model was
-updated). One panel per metric, one curve per role, the reasoning stages shaded. matplotlib is an optional
-dependency, imported only when a figure is drawn.
+...) plus the bookkeeping fields `step` (int), `stage` (reasoning stage name), `phase` and `role` (which
+model was updated). One panel per metric, the reasoning stages shaded; a metric outside the role
+namespaces (`ppo/...`) gets one curve per role. matplotlib is an optional dependency, imported only
+when a figure is drawn.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ DEFAULT_KEYS = (
     "generator/pass_rate",
     "ppo/kl_ref",
 )
-BOOKKEEPING = ("step", "stage", "role")  # per-row fields that are not metrics
+BOOKKEEPING = ("step", "stage", "phase", "role")  # per-row fields that are not metrics
 MAX_FALLBACK_PANELS = 8  # panels drawn when none of DEFAULT_KEYS is present
 
 
@@ -135,12 +136,31 @@ def _stage_spans(rows: Sequence[dict], xs: list[float]) -> list[tuple[str, float
     return [(s, a, spans[j + 1][1] if j + 1 < len(spans) else b) for j, (s, a, b) in enumerate(spans)]
 
 
+def _roles(rows: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(row["role"] for row in rows if isinstance(row.get("role"), str)))
+
+
+def curves(rows: Sequence[dict], key: str, xs: Sequence[float] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """The (x, value) points of `key`, by curve label. A metric in a role's namespace (`generator/...`) is
+    measured at every step whichever model is updated: one curve named `key`. Any other (`ppo/...`) comes
+    from the update of the row's role: one curve per role (one named `key` when rows have no role)."""
+    xs = list(xs) if xs is not None else _x_values(rows)[0]
+    roles = _roles(rows)
+    split = bool(roles) and key.split("/")[0] not in roles
+    out: dict[str, list[tuple[float, float]]] = {}
+    for x, row in zip(xs, rows):
+        value = _number(row.get(key))
+        if value is not None:
+            out.setdefault(row.get("role", key) if split else key, []).append((x, value))
+    return out
+
+
 def plot_metrics(
     rows: Sequence[dict], out: str | Path, keys: Sequence[str] | None = None, title: str | None = None
 ) -> Path:
-    """Draw one panel per metric of `plottable_keys(rows, keys)` (one curve per role, stages shaded and
-    named) and save the figure as a PNG at `out`. Raises `MetricsFileError` when nothing can be plotted and
-    `ImportError` when matplotlib is missing."""
+    """Draw one panel per metric of `plottable_keys(rows, keys)` (stages shaded and named; one curve per
+    role for metrics outside the role namespaces) and save the figure as a PNG at `out`. Raises
+    `MetricsFileError` when nothing can be plotted and `ImportError` when matplotlib is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -151,18 +171,16 @@ def plot_metrics(
         raise MetricsFileError("no numeric metrics to plot" + (f" among {', '.join(asked)}" if asked else ""))
     xs, x_label = _x_values(rows)
     spans = _stage_spans(rows, xs)
-    roles = list(dict.fromkeys(row.get("role") for row in rows if isinstance(row.get("role"), str))) or [None]
+    roles = _roles(rows)
 
     fig = Figure(figsize=(9, 1.0 + 2.2 * len(keys)), layout="constrained")
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for ax, key in zip(axes, keys):
         for j, (stage, start, end) in enumerate(spans):
             ax.axvspan(start, end, color="0.92" if j % 2 == 0 else "0.82", alpha=0.6, linewidth=0)
-        for r, role in enumerate(roles):  # one colour per role across panels
-            points = [(x, _number(row.get(key))) for x, row in zip(xs, rows)
-                      if _number(row.get(key)) is not None and (role is None or row.get("role") == role)]
-            if points:
-                ax.plot(*zip(*points), marker=".", markersize=4, linewidth=1.2, color=f"C{r}", label=role or key)
+        for label, points in curves(rows, key, xs).items():
+            color = f"C{roles.index(label)}" if label in roles else "C0"  # one colour per role across panels
+            ax.plot(*zip(*points), marker=".", markersize=4, linewidth=1.2, color=color, label=label)
         ax.set_ylabel(key, fontsize=8)
         ax.grid(alpha=0.3)
         if len(ax.get_lines()) > 1:

@@ -113,3 +113,14 @@ def test_cli_help_documents_each_option():
     missing = subprocess.run([sys.executable, "-m", "evaluation.plot", "/nonexistent/run"], capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr.strip() == "error: /nonexistent/run: no such metrics file"
+
+
+def test_curves_split_update_metrics_by_role_only():
+    from evaluation.plot import curves
+
+    # generator/... is measured at every step: one curve over the rows that have it
+    assert curves(ROWS, "generator/reward_mean") == {"generator/reward_mean": [(2.0, 0.4), (4.0, 0.8)]}
+    # ppo/... belongs to the update of the row's role: one curve per role, the NaN point dropped
+    assert curves(ROWS, "ppo/kl_ref") == {"discriminator": [(1.0, 0.01)], "generator": [(2.0, 0.03), (4.0, 0.05)]}
+    # steps that go back (or are missing) fall back to the row number
+    assert curves([{"step": 5, "a/b": 1}, {"step": 2, "a/b": 2}], "a/b") == {"a/b": [(0.0, 1.0), (1.0, 2.0)]}
