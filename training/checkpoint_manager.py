@@ -250,11 +250,8 @@ class CheckpointManager:
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary folders left by crashed saves; skip those of another live process."""
+        """Delete temporary folders left by crashed saves (there is one writer per run folder)."""
         for path in self.checkpoints_dir.glob(f"{TMP_PREFIX}*"):
-            pid = path.name[len(TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue
             logger.info("removing %s, left by an interrupted save", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -450,13 +447,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        pass
-    return True
