@@ -359,7 +359,7 @@ class Coherence:
     """Components of `reasoning_coherence`; a component is None when the chain lacks what it needs."""
 
     flow: float | None  # mean share of each stage's terms already in the problem or the stage before
-    code_alignment: float | None  # plan (algorithm + pseudocode) <-> final code overlap
+    code_alignment: float | None  # overlap of algorithm and pseudocode with the final code, both ways
     edge_coverage: float | None  # share of the edge cases named in `edge_cases` that `review` names
     score: float  # mean of the components present; 0 when none is
 
@@ -458,17 +458,19 @@ def reasoning_coherence(chain: Mapping[str, str], code: str, problem: Problem | 
 
         flow           = mean over stages s of |T(s) ∩ (T(problem) ∪ T(stage before s))| / |T(s)|
                          (the first stage counts only when the problem is given)
-        code_alignment = ½ · |P ∩ K| / |P|  +  ½ · |I ∩ T(plan)| / |I|
-                         plan = algorithm + pseudocode; P = its terms that name code (in backticks, with `_`
-                         or `(`, or an operation word such as sort, split, dict, loop); K = the code's terms
-                         (identifiers, strings, construct words); I = the code's identifier terms
+        code_alignment = mean over plan stages p in (algorithm, pseudocode) of
+                         ½ · |P_p ∩ K| / |P_p|  +  ½ · |I ∩ T(p)| / |I|
+                         P_p = the terms of p that name code (in backticks, with `_` or `(`, or an operation
+                         word such as sort, split, dict, loop); K = the code's terms (identifiers, strings,
+                         construct words: `for` -> loop, `%` -> modulo); I = the code's identifier terms
         edge_coverage  = |E(edge_cases) ∩ E(review)| / |E(edge_cases)|
                          E = literals (numbers, quoted strings, `[]`) and edge words (empty, negative, ...)
         score          = mean of the components defined (each in [0, 1]); 0.0 when none is
 
     A component is None when the chain lacks its stages (no plan or no code; no edge_cases, no review or no
     edge case named). Stages from another problem or in the wrong slots lose flow, alignment and coverage."""
-    stages = [(name, chain[name]) for name in STAGE_NAMES if chain.get(name, "").strip()]
+    chain = {name: text for name, text in chain.items() if isinstance(text, str) and text.strip()}
+    stages = [(name, chain[name]) for name in STAGE_NAMES if name in chain]
     given = set() if problem is None else _terms(
         problem if isinstance(problem, str) else f"{problem.title} {problem.description} {problem.signature}")
     grounded, previous = [], set()  # consecutive stages: each one against the problem and the stage before
@@ -478,15 +480,14 @@ def reasoning_coherence(chain: Mapping[str, str], code: str, problem: Problem | 
         previous = _terms(text)
     flow = float(np.mean(grounded)) if grounded else None
 
-    plans = [chain[name] for name in ("algorithm", "pseudocode") if chain.get(name, "").strip()]
+    plans = [chain[name] for name in ("algorithm", "pseudocode") if name in chain]
     code_alignment = None
     if plans and code.strip():
         idents, code_terms = _code_terms(code)
         code_alignment = float(np.mean([_alignment(plan, idents, code_terms) for plan in plans]))
 
     edges = _edge_cases(chain.get("edge_cases", ""))
-    review = chain.get("review", "")
-    edge_coverage = _share(edges, _edge_cases(review)) if edges and review.strip() else None
+    edge_coverage = _share(edges, _edge_cases(chain["review"])) if edges and "review" in chain else None
 
     parts = [p for p in (flow, code_alignment, edge_coverage) if p is not None]
     return Coherence(flow, code_alignment, edge_coverage, float(np.mean(parts)) if parts else 0.0)
