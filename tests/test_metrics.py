@@ -188,8 +188,9 @@ def permuted(chain, order):
 def test_coherent_chain_beats_permuted_stages(chain, code, problem):
     coherent = compute_reasoning_coherence(chain, code, problem)
     names = list(chain)
-    for order in (names[::-1], names[1:] + names[:1], ["review", "edge_cases", "algorithm", "pseudocode", "understand"],
-                  ["understand", "pseudocode", "algorithm", "edge_cases", "review"]):
+    swaps = (["review", "edge_cases", "algorithm", "pseudocode", "understand"],
+             ["understand", "pseudocode", "algorithm", "edge_cases", "review"])
+    for order in (names[::-1], names[1:] + names[:1], *swaps):
         assert compute_reasoning_coherence(permuted(chain, order), code, problem) < coherent, order
     scores = [compute_reasoning_coherence(permuted(chain, p), code, problem)
               for p in itertools.permutations(names) if list(p) != names]
