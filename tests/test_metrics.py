@@ -156,7 +156,9 @@ CHAIN_RW = {
               "string \"\" -> [] -> \"\". Only spaces \"   \" -> \"\". Single word \"python\" stays. Extra spaces "
               "are dropped by split.",
 }
-CODE_RW = "def reverse_words(sentence: str) -> str:\n    words = sentence.split()\n    return ' '.join(reversed(words))\n"
+CODE_RW = (
+    "def reverse_words(sentence: str) -> str:\n    words = sentence.split()\n    return ' '.join(reversed(words))\n"
+)
 PROBLEM_FB = "FizzBuzz list. fizzbuzz(n: int) -> list[str] returns the strings for 1..n: Fizz for multiples of 3, " \
     "Buzz for multiples of 5, FizzBuzz for both, the number itself otherwise. For n <= 0 return an empty list."
 CHAIN_FB = {
