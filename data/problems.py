@@ -187,6 +187,20 @@ def load_humaneval(limit: int | None = None) -> list[Problem]:
     return problems
 
 
+def load_problem_set(spec: str, max_problems: int = 0) -> list[Problem]:
+    """Problems by name: "examples" (the shipped example set), "humaneval", or a path to a JSON file;
+    the first `max_problems` only when it is > 0."""
+    if spec == "examples":
+        problems = load_problems(EXAMPLE_PROBLEMS)
+    elif spec == "humaneval":
+        problems = load_humaneval()
+    elif Path(spec).exists():
+        problems = load_problems(spec)
+    else:
+        raise ProblemFormatError(f"{spec}: no such problem file (or use 'examples' or 'humaneval')")
+    return problems[:max_problems] if max_problems > 0 else problems
+
+
 def _signature_of(source: str, name: str) -> str:
     for line in source.splitlines():
         if line.lstrip().startswith(f"def {name}("):

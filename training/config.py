@@ -5,7 +5,7 @@ options (and `--help`) from these fields. Cross-field checks raise `ValueError` 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from reasoning.stages import STAGE_NAMES
 from sandbox import SandboxConfig
@@ -60,18 +60,42 @@ class PPOConfig:
 class TrainingConfig:
     """The whole run. Saved with every run folder and checkpoint."""
 
-    generator_model: str = "default"  # "default", "tiny", a Hugging Face id or a local folder
+    # models
+    generator_model: str = "default"  # "default" (SmolLM2-135M-Instruct), "tiny", a Hugging Face id or a local folder
     discriminator_model: str = ""  # same choices; empty means the same as generator_model
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "mps" or "cpu"
+    dtype: str = "auto"  # "auto" (bf16 on a capable GPU, else fp32), "float32", "bfloat16", "float16"
+    # data
     problems: str = "examples"  # "examples", "humaneval", or a path to a problem JSON file
+    max_problems: int = 0  # use only the first this many problems (0 = all)
+    # schedule
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to train, in order
     n_steps: int = 2  # N: discriminator steps, then generator steps, per stage
     k_alternations: int = 1  # K: rapid one-and-one alternations per stage
-    num_samples: int = 4  # generator code samples and discriminator test samples per problem
     problems_per_step: int = 1  # problems in one training step
-    seed: int = 0  # seeds Python, NumPy and torch
+    # rollouts
+    num_samples: int = 4  # generator samples (stage text + code) per problem and step
+    num_test_samples: int = 4  # discriminator samples (critique + tests) per problem and step
+    temperature: float = 0.7  # sampling temperature of both models
+    stage_tokens: int = 0  # max new tokens of a reasoning stage or critique (0 = the stage's own budget)
+    code_tokens: int = 0  # max new tokens of the final code (0 = the generator's default, 320)
+    test_tokens: int = 0  # max new tokens of a test suite (0 = the discriminator's default, 320)
+    top_p: float = 0.95  # nucleus sampling mass
+    rollout_remaining_stages: bool = True  # write the stages after s before the code (False: code right after s)
+    critique: bool = True  # the discriminator critiques stage s before writing its tests
+    max_attempts: int = 1  # code attempts per sample; >1 repairs from failing tests (multi-attempt)
+    # what trains
+    train_last_layers: int = 0  # train only the last this many transformer blocks (0 = all parameters)
+    lora_rank: int = 0  # LoRA adapters of this rank instead of full weights (0 = off; needs peft)
+    lora_alpha: int = 32  # LoRA scaling
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # modules that get adapters
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    # run folder, logging, checkpoints
     output_dir: str = ""  # run folder; empty makes runs/<timestamp>
-    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "mps" or "cpu"
-    dtype: str = "auto"  # "auto" (bf16 on a capable GPU, else fp32), "float32", "bfloat16", "float16"
+    seed: int = 0  # seeds Python, NumPy and torch
+    samples_every: int = 1  # write sample rows to samples.jsonl every this many steps (0 = never)
+    save_every: int = 0  # also checkpoint every this many steps (0 = only after each stage)
+    keep_last: int = 3  # checkpoints kept besides the best and the latest
     rewards: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -80,10 +104,121 @@ class TrainingConfig:
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {list(STAGE_NAMES)}")
-        if self.n_steps < 0 or self.k_alternations < 0:
-            raise ValueError("n_steps and k_alternations must be >= 0")
-        if self.num_samples < 2:
-            raise ValueError("num_samples must be >= 2: group-relative advantages need a group")
+        if not self.stages:
+            raise ValueError("stages is empty; give at least one of " + ", ".join(STAGE_NAMES))
+        if self.n_steps < 0 or self.k_alternations < 0 or self.n_steps + self.k_alternations == 0:
+            raise ValueError("n_steps and k_alternations must be >= 0 and not both 0")
+        if self.num_samples < 2 or self.num_test_samples < 1:
+            raise ValueError("num_samples must be >= 2 (group-relative advantages need a group), num_test_samples >= 1")
+        if self.max_attempts < 1 or self.problems_per_step < 1:
+            raise ValueError("max_attempts and problems_per_step must be >= 1")
+        if self.lora_rank and self.train_last_layers:
+            raise ValueError("choose LoRA (lora_rank) or the last layers (train_last_layers), not both")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingConfig:
+        """Inverse of `to_dict` (a saved config.json); unknown keys are an error naming them."""
+        nested = {f.name: f.type for f in fields(cls) if f.name in ("rewards", "ppo", "sandbox")}
+        kinds = {"rewards": RewardConfig, "ppo": PPOConfig, "sandbox": SandboxConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        values = dict(data)
+        for name in nested:
+            if isinstance(values.get(name), dict):
+                values[name] = kinds[name](**values[name])
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- presets
+PRESETS: dict[str, dict] = {
+    # the default: the real default model on the example problems, all five stages, within ~15 min on 2 CPU cores
+    "demo": dict(n_steps=1, k_alternations=1, num_samples=4, num_test_samples=4, rollout_remaining_stages=False,
+                 critique=False, train_last_layers=4, ppo=dict(precision="bf16", learning_rate=2e-5)),
+    # the tiny random model: a smoke test of the whole pipeline in well under a minute
+    "tiny": dict(generator_model="tiny", n_steps=1, k_alternations=1, num_samples=2, num_test_samples=2,
+                 stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False, critique=False,
+                 sandbox=dict(num_workers=2, timeout_s=3.0)),
+    # a GPU with a larger coder model: longer chains, more samples, full updates
+    "gpu": dict(generator_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", n_steps=8, k_alternations=4, num_samples=8,
+                num_test_samples=8, problems_per_step=4, max_attempts=2, problems="humaneval",
+                ppo=dict(precision="bf16", learning_rate=1e-6, ppo_epochs=2, num_minibatches=4)),
+}
+
+
+def preset_config(name: str, **overrides) -> TrainingConfig:
+    """The preset's config with `overrides` (nested configs as dicts of their fields)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
+    values = _merge(asdict(TrainingConfig()), PRESETS[name])
+    return TrainingConfig.from_dict(_merge(values, overrides))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ---------------------------------------------------------------- command line, generated from the fields
+def field_docs(cls) -> dict[str, str]:
+    """Each field's one-line comment in the class source: the `--help` text of its option."""
+    import inspect
+    import re
+
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            docs[match.group(1)] = match.group(2).strip()
+    return docs
+
+
+SECTIONS = {"rewards": RewardConfig, "ppo": PPOConfig, "sandbox": SandboxConfig}
+
+
+def add_config_arguments(parser) -> None:
+    """One option per field of `TrainingConfig` and its nested configs (`--learning-rate`, ...), grouped
+    by config, with the field's comment as help. Defaults stay unset, so only what the user gives
+    overrides the preset."""
+    import argparse
+
+    def add(group, cls, skip=()):
+        docs = field_docs(cls)
+        for f in fields(cls):
+            if f.name in skip:
+                continue
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{docs.get(f.name, '')} (default: {default})"
+            if isinstance(default, bool):
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            elif isinstance(default, list):
+                group.add_argument(flag, dest=f.name, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                                   default=None, metavar="A,B,...", help=help_text)
+            else:
+                group.add_argument(flag, dest=f.name, type=type(default), default=None,
+                                   metavar=type(default).__name__.upper(), help=help_text)
+
+    add(parser.add_argument_group("training"), TrainingConfig, skip=tuple(SECTIONS))
+    for name, cls in SECTIONS.items():
+        add(parser.add_argument_group(name, cls.__doc__), cls)
+
+
+def config_from_args(args, preset: str = "demo") -> TrainingConfig:
+    """The preset's config with every option the user gave on top (`ValueError` on a bad value)."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    overrides: dict = {}
+    top = {f.name for f in fields(TrainingConfig)}
+    for name, value in given.items():
+        section = next((s for s, cls in SECTIONS.items() if name in {f.name for f in fields(cls)}), None)
+        if section:
+            overrides.setdefault(section, {})[name] = value
+        elif name in top:
+            overrides[name] = value
+    return preset_config(preset, **overrides)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Train the Generator and the Discriminator against each other (N + N + K schedule, stage by stage).
+
+    python run_training.py                      # demo preset: default model, example problems, all 5 stages
+    python run_training.py --preset tiny        # tiny random model: a smoke test in under a minute
+    python run_training.py --output-dir runs/a --resume          # continue runs/a from its latest checkpoint
+    python run_training.py --resume runs/a/checkpoints/step-000008 --output-dir runs/a
+
+Every option below is a field of the configuration (training/config.py); the preset sets the starting
+values and the options you give override them. The run folder gets config.json, metrics.jsonl,
+samples.jsonl, summary.json and checkpoints/.
+"""
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from training.config import PRESETS, add_config_arguments, config_from_args
+
+RESULT_COLUMNS = {  # header -> metric key
+    "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
+    "disc_reward": "discriminator/reward_mean", "valid_tests": "discriminator/valid_test_rate",
+    "kl_ref": "ppo/kl_ref", "sec/step": "time/step_s",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="demo",
+                        help="starting configuration: demo (default model, ~15 min on 2 CPU cores), tiny "
+                             "(tiny random model, under a minute), gpu (a larger coder model on a GPU)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                        help="continue from a checkpoint: alone, the latest one in --output-dir; or a "
+                             "checkpoint folder or run folder")
+    parser.add_argument("--start-stage", default=None, metavar="STAGE",
+                        help="start at the beginning of this stage (with --resume: from that checkpoint's weights)")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the results table")
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def print_results(summary: dict, run_dir: Path) -> None:
+    print(f"\nresults ({run_dir}):")
+    print(f"{'stage':<12}" + "".join(f"{h:>12}" for h in RESULT_COLUMNS))
+    rows = list(summary["stages"].items()) + [("whole run", summary["run"])]
+    for stage, metrics in rows:
+        print(f"{stage:<12}" + "".join(f"{metrics.get(k, float('nan')):>12.3f}" for k in RESULT_COLUMNS.values()))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args, args.preset)
+    except (ValueError, TypeError) as e:
+        print(f"run_training.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.resume == "latest" and not config.output_dir:
+        print("run_training.py: error: --resume without a path needs --output-dir (the run to continue)",
+              file=sys.stderr)
+        return 2
+    run_dir = Path(config.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"run folder: {run_dir}", flush=True)
+
+    from training.trainer import run_training  # heavy imports after the arguments are checked
+
+    try:
+        summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: python run_training.py --output-dir {run_dir} --resume", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        print(f"run_training.py: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print_results(summary, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

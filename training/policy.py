@@ -1,0 +1,120 @@
+"""What makes a loaded model trainable: which parameters train, LoRA, the frozen reference, freezing.
+
+The reference for the KL penalty is the model's initial weights: a frozen deep copy, or, with LoRA, the
+same module with its adapters switched off (no second copy; `reference_logprobs` handles both).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import torch
+
+from training.config import TrainingConfig
+from training.ppo import RolloutBatch, compute_ref_logprobs
+
+logger = logging.getLogger(__name__)
+
+
+def freeze(model: torch.nn.Module) -> None:
+    """No gradients and eval mode: the other model's steps cannot change it."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(model: torch.nn.Module, trainable: set[str] | None = None) -> None:
+    """Gradients on the `trainable` parameter names (all when None). Eval mode stays on: dropout would
+    make PPO's probability ratios noise (HF causal LMs keep dropout 0 anyway)."""
+    model.eval()
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable is None or name in trainable)
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The stack of transformer blocks of a Hugging Face causal LM (Llama, Qwen, Mistral, GPT-2 style)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        node = base
+        for attr in path.split("."):
+            node = getattr(node, attr, None)
+        if isinstance(node, torch.nn.ModuleList):
+            return node
+    return None
+
+
+def trainable_names(model: torch.nn.Module, last_layers: int) -> set[str] | None:
+    """Names of the parameters to train: the last `last_layers` blocks and the final norm (None: all).
+    Training only the top of the network cuts the update's time and memory (DESIGN.md 'PPO')."""
+    if last_layers <= 0:
+        return None
+    layers = decoder_layers(model)
+    if layers is None:
+        raise ValueError("train_last_layers needs a model with a known layer stack; use train_last_layers=0")
+    keep = {id(p) for layer in list(layers)[-last_layers:] for p in layer.parameters()}
+    names = {n for n, p in model.named_parameters() if id(p) in keep}
+    names |= {n for n, _ in model.named_parameters() if n.endswith(("norm.weight", "ln_f.weight", "ln_f.bias"))
+              and ".layers." not in n and ".h." not in n}
+    return names
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: int, targets: list[str]) -> torch.nn.Module:
+    """Wrap `model` with LoRA adapters (peft, imported only here)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("lora_rank > 0 needs peft: pip install peft") from None
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def prepare_policy(model: torch.nn.Module, config: TrainingConfig) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """Make `model` trainable as `config` says; returns (policy, reference). The reference is None with
+    LoRA (adapters off serve) and when kl_coef is 0, else a frozen copy of the initial weights."""
+    if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.lora_rank > 0:
+        model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
+        unfreeze(model, {n for n, _ in model.named_parameters() if "lora_" in n})
+        return model, None
+    reference = None
+    if config.ppo.kl_coef > 0:
+        reference = copy.deepcopy(model)
+        freeze(reference)
+    unfreeze(model, trainable_names(model, config.train_last_layers))
+    return model, reference
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.AdamW(params, lr=config.ppo.learning_rate, weight_decay=config.ppo.weight_decay)
+
+
+def reference_logprobs(
+    policy: torch.nn.Module, reference: torch.nn.Module | None, batch: RolloutBatch, precision: str
+) -> torch.Tensor | None:
+    """(B, T) log-probs of the frozen reference: the copy, or the LoRA policy with adapters off."""
+    if reference is not None:
+        return compute_ref_logprobs(reference, batch, precision)
+    if is_lora(policy):
+        with policy.disable_adapter():
+            return compute_ref_logprobs(policy, batch, precision)
+    return None
+
+
+@contextlib.contextmanager
+def trainable(model: torch.nn.Module, names: set[str] | None):
+    """Gradients on for the duration of one update, frozen again after."""
+    unfreeze(model, names)
+    try:
+        yield model
+    finally:
+        freeze(model)

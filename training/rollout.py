@@ -1,0 +1,213 @@
+"""One training step's data for a group of problems: roll out both models, run the sandbox, score.
+
+For each problem at stage s (DESIGN.md 'Data flow'):
+
+    chain prefix   stages before s, greedy, cached per problem (`Trainer.chain_prefix`)
+    generator      n samples of stage s (the action), then (optionally) the remaining stages and the code
+    discriminator  m samples: a critique of stage s (optional), then tests written against that chain
+    sandbox        codes × test modules, the reference solution × test modules (validity), codes × the
+                   problem's own tests, all in one `run_matrix` call
+    rewards        r_gen (n,) and r_disc (m,) from `training.rewards`
+
+All samples of all problems of a step go through each `generate` call together (one call per stage).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data.problems import Problem
+from models.base import CodeGeneration, Generation, TestsGeneration
+from reasoning.stages import STAGES, Chain, format_chain, stage_index
+from sandbox import ExecutionResult, Sandbox
+from training.config import TrainingConfig
+from training.rewards import (
+    build_test_matrix,
+    collect_tests,
+    compute_discriminator_reward,
+    compute_generator_reward,
+    discriminator_terms,
+    generator_terms,
+    ground_truth_matrix,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProblemRollout:
+    """Everything one problem contributed to a step."""
+
+    problem: Problem
+    stage: str
+    prefix: Chain  # the cached stages before `stage`
+    stage_samples: list[Generation]  # (n) the generator's actions at this stage
+    chains: list[Chain]  # (n) prefix + sampled stage (+ remaining stages)
+    codes: list[CodeGeneration]  # (n) final code of each chain
+    critiques: list[Generation]  # (m) or empty when critiques are off
+    tests: list[TestsGeneration]  # (m)
+    attempts: list[int] = field(default_factory=list)  # (n) code attempts used per sample
+    gen_rewards: np.ndarray | None = None  # (n,)
+    disc_rewards: np.ndarray | None = None  # (m,)
+    gen_terms: dict = field(default_factory=dict)
+    disc_terms: dict = field(default_factory=dict)
+    gt_results: list[ExecutionResult] = field(default_factory=list)  # (n) code i on the problem's tests
+    validity: list[bool] = field(default_factory=list)  # (m) module j passes on the reference
+
+
+def sample_generator(trainer, problems: list[Problem], stage: str) -> tuple[list, list, list]:
+    """Stage-s samples, chains and codes for each problem (one generate call per stage)."""
+    cfg: TrainingConfig = trainer.config
+    n = cfg.num_samples
+    prefixes = [trainer.chain_prefix(p, stage) for p in problems]
+    stage_groups = trainer.generator.generate_stage_output(problems, stage, prefixes, num_samples=n,
+                                                           max_new_tokens=cfg.stage_tokens or None)
+    chains = [[{**prefix, stage: g.text.strip()} for g in group] for prefix, group in zip(prefixes, stage_groups)]
+    flat_problems = [p for p in problems for _ in range(n)]
+    flat_chains = [c for group in chains for c in group]
+    if cfg.rollout_remaining_stages:
+        for later in STAGES[stage_index(stage) + 1:]:
+            if later.name not in cfg.stages:
+                continue
+            outs = trainer.generator.generate_stage_output(flat_problems, later, flat_chains, num_samples=1,
+                                                           max_new_tokens=cfg.stage_tokens or None)
+            for chain, out in zip(flat_chains, outs):
+                chain[later.name] = out[0].text.strip()
+    codes = trainer.generator.generate_code(flat_problems, flat_chains, num_samples=1,
+                                            max_new_tokens=cfg.code_tokens or None)
+    code_groups = [[c[0] for c in codes[i * n:(i + 1) * n]] for i in range(len(problems))]
+    return stage_groups, chains, code_groups
+
+
+def sample_discriminator(trainer, problems: list[Problem], stage: str, chains: list[list[Chain]],
+                         feedback: list[str] | None = None) -> tuple[list, list]:
+    """Critiques (optional) and test suites: sample j of a problem sees generator chain j (mod n)."""
+    cfg: TrainingConfig = trainer.config
+    m = cfg.num_test_samples
+    flat_problems = [p for p in problems for _ in range(m)]
+    flat_chains = [chains[i][j % len(chains[i])] for i in range(len(problems)) for j in range(m)]
+    contexts = [format_chain(c) for c in flat_chains]
+    critiques: list[Generation] = []
+    if cfg.critique:
+        outs = trainer.discriminator.generate_critique(
+            flat_problems, stage, [c[stage] for c in flat_chains],
+            [{k: v for k, v in c.items() if k != stage} for c in flat_chains], num_samples=1,
+            max_new_tokens=cfg.stage_tokens or None,
+        )
+        critiques = [o[0] for o in outs]
+        contexts = [f"{ctx}A reviewer's critique of the \"{stage}\" step:\n{c.text.strip()}\n\n"
+                    for ctx, c in zip(contexts, critiques)]
+    if feedback:
+        contexts = [ctx + fb for ctx, fb in zip(contexts, feedback)]
+    outs = trainer.discriminator.generate_tests(flat_problems, contexts, num_samples=1,
+                                                max_new_tokens=cfg.test_tokens or None)
+    tests = [o[0] for o in outs]
+    critique_groups = [critiques[i * m:(i + 1) * m] for i in range(len(problems))] if critiques else [[] for _ in problems]
+    return critique_groups, [tests[i * m:(i + 1) * m] for i in range(len(problems))]
+
+
+def run_sandbox(sandbox: Sandbox, rollout: ProblemRollout) -> list[list[ExecutionResult]]:
+    """One `run_matrix`: rows are the codes then the reference, columns the test modules then the
+    problem's own tests. A code or test sample that failed sanitization runs as an empty module."""
+    codes = [c.code if c.ok else "" for c in rollout.codes] + [rollout.problem.reference_solution]
+    tests = [t.tests if t.ok else "def test_format_failure():\n    assert False\n" for t in rollout.tests]
+    return sandbox.run_matrix(codes, tests + [rollout.problem.tests])
+
+
+def score(rollout: ProblemRollout, matrix: list[list[ExecutionResult]], config: TrainingConfig) -> None:
+    """Fill the rollout's rewards and their terms from the sandbox matrix (`run_sandbox` layout)."""
+    m = len(rollout.tests)
+    code_rows, reference_row = matrix[:-1], matrix[-1]
+    names = [t.test_names if t.ok else [] for t in rollout.tests]
+    sources = [t.tests if t.ok else "" for t in rollout.tests]
+    tm = build_test_matrix([row[:m] for row in code_rows], names, reference_row[:m], sources)
+    rollout.gt_results = [row[m] for row in code_rows]
+    gt = ground_truth_matrix(rollout.gt_results, list(collect_tests(rollout.problem.tests)))
+    code_ok = np.array([c.ok for c in rollout.codes], dtype=bool)
+    test_ok = np.array([t.ok for t in rollout.tests], dtype=bool)
+    rc = config.rewards
+    rollout.gen_rewards = compute_generator_reward(tm.passes, tm.valid, code_ok, rc, gt, tm.keys)
+    rollout.disc_rewards = compute_discriminator_reward(tm.passes, tm.valid, tm.sample_ids, test_ok, rc, code_ok, tm.keys)
+    rollout.gen_terms = generator_terms(tm.passes, tm.valid, code_ok, gt, tm.keys)
+    rollout.disc_terms = discriminator_terms(tm.passes, tm.valid, tm.sample_ids, test_ok, rc.validity_floor, code_ok, tm.keys)
+    rollout.validity = [bool(ok and reference_row[j].all_passed) for j, ok in enumerate(test_ok)]
+
+
+def failing_tests(rollout: ProblemRollout, i: int, matrix: list[list[ExecutionResult]]) -> list[str]:
+    """Names of the valid tests and ground-truth tests code i fails (feedback for another attempt)."""
+    m = len(rollout.tests)
+    failures = [f"{name} (problem's test)" for name in matrix[i][m].failing_tests]
+    for j, valid in enumerate(rollout.validity):
+        if valid:
+            failures += [f"{name} (reviewer's test)" for name in matrix[i][j].failing_tests]
+    return failures[:8]
+
+
+def discriminator_feedback(rollout: ProblemRollout) -> list[str]:
+    """What the discriminator is told before another attempt: its tests were invalid, or caught nothing."""
+    out = []
+    for j, t in enumerate(rollout.tests):
+        if not t.ok:
+            out.append(f"Your earlier tests could not be used ({t.reason}). Write valid pytest functions.\n\n")
+        elif not rollout.validity[j]:
+            out.append("Some of your earlier tests failed on a correct solution: check expected values.\n\n")
+        elif rollout.disc_terms["discrimination"][j] == 0:
+            out.append("Your earlier tests caught no wrong solution: test harder edge cases.\n\n")
+        else:
+            out.append("")
+    return out
+
+
+def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[ProblemRollout], dict]:
+    """Roll out, run the sandbox and score every problem of a step, with up to `max_attempts` attempts:
+    failing codes get their failing tests as feedback, and discriminator samples whose tests were invalid
+    or caught nothing are told so. Returns the rollouts and timing/attempt metrics."""
+    cfg: TrainingConfig = trainer.config
+    timing = {"time/generation_s": 0.0, "time/sandbox_s": 0.0}
+    t = time.perf_counter()
+    stage_groups, chains, code_groups = sample_generator(trainer, problems, stage)
+    critique_groups, test_groups = sample_discriminator(trainer, problems, stage, chains)
+    timing["time/generation_s"] += time.perf_counter() - t
+    rollouts = [
+        ProblemRollout(problem=p, stage=stage, prefix=trainer.chain_prefix(p, stage), stage_samples=s,
+                       chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes))
+        for p, s, c, codes, cr, ts in zip(problems, stage_groups, chains, code_groups, critique_groups, test_groups)
+    ]
+    matrices = []
+    for attempt in range(1, cfg.max_attempts + 1):
+        t = time.perf_counter()
+        matrices = [run_sandbox(trainer.sandbox, r) for r in rollouts]
+        for r, mtx in zip(rollouts, matrices):
+            score(r, mtx, cfg)
+        timing["time/sandbox_s"] += time.perf_counter() - t
+        if attempt == cfg.max_attempts:
+            break
+        retry = [(k, i) for k, r in enumerate(rollouts) for i in range(len(r.codes))
+                 if r.gen_rewards[i] < cfg.rewards.gen_pass_coef + cfg.rewards.gen_format_coef - 1e-9]
+        if not retry:
+            break
+        t = time.perf_counter()
+        feedback = [[(rollouts[k].codes[i].code or rollouts[k].codes[i].text, failing_tests(rollouts[k], i, matrices[k]))]
+                    for k, i in retry]
+        new = trainer.generator.generate_code([rollouts[k].problem for k, _ in retry],
+                                              [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
+                                              max_new_tokens=cfg.code_tokens or None)
+        for (k, i), out in zip(retry, new):
+            rollouts[k].codes[i] = out[0]
+            rollouts[k].attempts[i] = attempt + 1
+        disc_feedback = [fb for r in rollouts for fb in discriminator_feedback(r)]
+        if any(disc_feedback):
+            critique_groups, test_groups = sample_discriminator(
+                trainer, problems, stage, [r.chains for r in rollouts], disc_feedback)
+            for r, cr, ts in zip(rollouts, critique_groups, test_groups):
+                r.critiques, r.tests = cr, ts
+        timing["time/generation_s"] += time.perf_counter() - t
+    timing["attempts/mean"] = float(np.mean([a for r in rollouts for a in r.attempts]))
+    timing["attempts/solved_after_retry"] = sum(
+        int(a > 1 and r.gen_terms["pass_rate"][i] == 1.0) for r in rollouts for i, a in enumerate(r.attempts))
+    timing["sandbox/executions"] = sum(len(mtx) * len(mtx[0]) for mtx in matrices)
+    timing["sandbox/timeouts"] = sum(res.timed_out for mtx in matrices for row in mtx for res in row)
+    return rollouts, timing

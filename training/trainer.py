@@ -1,0 +1,382 @@
+"""`AdversarialTrainer`: the N + N + K schedule over the reasoning stages (DESIGN.md 'Schedule').
+
+Per stage s, in order: N discriminator steps (generator frozen), N generator steps (discriminator frozen),
+K rapid alternations (one discriminator step, one generator step). Each step reads as phases:
+
+    rollout (both models sample) → sandbox → rewards → PPO update of one model → log → checkpoint
+
+Outside its own update every model is frozen (no gradients, eval mode), so a step of one role cannot
+change the other. The whole schedule is a flat list; `TrainerState.position` is the next entry, which
+is what makes resuming from a checkpoint exact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data.problems import Problem
+from models.base import build_token_batch
+from reasoning.stages import STAGES, stages_before
+from sandbox import Sandbox
+from training.config import TrainingConfig
+from training.policy import freeze, make_optimizer, prepare_policy, reference_logprobs, trainable
+from training.ppo import RolloutBatch, compute_advantages, count_zero_signal_groups, train_step
+from training.rollout import ProblemRollout, make_rollouts
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("discriminator", "generator")
+
+
+@dataclass
+class ScheduleEntry:
+    """One training step of the N + N + K schedule."""
+
+    index: int  # position in the whole run
+    stage: str
+    phase: str  # "discriminator", "generator" or "alternating"
+    role: str  # the model this step updates
+
+
+def build_schedule(stages: list[str], n_steps: int, k_alternations: int) -> list[ScheduleEntry]:
+    """The whole run: per stage N discriminator steps, N generator steps, then K alternations."""
+    entries: list[tuple[str, str, str]] = []
+    for stage in stages:
+        entries += [(stage, "discriminator", "discriminator")] * n_steps
+        entries += [(stage, "generator", "generator")] * n_steps
+        entries += [(stage, "alternating", role) for _ in range(k_alternations) for role in ROLES]
+    return [ScheduleEntry(i, *e) for i, e in enumerate(entries)]
+
+
+@dataclass
+class TrainerState:
+    """Where the run is; saved in every checkpoint (with RNG states) so a resume continues exactly."""
+
+    position: int = 0  # index of the next schedule entry
+    global_step: int = 0  # steps taken (chooses the step's problems)
+    chain_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # problem id -> stage -> greedy text
+    last_metrics: dict = field(default_factory=dict)  # the most recent step's metrics
+    stage_metrics: dict[str, dict] = field(default_factory=dict)  # stage -> aggregated metrics of its steps
+
+
+class AdversarialTrainer:
+    """Trains an `LLMGenerator` and an `LLMDiscriminator` against each other.
+
+    Built from a `TrainingConfig`; models, problems, sandbox and checkpoint manager can be passed in
+    (tests pass tiny models), else they are made from the config. `run_dir` receives `config.json`,
+    `metrics.jsonl`, `samples.jsonl` and checkpoints."""
+
+    def __init__(self, config: TrainingConfig, problems: list[Problem], generator=None, discriminator=None,
+                 sandbox: Sandbox | None = None, checkpoint_manager=None, run_dir: str | Path | None = None):
+        from models import LLMDiscriminator, LLMGenerator
+        from models.sampling import SamplingConfig
+
+        if not problems:
+            raise ValueError("no problems to train on")
+        self.config = config
+        self.problems = problems
+        seed_everything(config.seed)
+        sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p)
+        self.generator = generator or LLMGenerator(config.generator_model, config.device, config.dtype, sampling)
+        self.discriminator = discriminator or LLMDiscriminator(
+            config.discriminator_model or config.generator_model, config.device, config.dtype, sampling)
+        self._own_sandbox = sandbox is None
+        self.sandbox = sandbox or Sandbox(config.sandbox)
+        self.checkpoints = checkpoint_manager
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.schedule = build_schedule(config.stages, config.n_steps, config.k_alternations)
+        self.state = TrainerState()
+        self._order = np.random.default_rng(config.seed).permutation(len(problems)).tolist()
+
+        # trainable parameters, frozen references, optimizers; then everything frozen until its update
+        self.references, self.trainable_names, self.optimizers = {}, {}, {}
+        for role in ROLES:
+            wrapper = self.wrappers[role]
+            wrapper.model, self.references[role] = prepare_policy(wrapper.model, config)
+            self.trainable_names[role] = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
+            self.optimizers[role] = make_optimizer(wrapper.model, config)
+            freeze(wrapper.model)
+        if self.run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    @property
+    def wrappers(self) -> dict:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    # ------------------------------------------------------------------ the schedule
+    def train_full_pipeline(self) -> dict:
+        """Every stage in order, each using the stages before it (continuing from the schedule position
+        after a resume); returns the run's summary."""
+        for stage in self.config.stages:
+            self.train_stage(stage)
+        return self.summary()
+
+    def train_stage(self, stage: str) -> dict:
+        """N + N + K steps at `stage` (the entries of the schedule not yet done), then a checkpoint."""
+        entries = [e for e in self.schedule if e.stage == stage and e.index >= self.state.position]
+        if entries and entries[0].index == min(e.index for e in self.schedule if e.stage == stage):
+            self.state.chain_cache = {}  # prefixes come from the generator as it is at the stage's start
+        rows = []
+        for entry in tqdm(entries, desc=f"stage {stage}", unit="step", leave=False):
+            rows.append(self.step(entry.role, stage, entry.phase))
+            self.state.position = entry.index + 1
+            if self.checkpoints and self.config.save_every and self.state.position % self.config.save_every == 0:
+                self.save_checkpoint()
+        if rows:
+            self.state.stage_metrics[stage] = aggregate(rows)
+            if self.checkpoints:
+                self.save_checkpoint()
+        return self.state.stage_metrics.get(stage, {})
+
+    def train_discriminator_epoch(self, stage: str, steps: int | None = None) -> list[dict]:
+        """`steps` (default N) discriminator steps at `stage`; the generator stays frozen."""
+        return [self.step("discriminator", stage, "discriminator") for _ in range(steps or self.config.n_steps)]
+
+    def train_generator_epoch(self, stage: str, steps: int | None = None) -> list[dict]:
+        """`steps` (default N) generator steps at `stage`; the discriminator stays frozen."""
+        return [self.step("generator", stage, "generator") for _ in range(steps or self.config.n_steps)]
+
+    def train_alternating(self, k: int, stage: str) -> list[dict]:
+        """K rapid alternations at `stage`: one discriminator step, then one generator step."""
+        return [self.step(role, stage, "alternating") for _ in range(k) for role in ROLES]
+
+    # ------------------------------------------------------------------ one step
+    def step(self, role: str, stage: str, phase: str = "") -> dict:
+        """Roll out, score, update `role`, log. Returns the step's metrics."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        start = time.perf_counter()
+        step = self.state.global_step
+        problems = self.next_problems(step)
+        # rollout → sandbox → rewards (both models sample; neither has gradients)
+        rollouts, metrics = make_rollouts(self, problems, stage)
+        # update the model whose turn it is
+        t = time.perf_counter()
+        metrics.update(self.update(role, rollouts))
+        metrics["time/update_s"] = time.perf_counter() - t
+        metrics["time/step_s"] = time.perf_counter() - start
+        metrics.update(rollout_metrics(rollouts))
+        metrics.update({"step": step, "stage": stage, "phase": phase, "role": role,
+                        "problems": [p.id for p in problems]})
+        # log
+        self.state.last_metrics = metrics
+        self._log(metrics, rollouts, step)
+        self.state.global_step = step + 1
+        return metrics
+
+    def update(self, role: str, rollouts: list[ProblemRollout]) -> dict:
+        """One PPO update of `role` on the step's samples; the other model stays frozen.
+
+        The generator's actions are its stage-s text and its final code, the discriminator's its critique
+        (when on) and its tests; both sequences of a sample share that sample's reward. Advantages are
+        group-relative within each problem. A step where every group has equal rewards has no policy
+        gradient and is skipped (counted in `ppo/no_signal_updates`)."""
+        prompts, responses, rewards, groups = [], [], [], []
+        for g, r in enumerate(rollouts):
+            if role == "generator":
+                pairs = [(r.stage_samples[i], r.codes[i], r.gen_rewards[i]) for i in range(len(r.codes))]
+            else:
+                pairs = [(r.critiques[j] if r.critiques else None, r.tests[j], r.disc_rewards[j]) for j in range(len(r.tests))]
+            for first, second, reward in pairs:
+                for gen in (first, second):
+                    if gen is not None and gen.response_ids:
+                        prompts.append(gen.prompt_ids)
+                        responses.append(gen.response_ids)
+                        rewards.append(float(reward))
+                        groups.append(g)
+        zero_signal = count_zero_signal_groups(rewards, groups) if rewards else len(rollouts)
+        out = {"ppo/zero_signal_groups": zero_signal, "ppo/groups": len(rollouts)}
+        advantages = compute_advantages(rewards, groups, self.config.ppo.normalize_advantages) if rewards else None
+        if advantages is None or not advantages.abs().sum() > 0:
+            out["ppo/no_signal_updates"] = 1
+            return out
+        wrapper = self.wrappers[role]
+        tb = build_token_batch(prompts, responses, wrapper.pad_id, wrapper.device)
+        P = tb.prompt_width
+        response_mask = torch.zeros_like(tb.attention_mask)  # (B, P+R)
+        response_mask[:, P:] = tb.response_mask
+        batch = RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
+                             response_mask=response_mask, advantages=advantages.to(wrapper.device))
+        precision = self.config.ppo.precision
+        batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
+        with trainable(wrapper.model, self.trainable_names[role]):
+            out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo))
+        out["ppo/no_signal_updates"] = 0
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def next_problems(self, step: int) -> list[Problem]:
+        """The problems of step `step`: a fixed seeded order, cycled."""
+        k = self.config.problems_per_step
+        return [self.problems[self._order[(step * k + i) % len(self.problems)]] for i in range(k)]
+
+    def chain_prefix(self, problem: Problem, stage: str) -> dict[str, str]:
+        """The stages before `stage`, greedy, from the cache; missing ones are generated now."""
+        cache = self.state.chain_cache.setdefault(problem.id, {})
+        for earlier in stages_before(stage):
+            if earlier.name not in cache:
+                out = self.generator.generate_stage_output(problem, earlier, dict(cache), num_samples=1, do_sample=False,
+                                                           max_new_tokens=self.config.stage_tokens or None)
+                cache[earlier.name] = out[0].text.strip()
+        return {s.name: cache[s.name] for s in stages_before(stage)}
+
+    def summary(self) -> dict:
+        """Aggregated metrics per stage and for the whole run (also written to `summary.json`)."""
+        stages = self.state.stage_metrics
+        run = {k: float(np.mean([m[k] for m in stages.values() if k in m]))
+               for k in sorted({k for m in stages.values() for k in m})}
+        out = {"stages": stages, "run": run}
+        if self.run_dir:
+            (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
+    def _log(self, metrics: dict, rollouts: list[ProblemRollout], step: int) -> None:
+        if not self.run_dir:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.config.samples_every and step % self.config.samples_every == 0:
+            with open(self.run_dir / "samples.jsonl", "a") as f:
+                for r in rollouts:
+                    f.write(json.dumps(sample_row(r, step)) + "\n")
+
+    def save_checkpoint(self):
+        """Save both models, optimizers, RNG and trainer state through the checkpoint manager."""
+        metrics = dict(self.state.last_metrics)
+        metrics["generator_reward"] = metrics.get("generator/reward_mean", 0.0)
+        metrics["test_validity"] = metrics.get("discriminator/valid_test_rate", 0.0)
+        state = {**asdict(self.state), "stage": self.state.last_metrics.get("stage"), "metrics": metrics,
+                 "config": self.config.to_dict()}
+        return self.checkpoints.save_checkpoint(
+            self.state.position, self.generator.model, self.discriminator.model,
+            self.optimizers["generator"], self.optimizers["discriminator"], state,
+            self.generator.tokenizer, self.discriminator.tokenizer,
+        )
+
+    def load_checkpoint(self, path: str | Path, start_stage: str | None = None) -> None:
+        """Continue from a checkpoint exactly: trained weights, optimizer states, schedule position, the
+        chain cache and RNG states. The frozen references stay the initial weights (built from the config).
+        `start_stage` restarts at the beginning of that stage instead of the saved position."""
+        from transformers import AutoModelForCausalLM
+
+        from training.checkpoint_manager import CheckpointError, load_checkpoint, restore_rng_state
+
+        ckpt = load_checkpoint(path)
+        saved = ckpt.trainer_state.get("config", {})
+        for key in ("generator_model", "discriminator_model", "stages", "n_steps", "k_alternations",
+                    "train_last_layers", "lora_rank"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
+                                      f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
+        for role, folder in (("generator", ckpt.generator_dir), ("discriminator", ckpt.discriminator_dir)):
+            model = self.wrappers[role].model
+            trained = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=next(model.parameters()).dtype)
+            target = model.get_base_model() if hasattr(model, "get_base_model") else model
+            missing, unexpected = target.load_state_dict(trained.state_dict(), strict=False)
+            if unexpected or [k for k in missing if "lora_" not in k]:
+                raise CheckpointError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
+                                      f"unexpected {unexpected[:3]})")
+            state = ckpt.optimizer_state(role)
+            if state is not None:
+                self.optimizers[role].load_state_dict(state)
+        fields_ = {f for f in TrainerState.__dataclass_fields__}
+        self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in fields_})
+        if start_stage is not None:
+            self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
+        else:
+            restore_rng_state(ckpt.rng_state)
+        logger.info("resumed from %s at schedule position %d", ckpt.path, self.state.position)
+
+    def close(self):
+        if self._own_sandbox:
+            self.sandbox.close()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rollout_metrics(rollouts: list[ProblemRollout]) -> dict:
+    """Reward and sandbox statistics of a step, namespaced `generator/` and `discriminator/`."""
+    gen = np.concatenate([r.gen_rewards for r in rollouts])
+    disc = np.concatenate([r.disc_rewards for r in rollouts])
+
+    def mean(key, terms):
+        return float(np.mean(np.concatenate([getattr(r, terms)[key] for r in rollouts])))
+
+    return {
+        "generator/reward_mean": float(gen.mean()), "generator/reward_std": float(gen.std()),
+        "generator/pass_rate": mean("pass_rate", "gen_terms"),
+        "generator/gt_pass_rate": mean("gt_pass_rate", "gen_terms"),
+        "generator/solved_rate": float(np.mean([res.all_passed for r in rollouts for res in r.gt_results])),
+        "generator/format_ok": mean("format_ok", "gen_terms"),
+        "discriminator/reward_mean": float(disc.mean()), "discriminator/reward_std": float(disc.std()),
+        "discriminator/valid_test_rate": mean("valid_frac", "disc_terms"),
+        "discriminator/valid_suite_rate": float(np.mean([v for r in rollouts for v in r.validity])),
+        "discriminator/discrimination": mean("discrimination", "disc_terms"),
+        "discriminator/format_ok": mean("format_ok", "disc_terms"),
+        "discriminator/num_tests": mean("num_tests", "disc_terms"),
+    }
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Mean of every numeric metric over `rows`."""
+    keys = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(np.nanmean([row[k] for row in rows if k in row])) for k in sorted(keys) if k != "step"}
+
+
+def sample_row(r: ProblemRollout, step: int) -> dict:
+    """A readable record of one problem's step for `samples.jsonl`."""
+    return {
+        "step": step, "problem": r.problem.id, "stage": r.stage, "prefix": r.prefix,
+        "samples": [
+            {"stage_output": s.text, "code": c.code or c.text, "code_ok": c.ok, "code_reason": c.reason,
+             "attempts": a, "reward": float(rw), "gt_outcomes": gt.test_outcomes}
+            for s, c, a, rw, gt in zip(r.stage_samples, r.codes, r.attempts, r.gen_rewards, r.gt_results)
+        ],
+        "tests": [
+            {"critique": r.critiques[j].text if r.critiques else None, "tests": t.tests or t.text, "ok": t.ok,
+             "reason": t.reason, "valid": r.validity[j], "reward": float(r.disc_rewards[j])}
+            for j, t in enumerate(r.tests)
+        ],
+    }
+
+
+def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None = None,
+                 start_stage: str | None = None) -> dict:
+    """What `run_training.py` does: load the problems, build the trainer with a checkpoint manager in
+    `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
+    train the whole pipeline. Returns the run's summary."""
+    from data.problems import load_problem_set
+    from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
+
+    if start_stage is not None and start_stage not in config.stages:
+        raise ValueError(f"--start-stage {start_stage!r} is not one of the run's stages {config.stages}")
+    problems = load_problem_set(config.problems, config.max_problems)
+    run_dir = Path(run_dir)
+    manager = CheckpointManager(run_dir, keep_last=config.keep_last)
+    checkpoint = None
+    if resume == "latest":
+        checkpoint = resolve_checkpoint(run_dir, "latest")
+    elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
+        checkpoint = resolve_checkpoint(resume, "latest" if (Path(resume) / "checkpoints").is_dir() else None)
+    trainer = AdversarialTrainer(config, problems, checkpoint_manager=manager, run_dir=run_dir)
+    try:
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint, start_stage)
+        elif start_stage is not None:
+            trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
+        return trainer.train_full_pipeline()
+    finally:
+        trainer.close()
