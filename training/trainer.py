@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem
+from evaluation.plot import load_metrics, summarize_metrics
 from models.base import build_token_batch
 from reasoning.stages import STAGES, stages_before
 from sandbox import Sandbox
@@ -132,7 +133,7 @@ class AdversarialTrainer:
             if self.checkpoints and self.config.save_every and self.state.position % self.config.save_every == 0:
                 self.save_checkpoint()
         if rows:
-            self.state.stage_metrics[stage] = aggregate(rows)
+            self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
             if self.checkpoints:
                 self.save_checkpoint()
         return self.state.stage_metrics.get(stage, {})
@@ -230,14 +231,16 @@ class AdversarialTrainer:
         return {s.name: cache[s.name] for s in stages_before(stage)}
 
     def summary(self) -> dict:
-        """Aggregated metrics per stage and for the whole run (also written to `summary.json`)."""
-        stages = self.state.stage_metrics
-        run = {k: float(np.mean([m[k] for m in stages.values() if k in m]))
-               for k in sorted({k for m in stages.values() for k in m})}
-        out = {"stages": stages, "run": run}
-        if self.run_dir:
+        """Mean metrics per stage and for the whole run, `{"run": {...}, "stages": {...}}`: over every step
+        in `metrics.jsonl` (across resumes) when there is a run folder, else over this session's stages.
+        Also written to `summary.json`."""
+        metrics_file = self.run_dir / "metrics.jsonl" if self.run_dir else None
+        if metrics_file and metrics_file.exists():
+            out = summarize_metrics(load_metrics(metrics_file))
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
-        return out
+            return out
+        stages = self.state.stage_metrics
+        return {"stages": stages, "run": summarize_metrics(list(stages.values()))["run"]}
 
     def _log(self, metrics: dict, rollouts: list[ProblemRollout], step: int) -> None:
         if not self.run_dir:
@@ -294,7 +297,20 @@ class AdversarialTrainer:
             self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
         else:
             restore_rng_state(ckpt.rng_state)
+        self._drop_logged_steps_after(self.state.global_step)
         logger.info("resumed from %s at schedule position %d", ckpt.path, self.state.position)
+
+    def _drop_logged_steps_after(self, step: int) -> None:
+        """Forget log rows of steps the checkpoint does not contain (run after it, before a crash):
+        they are about to be run again."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.run_dir / name if self.run_dir else None
+            if not path or not path.exists():
+                continue
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) < step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
 
     def close(self):
         if self._own_sandbox:
@@ -328,12 +344,6 @@ def rollout_metrics(rollouts: list[ProblemRollout]) -> dict:
         "discriminator/format_ok": mean("format_ok", "disc_terms"),
         "discriminator/num_tests": mean("num_tests", "disc_terms"),
     }
-
-
-def aggregate(rows: list[dict]) -> dict:
-    """Mean of every numeric metric over `rows`."""
-    keys = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {k: float(np.nanmean([row[k] for row in rows if k in row])) for k in sorted(keys) if k != "step"}
 
 
 def sample_row(r: ProblemRollout, step: int) -> dict:
