@@ -4,7 +4,6 @@ import json
 import pytest
 
 from data.problems import (
-    EXAMPLE_PROBLEMS,
     Problem,
     ProblemFormatError,
     load_humaneval,

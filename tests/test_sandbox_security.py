@@ -156,7 +156,7 @@ def test_no_writes_outside_the_working_directory(box, tmp_path):
                f"/{name}", str(tmp_path / name)]
     code = (
         "import os\n"
-        f"def attempt(path):\n    with open(path, 'w') as f:\n        f.write('pwned')\n"
+        "def attempt(path):\n    with open(path, 'w') as f:\n        f.write('pwned')\n"
     )
     tests = "import pytest\n\n" + "".join(
         f"def test_{i}():\n    with pytest.raises(OSError):\n        attempt({t!r})\n\n" for i, t in enumerate(targets)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from data.problems import Problem
 from evaluation.plot import load_metrics, summarize_metrics
 from models.base import build_token_batch
-from reasoning.stages import STAGES, stages_before
+from reasoning.stages import stages_before
 from sandbox import Sandbox
 from training.config import TrainingConfig
 from training.policy import freeze, make_optimizer, prepare_policy, reference_logprobs, trainable
