@@ -208,7 +208,9 @@ class AdversarialTrainer:
         batch = RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
                              response_mask=response_mask, advantages=advantages.to(wrapper.device))
         precision = self.config.ppo.precision
+        t = time.perf_counter()
         batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
+        out["time/ref_logprobs_s"] = time.perf_counter() - t
         with trainable(wrapper.model, self.trainable_names[role]):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo))
         out["ppo/no_signal_updates"] = 0
