@@ -1,0 +1,303 @@
+"""What the Generator and the Discriminator share: loading, prompting, batched sampling, log-probs.
+
+Every sampled response becomes a `Generation` record that keeps the exact token ids that were sampled,
+so the trainer scores the very tokens the policy produced (sanitized text is never re-tokenized).
+Token layout shared by sampling and scoring (`build_token_batch`):
+
+    row i:  [pad … pad | prompt_i | response_i | pad … pad]
+             ←— left-padded to P —→ ←— right-padded to R —→
+
+Position ids count real tokens only, so a row's log-probs do not depend on how much padding it got.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from models.loading import load_model, resolve_device, resolve_dtype
+from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
+from training.ppo import logprobs_from_logits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """One sampled response and everything the trainer needs to score it again."""
+
+    prompt: str  # the prompt text as the model saw it (chat template applied)
+    prompt_ids: list[int]  # its token ids, no padding
+    response_ids: list[int]  # the sampled ids, no padding, up to and including EOS when one was produced
+    text: str  # the response decoded without special tokens
+    finished: bool  # True when it ended with EOS or a closed code block, False when it hit max_new_tokens
+    prefix: str = ""  # start of the assistant's reply written by us (prefill), the end of `prompt`
+    task: str = ""  # "stage", "code", "tests" or "critique"
+    stage: str | None = None  # the reasoning stage for "stage" and "critique"
+    problem_id: str = ""
+
+    @property
+    def reply(self) -> str:
+        """The whole assistant reply: our prefill followed by the sampled text."""
+        return self.prefix + self.text
+
+
+@dataclass
+class CodeGeneration(Generation):
+    """A code sample with its sanitization (`models.sanitize.sanitize_code`)."""
+
+    code: str = ""  # runnable source, "" when ok is False
+    ok: bool = False  # the format term of the reward: it parsed and defines the entry point
+    reason: str = ""  # why it is not ok ("" when ok)
+    repairs: list[str] = field(default_factory=list)  # what sanitization fixed, e.g. ["fence", "tabs"]
+
+
+@dataclass
+class TestsGeneration(Generation):
+    """A test-suite sample with its sanitization (`models.sanitize.sanitize_tests`)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    tests: str = ""  # a pytest module of test_* functions, "" when ok is False
+    ok: bool = False  # the format term of the reward: at least one test that calls the entry point
+    reason: str = ""  # why it is not ok ("" when ok)
+    test_names: list[str] = field(default_factory=list)  # the module's test functions, in order
+    repairs: list[str] = field(default_factory=list)  # what sanitization fixed or dropped
+
+
+@dataclass
+class TokenBatch:
+    """Prompts and responses padded into one batch (layout in the module docstring)."""
+
+    input_ids: torch.Tensor  # (B, P+R)
+    attention_mask: torch.Tensor  # (B, P+R) 1 on real tokens
+    position_ids: torch.Tensor  # (B, P+R) 0-based index among the row's real tokens
+    response_ids: torch.Tensor  # (B, R) right-padded responses
+    response_mask: torch.Tensor  # (B, R) 1 on real response tokens
+    prompt_width: int  # P: responses start at this column of input_ids
+
+
+def build_token_batch(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> TokenBatch:
+    """Left-pad the prompts and right-pad the responses (empty responses give R = 0: a generation input)."""
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every row needs a non-empty prompt")
+    B = len(prompt_ids)
+    P = max(len(p) for p in prompt_ids)
+    R = max(len(r) for r in response_ids)
+    input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + R), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
+        attention_mask[i, P - len(p) : P + len(r)] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+R)
+    response_mask = attention_mask[:, P:].clone()  # (B, R)
+    return TokenBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        response_ids=input_ids[:, P:].to(device),
+        response_mask=response_mask.to(device),
+        prompt_width=P,
+    )
+
+
+def as_batch(problems, **per_problem) -> tuple[list, dict[str, list], bool]:
+    """Normalise a call made for one problem or for a list of problems.
+
+    Returns (problems, per-problem argument lists, single). For one problem every argument is taken
+    whole; for a list, an argument that is a list or tuple must have one entry per problem, anything
+    else (a dict chain, a string, None) is shared by all."""
+    single = not isinstance(problems, (list, tuple))
+    problems = [problems] if single else list(problems)
+    lists = {}
+    for name, value in per_problem.items():
+        if single:
+            lists[name] = [value]
+        elif isinstance(value, (list, tuple)):
+            if len(value) != len(problems):
+                raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
+            lists[name] = list(value)
+        else:
+            lists[name] = [value] * len(problems)
+    return problems, lists, single
+
+
+class LLMBase:
+    """A causal LM with its tokenizer, sampling settings and chat formatting.
+
+    model: "default", "tiny", a Hugging Face id, a local folder, or a loaded `(model, tokenizer)` pair.
+    system_prompt: replaces the role's system message. prefill: start code and tests replies with an
+    open code block written into the prompt (see `CODE_PREFIX`, `TESTS_PREFIX`)."""
+
+    system_prompt: str | None = None  # subclasses set their role; None keeps the chat template's default
+
+    def __init__(
+        self,
+        model="default",
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        sampling: SamplingConfig | None = None,
+        system_prompt: str | None = None,
+        prefill: bool = True,
+    ):
+        if isinstance(model, (tuple, list)):
+            self.model, self.tokenizer = model
+            if device != "auto":  # a loaded pair stays where it is unless told otherwise
+                self.model.to(resolve_device(device))
+            if dtype != "auto":
+                self.model.to(resolve_dtype(dtype, self.model.device))
+            self.tokenizer.padding_side = "left"
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        else:
+            self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
+        self.sampling = sampling or SamplingConfig()
+        self.prefill = prefill  # open the code block of code and tests replies in the prompt
+        if system_prompt is not None:
+            self.system_prompt = system_prompt
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------ prompts
+    def format_prompt(self, user_text: str) -> str:
+        """The text the model sees: the chat template when the tokenizer has one, else the text itself."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return user_text
+        messages = [{"role": "user", "content": user_text}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a formatted prompt (a chat template already holds its special tokens)."""
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        return self.tokenizer(prompt, add_special_tokens=not has_template)["input_ids"]
+
+    # ------------------------------------------------------------------ sampling
+    def settings(self, sampling: SamplingConfig | None = None, **overrides) -> SamplingConfig:
+        """This wrapper's settings (or `sampling`) with keyword overrides; None values are ignored."""
+        return dataclasses.replace(sampling or self.sampling, **{k: v for k, v in overrides.items() if v is not None})
+
+    @torch.no_grad()
+    def sample(
+        self,
+        user_texts: list[str],
+        num_samples: int,
+        settings: SamplingConfig,
+        default_max_new_tokens: int,
+        code_block: bool = False,
+        prefix: str = "",
+    ) -> list[list[Generation]]:
+        """`num_samples` responses to each prompt, all in ONE batched `generate` call.
+        Returns one list per prompt, in prompt order. `code_block`: the reply is one code block, so a
+        row may stop once it closes (when `settings.stop_after_code_block`). `prefix`: the start of the
+        assistant's reply, written into the prompt (prefill); sampling continues from it."""
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        prompts = [self.format_prompt(t) + prefix for t in user_texts]
+        prompt_ids = [self.encode(p) for p in prompts]
+        rows = [ids for ids in prompt_ids for _ in range(num_samples)]
+        batch = build_token_batch(rows, [[] for _ in rows], self.pad_id, self.device)
+        max_new = settings.max_new_tokens or default_max_new_tokens
+        kwargs = dict(
+            input_ids=batch.input_ids,  # (N, P)
+            attention_mask=batch.attention_mask,  # (N, P)
+            max_new_tokens=max_new,
+            min_new_tokens=settings.min_new_tokens or None,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            **settings.generate_kwargs(),
+        )
+        stopper = None
+        if code_block and settings.stop_after_code_block:
+            stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), prefix.count("```"))
+            kwargs["stopping_criteria"] = [stopper]
+        if settings.seed is None:
+            sequences = self.model.generate(**kwargs)  # (N, P + new)
+        else:
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(settings.seed)
+                sequences = self.model.generate(**kwargs)  # (N, P + new)
+        new_tokens = sequences[:, batch.prompt_width :].tolist()  # (N, new)
+
+        out: list[list[Generation]] = [[] for _ in prompts]
+        for row, tokens in enumerate(new_tokens):
+            i = row // num_samples
+            if stopper is not None and stopper.stopped_at[row] is not None:
+                tokens = tokens[: stopper.stopped_at[row]]
+            response, finished = self._cut_at_eos(tokens)
+            finished = finished or (stopper is not None and stopper.stopped_at[row] is not None)
+            out[i].append(
+                Generation(
+                    prompt=prompts[i],
+                    prompt_ids=prompt_ids[i],
+                    response_ids=response,
+                    text=self.tokenizer.decode(response, skip_special_tokens=True),
+                    finished=finished,
+                    prefix=prefix,
+                )
+            )
+        n_tokens = sum(len(g.response_ids) for gens in out for g in gens)
+        logger.debug("sampled %d responses, %d tokens", len(new_tokens), n_tokens)
+        return out
+
+    def _cut_at_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
+        """The response up to and including the first EOS (padding after it dropped)."""
+        for t, token in enumerate(tokens):
+            if token in self.eos_ids:
+                return tokens[: t + 1], True
+        return tokens, False
+
+    # ------------------------------------------------------------------ scoring
+    def token_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> TokenBatch:
+        """`build_token_batch` with this model's pad id and device."""
+        return build_token_batch(prompt_ids, response_ids, self.pad_id, self.device)
+
+    def get_log_probs(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        requires_grad: bool = False,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log π(response_t | prompt, response_<t) for a batch.
+
+        Returns `(logprobs, mask)`, both (B, R) with R the longest response: log-probs in fp32 (0 where
+        masked) and a float mask that is 1 on real response tokens. Runs under `torch.no_grad()` unless
+        `requires_grad` (the PPO update). `temperature` divides the logits (score the sampling policy)."""
+        batch = self.token_batch(prompt_ids, response_ids)
+        R = batch.response_ids.shape[1]
+        mask = batch.response_mask.float()  # (B, R)
+        if R == 0:
+            empty = torch.zeros_like(mask)
+            return empty, mask
+        with torch.set_grad_enabled(requires_grad):
+            # logits at columns P-1 .. P+R-2 predict the response tokens; keep only the last R+1 columns
+            logits = self.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                logits_to_keep=R + 1,
+                use_cache=False,
+            ).logits[:, :-1]  # (B, R, V)
+            if temperature != 1.0:
+                logits = logits / temperature
+            logprobs = logprobs_from_logits(logits, batch.response_ids) * mask  # (B, R)
+        return logprobs, mask

@@ -1,0 +1,132 @@
+"""`LLMGenerator`: writes the reasoning stages and the final code (prompts from `reasoning/stages.py`).
+
+Every method takes one problem or a list of problems. All samples of all problems of a call go into ONE
+batched `generate` call; one problem gives a flat list of `num_samples` records, a list of problems
+gives one such list per problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Union
+
+from data.problems import Problem
+from models.base import CodeGeneration, Generation, LLMBase, as_batch
+from models.sampling import SamplingConfig
+from models.sanitize import sanitize_code
+from reasoning.stages import Chain, ReasoningStage, code_prompt, format_feedback, generator_prompt, get_stage
+
+logger = logging.getLogger(__name__)
+
+CODE_MAX_NEW_TOKENS = 320  # default budget of the final code (stages have their own, in STAGES)
+# Prefill of the code reply: the prompt asks for one ```python block, so we open it. Small models then
+# write code at once instead of prose; the tokens are part of the prompt, never sampled or trained on.
+CODE_PREFIX = "```python\n"
+
+# Earlier failed attempts for multi-attempt repair: a formatted string (`format_feedback`), or a list of
+# (code, names or messages of the tests it failed) pairs, oldest first.
+Feedback = Union[str, Sequence[tuple[str, Sequence[str]]], None]
+
+
+def feedback_text(feedback: Feedback) -> str:
+    """The feedback block of the code prompt ("" for none)."""
+    if not feedback:
+        return ""
+    if isinstance(feedback, str):
+        return feedback
+    return "".join(format_feedback(code, list(failures)) for code, failures in feedback)
+
+
+class LLMGenerator(LLMBase):
+    """The Generator: `LLMGenerator(model="default", device="auto", dtype="auto", sampling=None)`.
+
+    model: "default", "tiny", a Hugging Face id, a local folder, or a loaded (model, tokenizer) pair.
+    Sampling settings come from `sampling` (a `SamplingConfig`) and can be overridden per call by keyword:
+    `temperature`, `top_p`, `top_k`, `top_k_first`, `max_new_tokens`, `do_sample`, `seed`."""
+
+    system_prompt = "You are an expert Python programmer. You reason step by step and write correct, simple code."
+
+    def generate_stage_output(
+        self,
+        problem: Problem | Sequence[Problem],
+        stage: ReasoningStage | str,
+        chain: Chain | Sequence[Chain] | None = None,
+        num_samples: int = 1,
+        sampling: SamplingConfig | None = None,
+        **overrides,
+    ) -> list[Generation] | list[list[Generation]]:
+        """Sample the text of `stage` given the stages before it in `chain` (per problem, or shared).
+        `max_new_tokens` defaults to the stage's budget."""
+        stage = get_stage(stage) if isinstance(stage, str) else stage
+        problems, args, single = as_batch(problem, chain=chain)
+        prompts = [generator_prompt(p, stage, c or {}) for p, c in zip(problems, args["chain"])]
+        settings = self.settings(sampling, **overrides)
+        groups = self.sample(prompts, num_samples, settings, stage.max_new_tokens)
+        for p, group in zip(problems, groups):
+            for g in group:
+                g.task, g.stage, g.problem_id = "stage", stage.name, p.id
+        return groups[0] if single else groups
+
+    def generate_code(
+        self,
+        problem: Problem | Sequence[Problem],
+        chain: Chain | Sequence[Chain] | None = None,
+        num_samples: int = 1,
+        feedback: Feedback | Sequence[Feedback] = None,
+        sampling: SamplingConfig | None = None,
+        **overrides,
+    ) -> list[CodeGeneration] | list[list[CodeGeneration]]:
+        """Sample the final code after the chain, sanitized (`models.sanitize.sanitize_code`).
+
+        feedback: earlier attempts and their failing tests (see `Feedback`); for a list of problems, one
+        entry per problem."""
+        problems, args, single = as_batch(problem, chain=chain)
+        if single:
+            feedbacks = [feedback]
+        else:
+            feedbacks = list(feedback) if feedback else [None] * len(problems)
+            if len(feedbacks) != len(problems):
+                raise ValueError(f"{len(problems)} problems but {len(feedbacks)} feedback entries")
+        prompts = [
+            code_prompt(p, c or {}, feedback_text(f)) for p, c, f in zip(problems, args["chain"], feedbacks)
+        ]
+        settings = self.settings(sampling, **overrides)
+        prefix = CODE_PREFIX if self.prefill else ""
+        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefix=prefix)
+        out = []
+        for p, group in zip(problems, groups):
+            records = []
+            for g in group:
+                s = sanitize_code(g.reply, p.entry_point)
+                records.append(CodeGeneration(
+                    **dataclasses.asdict(g) | {"task": "code", "problem_id": p.id},
+                    code=s.code, ok=s.ok, reason=s.reason, repairs=s.repairs,
+                ))
+            out.append(records)
+        n_ok = sum(r.ok for group in out for r in group)
+        logger.debug("code samples: %d of %d well-formed", n_ok, sum(map(len, out)))
+        return out[0] if single else out
+
+    def generate_chain(
+        self,
+        problem: Problem | Sequence[Problem],
+        num_samples: int = 1,
+        stages: Sequence[ReasoningStage | str] | None = None,
+        sampling: SamplingConfig | None = None,
+        **overrides,
+    ) -> list[Chain] | list[list[Chain]]:
+        """Sample whole chains, stage by stage: sample i of each stage continues chain i. Each stage is
+        one batched call over all problems and samples. Returns chains (texts only)."""
+        from reasoning.stages import STAGES
+
+        problems, _, single = as_batch(problem)
+        stages = [get_stage(s) if isinstance(s, str) else s for s in (stages or STAGES)]
+        chains = [[{} for _ in range(num_samples)] for _ in problems]
+        for stage in stages:
+            flat_problems = [p for p in problems for _ in range(num_samples)]
+            flat_chains = [c for per in chains for c in per]
+            groups = self.generate_stage_output(flat_problems, stage, flat_chains, 1, sampling, **overrides)
+            for chain, group in zip(flat_chains, groups):
+                chain[stage.name] = group[0].text.strip()
+        return chains[0] if single else chains

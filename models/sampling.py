@@ -1,0 +1,102 @@
+"""Sampling settings and the top-k-first nucleus sampler.
+
+transformers' `TopPLogitsWarper` sorts the whole vocabulary (49k tokens for SmolLM2) at every step of
+every row. Nearly all of the probability mass sits in the top few hundred tokens, so
+`TopKFirstTopPLogitsProcessor` takes the top `k` logits first (`torch.topk`, no full sort) and applies
+top-p inside them, with probabilities normalised over the *whole* vocabulary. Whenever the nucleus fits
+in `k` tokens (nearly always at k=256, top_p=0.95) it keeps exactly the tokens the stock warper keeps;
+otherwise it keeps the top `k`, a slightly smaller nucleus. Measured in `bench/bench_generation.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled. Any field can also be overridden per call by keyword."""
+
+    temperature: float = 0.7  # softmax temperature; ignored when do_sample is False
+    top_p: float = 0.95  # nucleus sampling mass; 1.0 switches it off
+    top_k: int = 0  # plain top-k sampling; 0 switches it off
+    top_k_first: int = 256  # cut to this many logits before top-p (fast); 0 = stock transformers warpers
+    max_new_tokens: int | None = None  # None: the stage's budget (code and tests have their own defaults)
+    min_new_tokens: int = 0  # suppress EOS before this many tokens (benchmarks use it for fixed lengths)
+    do_sample: bool = True  # False: greedy decoding
+    stop_after_code_block: bool = True  # code and tests: end a sample when its first ``` block closes
+    seed: int | None = None  # seeds this call's sampling without touching the global RNG; None: global RNG
+
+    def __post_init__(self):
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling; use do_sample=False for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]; 1.0 switches nucleus sampling off")
+        if self.top_k < 0 or self.top_k_first < 0:
+            raise ValueError("top_k and top_k_first must be >= 0 (0 switches them off)")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1, or None for the stage's budget")
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for `model.generate` that realise these settings."""
+        if not self.do_sample:
+            return {"do_sample": False, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+        if self.top_k_first:
+            k = min(self.top_k or self.top_k_first, self.top_k_first)
+            processor = TopKFirstTopPLogitsProcessor(top_k=k, top_p=self.top_p, temperature=self.temperature)
+            # every stock warper off (top_k=0 explicitly: transformers otherwise defaults it to 50)
+            return {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "logits_processor": [processor]}
+        return {"do_sample": True, "top_k": self.top_k, "top_p": self.top_p, "temperature": self.temperature}
+
+
+class TopKFirstTopPLogitsProcessor(LogitsProcessor):
+    """Temperature, then top-k, then top-p computed on the top-k (see the module docstring).
+
+    Matches transformers' order (temperature → top-k → top-p) and its top-p rule: a token is kept when
+    the probability mass of the tokens ranked above it is below `top_p` (the most likely one always)."""
+
+    def __init__(self, top_k: int = 256, top_p: float = 1.0, temperature: float = 1.0):
+        if top_k < 1 or not 0 < top_p <= 1 or temperature <= 0:
+            raise ValueError("need top_k >= 1, 0 < top_p <= 1 and temperature > 0")
+        self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature  # (B, V)
+        k = min(self.top_k, scores.shape[-1])
+        top_scores, top_ids = scores.topk(k, dim=-1)  # (B, k), sorted high to low
+        if self.top_p < 1.0:
+            log_z = torch.logsumexp(scores.float(), dim=-1, keepdim=True)  # (B, 1) whole-vocabulary normaliser
+            probs = (top_scores.float() - log_z).exp()  # (B, k)
+            mass_above = probs.cumsum(dim=-1) - probs  # (B, k) mass of the tokens ranked above each one
+            keep = mass_above < self.top_p
+            keep[:, 0] = True
+            top_scores = top_scores.masked_fill(~keep, float("-inf"))
+        out = torch.full_like(scores, float("-inf"))  # (B, V)
+        return out.scatter_(-1, top_ids, top_scores)
+
+
+class CodeBlockStoppingCriteria(StoppingCriteria):
+    """Ends a row once its reply holds a closed markdown code block (two ``` fences, counting one
+    opened by a prefill in the prompt).
+
+    Models tend to add explanations and usage examples after the block they were asked for; those
+    tokens cost time and are thrown away by sanitization. `stopped_at[row]` records how many response
+    tokens the row had when it stopped, because `generate` pads stopped rows afterwards and the pad
+    token may equal EOS."""
+
+    def __init__(self, tokenizer, prompt_width: int, batch_size: int, fences_in_prompt: int = 0):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+        self.fences_needed = max(1, 2 - fences_in_prompt)  # a prefilled opening fence counts
+        self.stopped_at: list[int | None] = [None] * batch_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        n_new = input_ids.shape[1] - self.prompt_width
+        for row, stopped in enumerate(self.stopped_at):
+            if stopped is None and "```" in self.tokenizer.decode(input_ids[row, -3:]):  # cheap pre-check
+                text = self.tokenizer.decode(input_ids[row, self.prompt_width :])
+                if text.count("```") >= self.fences_needed:
+                    self.stopped_at[row] = n_new
+        return torch.tensor([s is not None for s in self.stopped_at], device=input_ids.device)

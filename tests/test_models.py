@@ -1,0 +1,276 @@
+"""The LLM wrappers on the tiny model: batching, records, log-probs, sampling, prompts (CPU, seconds)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+from models import (
+    CodeGeneration,
+    LLMDiscriminator,
+    LLMGenerator,
+    SamplingConfig,
+    TestsGeneration,
+    TopKFirstTopPLogitsProcessor,
+    build_token_batch,
+)
+from models.base import LLMBase
+from models.generator import CODE_PREFIX
+from models.sampling import CodeBlockStoppingCriteria
+from reasoning.stages import get_stage
+
+
+def count_generate_calls(monkeypatch, model):
+    """Wrap model.generate; returns the list of input_ids/attention_mask it was called with."""
+    calls = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    return calls
+
+
+def canned_generate(monkeypatch, wrapper, texts):
+    """Make model.generate return the prompt followed by `texts[row]`'s tokens, then EOS and padding."""
+    tok = wrapper.tokenizer
+
+    def fake(input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = [tok(texts[i % len(texts)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                for i in range(input_ids.shape[0])]
+        width = max(map(len, rows)) + 2
+        new = torch.tensor([r + [wrapper.pad_id] * (width - len(r)) for r in rows])
+        return torch.cat([input_ids, new], dim=1)
+
+    monkeypatch.setattr(wrapper.model, "generate", fake)
+
+
+# ----------------------------------------------------------------------------- records and batching
+def test_stage_output_records(tiny_generator, example_problems):
+    problem = example_problems[0]
+    records = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=3, max_new_tokens=8, seed=0)
+    assert len(records) == 3
+    for r in records:
+        assert r.task == "stage" and r.stage == "understand" and r.problem_id == problem.id
+        assert problem.title in r.prompt and r.prompt.startswith("<|im_start|>system")  # chat template used
+        assert r.prompt_ids == tiny_generator.encode(r.prompt)
+        assert 1 <= len(r.response_ids) <= 8
+        assert r.text == tiny_generator.tokenizer.decode(r.response_ids, skip_special_tokens=True)
+        assert r.finished == (r.response_ids[-1] in tiny_generator.eos_ids)
+
+
+def test_stage_budget_is_the_default_max_new_tokens(tiny_generator, example_problems, monkeypatch):
+    calls = count_generate_calls(monkeypatch, tiny_generator.model)
+    tiny_generator.generate_stage_output(example_problems[0], "pseudocode", {}, num_samples=1, seed=0,
+                                         min_new_tokens=1, do_sample=False)
+    assert calls[0]["max_new_tokens"] == get_stage("pseudocode").max_new_tokens
+
+
+def test_problems_batch_into_one_left_padded_generate_call(tiny_generator, example_problems, monkeypatch):
+    calls = count_generate_calls(monkeypatch, tiny_generator.model)
+    problems = example_problems[:3]
+    groups = tiny_generator.generate_stage_output(problems, "understand", [{}, {}, {}], num_samples=2,
+                                                  max_new_tokens=4, seed=0)
+    assert len(calls) == 1
+    assert calls[0]["input_ids"].shape[0] == 6  # 3 problems x 2 samples in one batch
+    mask = calls[0]["attention_mask"]
+    assert (mask[:, -1] == 1).all()  # left padding: every prompt ends at the last column
+    assert (mask[:, 0] == 0).any()  # prompts of different lengths
+    assert [len(g) for g in groups] == [2, 2, 2]
+    assert [g[0].problem_id for g in groups] == [p.id for p in problems]
+
+
+def test_seed_is_deterministic_and_leaves_global_rng_alone(tiny_generator, example_problems):
+    problem = example_problems[1]
+    state = torch.get_rng_state()
+    a = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    b = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
+    c = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=8)
+    assert [r.response_ids for r in a] == [r.response_ids for r in b]
+    assert [r.response_ids for r in a] != [r.response_ids for r in c]
+
+
+def test_response_cut_at_first_eos_padding_dropped(tiny_generator, example_problems, monkeypatch):
+    canned_generate(monkeypatch, tiny_generator, ["hello world", "a much longer answer than the first"])
+    records = tiny_generator.generate_stage_output(example_problems[0], "understand", {}, num_samples=2)
+    eos = tiny_generator.tokenizer.eos_token_id
+    assert records[0].text == "hello world" and records[0].finished
+    assert records[0].response_ids[-1] == eos and records[0].response_ids.count(eos) == 1
+    assert records[1].text == "a much longer answer than the first"
+
+
+def test_code_records_carry_sanitization(tiny_generator, example_problems, monkeypatch):
+    p = example_problems[0]
+    # the reply is prefilled with an open ```python block: the model continues inside it
+    canned_generate(monkeypatch, tiny_generator, [p.reference_solution + "```\nSome prose.", "```"])
+    records = tiny_generator.generate_code(p, {}, num_samples=2)
+    assert all(isinstance(r, CodeGeneration) and r.task == "code" for r in records)
+    assert records[0].prompt.endswith(CODE_PREFIX) and records[0].reply == CODE_PREFIX + records[0].text
+    assert records[0].ok and records[0].code == p.reference_solution and records[0].reason == ""
+    assert not records[1].ok and records[1].code == "" and "no code" in records[1].reason
+    unfilled = LLMGenerator((tiny_generator.model, tiny_generator.tokenizer), prefill=False)
+    canned_generate(monkeypatch, unfilled, [f"Here:\n```python\n{p.reference_solution}```"])
+    (record,) = unfilled.generate_code(p, {}, num_samples=1)
+    assert record.prefix == "" and not record.prompt.endswith(CODE_PREFIX) and record.ok
+
+
+def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
+    p = example_problems[0]
+    feedback = [("def reverse_words(s):\n    return s\n", ["test_two_words", "test_empty"])]
+    (record,) = tiny_generator.generate_code(p, {"understand": "Split and reverse."}, 1, feedback=feedback,
+                                             max_new_tokens=2, seed=0)
+    assert "An earlier attempt failed" in record.prompt and "test_two_words" in record.prompt
+    assert "return s" in record.prompt and "Split and reverse." in record.prompt
+    batched = tiny_generator.generate_code(example_problems[:2], None, 1, feedback=[feedback, None],
+                                           max_new_tokens=2, seed=0)
+    assert "test_empty" in batched[0][0].prompt and "earlier attempt" not in batched[1][0].prompt
+
+
+def test_generate_chain_fills_every_stage(tiny_generator, example_problems, monkeypatch):
+    calls = count_generate_calls(monkeypatch, tiny_generator.model)
+    chains = tiny_generator.generate_chain(example_problems[:2], num_samples=2, stages=["understand", "algorithm"],
+                                           max_new_tokens=3, seed=0)
+    assert len(calls) == 2  # one batched call per stage
+    assert [list(c) for c in chains[0]] == [["understand", "algorithm"]] * 2
+
+
+def test_tests_records_and_context(tiny_discriminator, example_problems, monkeypatch):
+    p = example_problems[0]
+    response = "two():\n    assert reverse_words('a b') == 'b a'\n```"  # continues the prefill "def test_"
+    canned_generate(monkeypatch, tiny_discriminator, [response])
+    (from_code,) = tiny_discriminator.generate_tests(p, "def reverse_words(s):\n    return s\n", 1)
+    (from_chain,) = tiny_discriminator.generate_tests(p, {"understand": "Words reversed."}, 1)
+    assert isinstance(from_code, TestsGeneration) and from_code.task == "tests"
+    assert from_code.ok and from_code.test_names == ["test_two"]
+    assert from_code.tests.startswith("from solution import *")
+    assert "candidate solution" in from_code.prompt and "Words reversed." in from_chain.prompt
+
+
+def test_critique_uses_the_stage_prompt(tiny_discriminator, example_problems):
+    p = example_problems[0]
+    records = tiny_discriminator.generate_critique(p, "edge_cases", "Only the empty string.", {"understand": "x"},
+                                                   num_samples=2, max_new_tokens=3, seed=0)
+    assert len(records) == 2 and records[0].task == "critique" and records[0].stage == "edge_cases"
+    assert "Only the empty string." in records[0].prompt and "breaking inputs" in records[0].prompt
+
+
+def test_code_block_stopping(tiny_generator):
+    tok = tiny_generator.tokenizer
+    text = "```python\ndef f():\n    return 1\n```\nThis explains the code at length."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prompt = [5, 6, 7]
+    stopper = CodeBlockStoppingCriteria(tok, prompt_width=len(prompt), batch_size=1)
+    fired = None
+    for n in range(1, len(ids) + 1):
+        done = stopper(torch.tensor([prompt + ids[:n]]), None)
+        if done[0] and fired is None:
+            fired = n
+    assert fired is not None and stopper.stopped_at[0] == fired
+    assert tok.decode(ids[:fired]).count("```") == 2 and "explains" not in tok.decode(ids[:fired])
+    # with the opening fence prefilled in the prompt, the first fence of the response closes the block
+    ids = tok("return 1\n```\nMore prose.", add_special_tokens=False)["input_ids"]
+    stopper = CodeBlockStoppingCriteria(tok, prompt_width=len(prompt), batch_size=1, fences_in_prompt=1)
+    fired = next(n for n in range(1, len(ids) + 1) if stopper(torch.tensor([prompt + ids[:n]]), None)[0])
+    assert tok.decode(ids[:fired]).rstrip().endswith("```")
+
+
+# ----------------------------------------------------------------------------- log-probs
+def test_token_batch_layout():
+    batch = build_token_batch([[1, 2, 3], [4]], [[5], [6, 7]], pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 5, 0], [0, 0, 4, 6, 7]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]
+    assert batch.response_ids.tolist() == [[5, 0], [6, 7]]
+    assert batch.response_mask.tolist() == [[1, 0], [1, 1]]
+    assert batch.prompt_width == 3
+
+
+def test_log_probs_equal_log_softmax_of_the_models_logits(tiny_generator):
+    prompts, responses = [[1, 50, 60, 70, 80], [90, 100]], [[11, 12, 13], [14, 2]]
+    logprobs, mask = tiny_generator.get_log_probs(prompts, responses)
+    assert logprobs.shape == mask.shape == (2, 3)
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    for i, (p, r) in enumerate(zip(prompts, responses)):  # each row alone, unpadded
+        ids = torch.tensor([p + r])
+        logits = tiny_generator.model(ids).logits[0, len(p) - 1 : -1]  # (R, V)
+        expected = F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+        torch.testing.assert_close(logprobs[i, : len(r)], expected, atol=1e-5, rtol=1e-5)
+    assert logprobs[1, 2] == 0  # masked position
+
+
+def test_log_probs_match_the_scores_generate_returns(tiny_generator, example_problems):
+    """Sample with the raw model (temperature 1, no top-p), then score the sampled ids."""
+    gens = tiny_generator.generate_stage_output(example_problems[:2], "understand", None, 1, max_new_tokens=1)
+    prompts = [g[0].prompt_ids for g in gens]
+    batch = build_token_batch(prompts, [[], []], tiny_generator.pad_id)
+    torch.manual_seed(0)
+    out = tiny_generator.model.generate(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=True, top_k=0, top_p=1.0,
+        temperature=1.0, max_new_tokens=6, min_new_tokens=6, output_logits=True, return_dict_in_generate=True,
+        pad_token_id=tiny_generator.pad_id,
+    )
+    responses = out.sequences[:, batch.prompt_width :]  # (B, 6)
+    sampled = torch.stack([F.log_softmax(l.float(), -1) for l in out.logits], dim=1)  # (B, 6, V)
+    expected = sampled.gather(-1, responses[..., None])[..., 0]  # (B, 6)
+    logprobs, mask = tiny_generator.get_log_probs(prompts, responses.tolist())
+    assert mask.all()
+    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_log_probs_grad_only_when_asked(tiny_generator):
+    prompts, responses = [[1, 2, 3]], [[4, 5]]
+    logprobs, _ = tiny_generator.get_log_probs(prompts, responses)
+    assert not logprobs.requires_grad
+    logprobs, mask = tiny_generator.get_log_probs(prompts, responses, requires_grad=True)
+    assert logprobs.requires_grad
+    tiny_generator.model.zero_grad()
+    (logprobs * mask).sum().backward()
+    grads = [p.grad for p in tiny_generator.model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    tiny_generator.model.zero_grad(set_to_none=True)
+
+
+def test_temperature_scales_log_probs(tiny_generator):
+    cold, _ = tiny_generator.get_log_probs([[1, 2, 3]], [[4, 5]], temperature=0.5)
+    warm, _ = tiny_generator.get_log_probs([[1, 2, 3]], [[4, 5]])
+    assert not torch.allclose(cold, warm)
+
+
+def test_one_log_prob_implementation_serves_both():
+    assert LLMGenerator.get_log_probs is LLMDiscriminator.get_log_probs is LLMBase.get_log_probs
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_top_k_first_matches_stock_top_p_when_the_nucleus_fits():
+    torch.manual_seed(0)
+    scores = torch.randn(4, 1000) * 4  # peaked: the 0.9 nucleus is well under 200 tokens
+    ours = TopKFirstTopPLogitsProcessor(top_k=200, top_p=0.9, temperature=0.7)(None, scores.clone())
+    stock = TopPLogitsWarper(top_p=0.9)(None, TemperatureLogitsWarper(0.7)(None, scores.clone()))
+    assert torch.equal(torch.isinf(ours), torch.isinf(stock))
+    kept = ~torch.isinf(ours)
+    torch.testing.assert_close(ours[kept], stock[kept])
+
+
+def test_top_k_first_caps_the_nucleus_at_k():
+    scores = torch.zeros(2, 1000)  # flat: the nucleus would be 900 tokens
+    out = TopKFirstTopPLogitsProcessor(top_k=50, top_p=0.9)(None, scores)
+    assert (~torch.isinf(out)).sum(-1).tolist() == [50, 50]
+
+
+def test_sampling_config_validation_and_kwargs():
+    with pytest.raises(ValueError):
+        SamplingConfig(temperature=0)
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=0)
+    assert SamplingConfig(do_sample=False, temperature=0).generate_kwargs()["do_sample"] is False
+    stock = SamplingConfig(top_k_first=0).generate_kwargs()
+    assert stock["top_p"] == 0.95 and "logits_processor" not in stock
+    fast = SamplingConfig().generate_kwargs()
+    assert fast["top_k"] == 0 and fast["top_p"] == 1.0 and len(fast["logits_processor"]) == 1
+
+
+def test_per_call_overrides_do_not_change_the_wrapper(tiny_generator):
+    settings = tiny_generator.settings(temperature=0.3, seed=None)
+    assert settings.temperature == 0.3 and tiny_generator.sampling.temperature == SamplingConfig().temperature
