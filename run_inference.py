@@ -26,7 +26,8 @@ PROG = "run_inference.py"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     models = parser.add_argument_group("models (one of --checkpoint or --model)")
     source = models.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH",
