@@ -138,7 +138,7 @@ class TrainingConfig:
 PRESETS: dict[str, dict] = {
     # the default: the real default model on the example problems, all five stages, within ~15 min on 2 CPU cores
     "demo": dict(n_steps=1, k_alternations=1, num_samples=4, num_test_samples=4, rollout_remaining_stages=False,
-                 critique=False, stage_tokens=48, code_tokens=160, test_tokens=160, train_last_layers=4,
+                 critique=False, stage_tokens=40, code_tokens=128, test_tokens=128, train_last_layers=4,
                  ppo=dict(precision="bf16", learning_rate=2e-5)),
     # the tiny random model: a smoke test of the whole pipeline in well under a minute
     "tiny": dict(generator_model="tiny", n_steps=1, k_alternations=1, num_samples=2, num_test_samples=2,
