@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -202,15 +203,17 @@ class LLMBase:
         settings: SamplingConfig,
         default_max_new_tokens: int,
         code_block: bool = False,
-        prefix: str = "",
+        prefixes: Sequence[str] | str = "",
     ) -> list[list[Generation]]:
         """`num_samples` responses to each prompt, all in ONE batched `generate` call.
         Returns one list per prompt, in prompt order. `code_block`: the reply is one code block, so a
-        row may stop once it closes (when `settings.stop_after_code_block`). `prefix`: the start of the
-        assistant's reply, written into the prompt (prefill); sampling continues from it."""
+        row may stop once it closes (when `settings.stop_after_code_block`). `prefixes` (one, or one per
+        prompt): the start of the assistant's reply, written into the prompt (prefill); sampling continues
+        from it."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        prompts = [self.format_prompt(t) + prefix for t in user_texts]
+        prefixes = [prefixes] * len(user_texts) if isinstance(prefixes, str) else list(prefixes)
+        prompts = [self.format_prompt(t) + prefix for t, prefix in zip(user_texts, prefixes, strict=True)]
         prompt_ids = [self.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(num_samples)]
         batch = build_token_batch(rows, [[] for _ in rows], self.pad_id, self.device)
@@ -226,7 +229,8 @@ class LLMBase:
         )
         stopper = None
         if code_block and settings.stop_after_code_block:
-            stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), prefix.count("```"))
+            fences = [prefix.count("```") for prefix in prefixes for _ in range(num_samples)]
+            stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
         if settings.seed is None:
             sequences = self.model.generate(**kwargs)  # (N, P + new)
@@ -251,7 +255,7 @@ class LLMBase:
                     response_ids=response,
                     text=self.tokenizer.decode(response, skip_special_tokens=True),
                     finished=finished,
-                    prefix=prefix,
+                    prefix=prefixes[i],
                 )
             )
         n_tokens = sum(len(g.response_ids) for gens in out for g in gens)

@@ -53,7 +53,7 @@ class LLMDiscriminator(LLMBase):
         prompts = [tests_prompt(p, tests_context(c)) for p, c in zip(problems, args["context"])]
         settings = self.settings(sampling, **overrides)
         prefix = TESTS_PREFIX if self.prefill else ""
-        groups = self.sample(prompts, num_samples, settings, TESTS_MAX_NEW_TOKENS, code_block=True, prefix=prefix)
+        groups = self.sample(prompts, num_samples, settings, TESTS_MAX_NEW_TOKENS, code_block=True, prefixes=prefix)
         out = []
         for p, group in zip(problems, groups):
             records = []

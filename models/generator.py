@@ -46,6 +46,7 @@ class LLMGenerator(LLMBase):
     `temperature`, `top_p`, `top_k`, `top_k_first`, `max_new_tokens`, `do_sample`, `seed`."""
 
     system_prompt = "You are an expert Python programmer. You reason step by step and write correct, simple code."
+    prefill_signature = False  # also prefill the entry point's signature after the opening fence
 
     def generate_stage_output(
         self,
@@ -67,6 +68,16 @@ class LLMGenerator(LLMBase):
             for g in group:
                 g.task, g.stage, g.problem_id = "stage", stage.name, p.id
         return groups[0] if single else groups
+
+    def code_prefix(self, problem: Problem) -> str:
+        """The prefilled start of a code reply: an open ```python block, then the problem's signature
+        when `prefill_signature` and the problem has one; "" without prefill."""
+        if not self.prefill:
+            return ""
+        if self.prefill_signature and problem.signature.strip():
+            # no newline after the signature: BPE merges ":\n    " into one token, so the model writes it
+            return f"{CODE_PREFIX}{problem.signature.strip()}"
+        return CODE_PREFIX
 
     def generate_code(
         self,
@@ -92,8 +103,8 @@ class LLMGenerator(LLMBase):
             code_prompt(p, c or {}, feedback_text(f)) for p, c, f in zip(problems, args["chain"], feedbacks)
         ]
         settings = self.settings(sampling, **overrides)
-        prefix = CODE_PREFIX if self.prefill else ""
-        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefix=prefix)
+        prefixes = [self.code_prefix(p) for p in problems]
+        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefixes=prefixes)
         out = []
         for p, group in zip(problems, groups):
             records = []

@@ -206,14 +206,33 @@ def _runnable_test(node: ast.FunctionDef) -> bool:
     return bool(node.decorator_list) or set(args) <= _BUILTIN_FIXTURES
 
 
-def sanitize_tests(text: str, entry_point: str) -> SanitizedTests:
+def _test_function(name: str, body: list[ast.stmt]) -> ast.FunctionDef:
+    test = ast.parse(f"def {name}():\n    pass").body[0]
+    test.body = body
+    return test
+
+
+def _split_asserts(node: ast.FunctionDef, entry_point: str) -> list[ast.FunctionDef]:
+    """A plain test made only of asserts becomes one test per assert that calls the entry point, so one
+    wrong expectation no longer hides the right ones (each is judged valid or invalid on its own).
+    Tests with other statements, arguments or decorators are kept whole."""
+    body = node.body[1:] if ast.get_docstring(node) else node.body
+    if (node.decorator_list or node.args.args or isinstance(node, ast.AsyncFunctionDef) or len(body) < 2
+            or not all(isinstance(stmt, ast.Assert) for stmt in body)):
+        return [node]
+    asserts = [stmt for stmt in body if _calls(stmt, entry_point)]
+    return [_test_function(f"{node.name}_{k}", [stmt]) for k, stmt in enumerate(asserts, 1)] or [node]
+
+
+def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> SanitizedTests:
     """A pytest module of `test_*` functions from a model response.
 
     Kept: standard-library/pytest imports and test functions that mention `entry_point`. Removed: prose,
     fences, other top-level code (including the model's own copy of `entry_point`), tests needing unknown
     fixtures, exact duplicates. Bare top-level `assert`s that call `entry_point` become one test each;
-    different tests with the same name are renamed apart. `from solution import *` and `import pytest`
-    come first."""
+    different tests with the same name are renamed apart. With `split_asserts`, a test made only of
+    asserts becomes one test per assert (`_split_asserts`). `from solution import *` and
+    `import pytest` come first."""
     blocks = extract_blocks(text)
     if not blocks and not _looks_like_code(text):
         return SanitizedTests("", False, "no code found in the response")
@@ -236,7 +255,7 @@ def sanitize_tests(text: str, entry_point: str) -> SanitizedTests:
     tests: list[ast.FunctionDef] = []
     seen_bodies: set[str] = set()
     names: set[str] = set()
-    dropped = wrapped = 0
+    dropped = wrapped = split = 0
     for node in statements:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             line = ast.unparse(node)
@@ -245,26 +264,30 @@ def sanitize_tests(text: str, entry_point: str) -> SanitizedTests:
             continue
         if isinstance(node, ast.Assert) and _calls(node, entry_point):
             wrapped += 1
-            test = ast.parse(f"def test_assert_{wrapped}():\n    pass").body[0]
-            test.body = [node]
-            node = test
-        elif not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
-                  and _calls(node, entry_point) and _runnable_test(node)):
+            candidates = [_test_function(f"test_assert_{wrapped}", [node])]
+        elif (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
+              and _calls(node, entry_point) and _runnable_test(node)):
+            candidates = _split_asserts(node, entry_point) if split_asserts else [node]
+            split += len(candidates) - 1
+        else:
             dropped += 1
             continue
-        body = ast.dump(ast.Module(body=node.body + node.decorator_list, type_ignores=[]))
-        if body in seen_bodies:
-            dropped += 1
-            continue
-        seen_bodies.add(body)
-        base, n = node.name, 1
-        while node.name in names:
-            n += 1
-            node.name = f"{base}_{n}"
-        names.add(node.name)
-        tests.append(node)
+        for test in candidates:
+            body = ast.dump(ast.Module(body=test.body + test.decorator_list, type_ignores=[]))
+            if body in seen_bodies:
+                dropped += 1
+                continue
+            seen_bodies.add(body)
+            base, n = test.name, 1
+            while test.name in names:
+                n += 1
+                test.name = f"{base}_{n}"
+            names.add(test.name)
+            tests.append(test)
     if wrapped:
         repairs.append(f"wrapped {wrapped} bare assert(s) into tests")
+    if split:
+        repairs.append(f"split tests made only of asserts into {split} more test(s)")
     if dropped:
         repairs.append(f"dropped {dropped} statement(s) or test(s)")
     if not tests:

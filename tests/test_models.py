@@ -116,6 +116,16 @@ def test_code_records_carry_sanitization(tiny_generator, example_problems, monke
     assert record.prefix == "" and not record.prompt.endswith(CODE_PREFIX) and record.ok
 
 
+def test_code_prefill_with_signature(tiny_pair, example_problems, monkeypatch):
+    p = example_problems[0]
+    gen = LLMGenerator(tiny_pair)
+    gen.prefill_signature = True
+    canned_generate(monkeypatch, gen, ["\n    return ' '.join(reversed(sentence.split()))\n```"])
+    (record,) = gen.generate_code(p, {}, num_samples=1)
+    assert record.prompt.endswith(CODE_PREFIX + p.signature) and record.prefix == CODE_PREFIX + p.signature
+    assert record.ok and record.code.startswith(p.signature)
+
+
 def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
     p = example_problems[0]
     feedback = [("def reverse_words(s):\n    return s\n", ["test_two_words", "test_empty"])]
@@ -253,6 +263,18 @@ def test_top_k_first_matches_stock_top_p_when_the_nucleus_fits():
     torch.testing.assert_close(ours[kept], stock[kept])
 
 
+def test_top_k_first_sampling_draws_from_the_nucleus():
+    torch.manual_seed(0)
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]).repeat(20000, 1)  # (N, 5)
+    filtered = TopKFirstTopPLogitsProcessor(top_k=4, top_p=0.9, temperature=1.0)(None, scores[:1].clone())
+    drawn = TopKFirstTopPLogitsProcessor(top_k=4, top_p=0.9, temperature=1.0, sample=True)(None, scores)
+    assert (torch.isfinite(drawn).sum(-1) == 1).all()  # one token per row, picked by generate's argmax
+    counts = torch.bincount(drawn.argmax(-1), minlength=5).float() / len(scores)
+    expected = torch.softmax(filtered[0], -1)  # the stock nucleus distribution (tokens 0..2 here)
+    assert counts[3] == counts[4] == 0
+    torch.testing.assert_close(counts, expected, atol=0.015, rtol=0)
+
+
 def test_top_k_first_caps_the_nucleus_at_k():
     scores = torch.zeros(2, 1000)  # flat: the nucleus would be 900 tokens
     out = TopKFirstTopPLogitsProcessor(top_k=50, top_p=0.9)(None, scores)
@@ -268,7 +290,7 @@ def test_sampling_config_validation_and_kwargs():
     stock = SamplingConfig(top_k_first=0).generate_kwargs()
     assert stock["top_p"] == 0.95 and "logits_processor" not in stock
     fast = SamplingConfig().generate_kwargs()
-    assert fast["top_k"] == 0 and fast["top_p"] == 1.0 and len(fast["logits_processor"]) == 1
+    assert fast["do_sample"] is False and fast["logits_processor"][0].sample  # the processor samples
 
 
 def test_per_call_overrides_do_not_change_the_wrapper(tiny_generator):

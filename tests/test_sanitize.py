@@ -1,6 +1,8 @@
 """Sanitization of model output into code and pytest modules (no model needed)."""
 import ast
 
+import pytest
+
 from models.sanitize import extract_blocks, parse_repaired, sanitize_code, sanitize_tests
 
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -194,3 +196,21 @@ def test_tests_prose_only_fails():
 def test_tests_unparsable_fails_with_reason():
     s = sanitize_tests("```python\ndef test_x(:\n```", "add")
     assert not s.ok and "parse" in s.reason
+
+
+def test_tests_made_only_of_asserts_are_split_one_per_assert():
+    text = (
+        "def test_many():\n    '''doc'''\n    assert add(1, 2) == 3\n    assert add(1, 1) == 5\n"
+        "    assert add(1, 2) == 3\n    assert True\n\n"
+        "def test_with_setup():\n    x = add(1, 2)\n    assert x == 3\n    assert x > 0\n"
+    )
+    s = sanitize_tests(text, "add")
+    # the repeated assert is an exact duplicate (dropped); `assert True` does not call add (dropped)
+    assert s.test_names == ["test_many_1", "test_many_2", "test_with_setup"]
+    namespace = {"add": lambda a, b: a + b}
+    exec(s.tests.replace("from solution import *\n", ""), namespace)
+    namespace["test_many_1"]()  # the right expectation stands on its own
+    with pytest.raises(AssertionError):
+        namespace["test_many_2"]()
+    whole = sanitize_tests(text, "add", split_asserts=False)
+    assert whole.test_names == ["test_many", "test_with_setup"]
