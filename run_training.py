@@ -28,7 +28,7 @@ RESULT_COLUMNS = {  # header -> metric key
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="demo",
-                        help="starting configuration: demo (default model, ~15 min on 2 CPU cores), tiny "
+                        help="starting configuration: demo (default model, ~12 min on 2 idle CPU cores), tiny "
                              "(tiny random model, under a minute), gpu (a larger coder model on a GPU)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="continue from a checkpoint: alone, the latest one in --output-dir; or a "
