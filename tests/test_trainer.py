@@ -117,6 +117,33 @@ def test_multi_attempt_retries_failing_codes(example_problems, sandbox):
     assert metrics["attempts/mean"] == 2.0  # the tiny model's code always fails: every sample retried
 
 
+def test_multi_attempt_feedback_reaches_the_prompts_and_only_told_samples_rewrite(example_problems, sandbox,
+                                                                                monkeypatch):
+    trainer = make_trainer(example_problems, sandbox, max_attempts=2, num_test_samples=3)
+    code_calls, test_calls = [], []
+    gen_code, gen_tests = trainer.generator.generate_code, trainer.discriminator.generate_tests
+    monkeypatch.setattr(trainer.generator, "generate_code",
+                        lambda *a, **k: code_calls.append((a, k)) or gen_code(*a, **k))
+    monkeypatch.setattr(trainer.discriminator, "generate_tests",
+                        lambda *a, **k: test_calls.append((a, k)) or gen_tests(*a, **k))
+    told = rollout_module.discriminator_feedback  # keep the real text, but only sample 1 is told anything
+    monkeypatch.setattr(rollout_module, "discriminator_feedback",
+                        lambda r: [fb if j == 1 else "" for j, fb in enumerate(told(r))])
+    rollouts, metrics = rollout_module.make_rollouts(trainer, example_problems[:1], "understand")
+
+    assert len(code_calls) == 2 and len(test_calls) == 2
+    feedback = code_calls[1][1]["feedback"]
+    assert len(feedback) == 2  # both code samples failed
+    failed_code, failing = feedback[0][0]
+    assert failing, "the retried code was not shown its failing tests"
+    problem_tests = example_problems[0].tests
+    assert all(name.split(" (")[0] in problem_tests for name in failing)  # named tests it failed
+    contexts = test_calls[1][0][1]
+    assert len(contexts) == 1 and "Your earlier tests" in contexts[0]  # only sample 1 rewrote its tests
+    assert metrics["attempts/tests_rewritten"] == 1
+    assert metrics["sandbox/executions"] == 2 * 3 * 4  # two attempts of (2 codes + reference) x (3 suites + own)
+
+
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_problems, sandbox, random_rewards, tmp_path):
     straight = make_trainer(example_problems, sandbox, run_dir=tmp_path / "a",
                             manager=CheckpointManager(tmp_path / "a"))

@@ -1,6 +1,6 @@
 """One training step's data for a group of problems: roll out both models, run the sandbox, score.
 
-For each problem at stage s (DESIGN.md 'Data flow'):
+For each problem at stage s (README 'How it works'):
 
     chain prefix   stages before s, greedy, cached per problem (`Trainer.chain_prefix`)
     generator      n samples of stage s (the action), then (optionally) the remaining stages and the code
@@ -82,19 +82,27 @@ def sample_generator(trainer, problems: list[Problem], stage: str) -> tuple[list
     return stage_groups, chains, code_groups
 
 
-def sample_discriminator(trainer, problems: list[Problem], stage: str, chains: list[list[Chain]],
-                         feedback: list[str] | None = None) -> tuple[list, list]:
+def sample_discriminator(trainer, problems: list[Problem], stage: str, chains: list[list[Chain]]) -> tuple[list, list]:
     """Critiques (optional) and test suites: sample j of a problem sees generator chain j (mod n)."""
-    cfg: TrainingConfig = trainer.config
-    m = cfg.num_test_samples
-    flat_problems = [p for p in problems for _ in range(m)]
+    m = trainer.config.num_test_samples
     flat_chains = [chains[i][j % len(chains[i])] for i in range(len(problems)) for j in range(m)]
-    contexts = [format_chain(c) for c in flat_chains]
+    critiques, tests = discriminator_samples(trainer, [p for p in problems for _ in range(m)], stage, flat_chains)
+    critique_groups = [critiques[i * m:(i + 1) * m] for i in range(len(problems))] if critiques else [[] for _ in problems]
+    return critique_groups, [tests[i * m:(i + 1) * m] for i in range(len(problems))]
+
+
+def discriminator_samples(trainer, problems: list[Problem], stage: str, chains: list[Chain],
+                          feedback: list[str] | None = None) -> tuple[list[Generation], list]:
+    """One discriminator sample per (problem, chain) pair, all in one batched call per step: a critique of
+    `stage` (when `critique` is on) and a test suite, each told its `feedback` text when given. Returns the
+    critiques ([] when off) and the test suites."""
+    cfg: TrainingConfig = trainer.config
+    contexts = [format_chain(c) for c in chains]
     critiques: list[Generation] = []
     if cfg.critique:
         outs = trainer.discriminator.generate_critique(
-            flat_problems, stage, [c[stage] for c in flat_chains],
-            [{k: v for k, v in c.items() if k != stage} for c in flat_chains], num_samples=1,
+            problems, stage, [c[stage] for c in chains],
+            [{k: v for k, v in c.items() if k != stage} for c in chains], num_samples=1,
             max_new_tokens=cfg.stage_tokens or None,
         )
         critiques = [o[0] for o in outs]
@@ -102,11 +110,9 @@ def sample_discriminator(trainer, problems: list[Problem], stage: str, chains: l
                     for ctx, c in zip(contexts, critiques)]
     if feedback:
         contexts = [ctx + fb for ctx, fb in zip(contexts, feedback)]
-    outs = trainer.discriminator.generate_tests(flat_problems, contexts, num_samples=1,
+    outs = trainer.discriminator.generate_tests(problems, contexts, num_samples=1,
                                                 max_new_tokens=cfg.test_tokens or None)
-    tests = [o[0] for o in outs]
-    critique_groups = [critiques[i * m:(i + 1) * m] for i in range(len(problems))] if critiques else [[] for _ in problems]
-    return critique_groups, [tests[i * m:(i + 1) * m] for i in range(len(problems))]
+    return critiques, [o[0] for o in outs]
 
 
 def run_sandbox(sandbox: Sandbox, rollout: ProblemRollout) -> list[list[ExecutionResult]]:
@@ -177,37 +183,46 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
         for p, s, c, codes, cr, ts in zip(problems, stage_groups, chains, code_groups, critique_groups, test_groups)
     ]
     matrices = []
+    executions = timeouts = 0
+    timing["attempts/tests_rewritten"] = 0
     for attempt in range(1, cfg.max_attempts + 1):
         t = time.perf_counter()
         matrices = [run_sandbox(trainer.sandbox, r) for r in rollouts]
         for r, mtx in zip(rollouts, matrices):
             score(r, mtx, cfg)
+        executions += sum(len(mtx) * len(mtx[0]) for mtx in matrices)
+        timeouts += sum(res.timed_out for mtx in matrices for row in mtx for res in row)
         timing["time/sandbox_s"] += time.perf_counter() - t
         if attempt == cfg.max_attempts:
             break
         retry = [(k, i) for k, r in enumerate(rollouts) for i in range(len(r.codes))
                  if r.gen_rewards[i] < cfg.rewards.gen_pass_coef + cfg.rewards.gen_format_coef - 1e-9]
-        if not retry:
+        # discriminator samples that are told something (invalid tests, nothing caught) write new ones
+        redo = [(k, j, fb) for k, r in enumerate(rollouts) for j, fb in enumerate(discriminator_feedback(r)) if fb]
+        if not retry and not redo:
             break
         t = time.perf_counter()
-        feedback = [[(rollouts[k].codes[i].code or rollouts[k].codes[i].text, failing_tests(rollouts[k], i, matrices[k]))]
-                    for k, i in retry]
-        new = trainer.generator.generate_code([rollouts[k].problem for k, _ in retry],
-                                              [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
-                                              max_new_tokens=cfg.code_tokens or None)
-        for (k, i), out in zip(retry, new):
-            rollouts[k].codes[i] = out[0]
-            rollouts[k].attempts[i] = attempt + 1
-        disc_feedback = [fb for r in rollouts for fb in discriminator_feedback(r)]
-        if any(disc_feedback):
-            critique_groups, test_groups = sample_discriminator(
-                trainer, problems, stage, [r.chains for r in rollouts], disc_feedback)
-            for r, cr, ts in zip(rollouts, critique_groups, test_groups):
-                r.critiques, r.tests = cr, ts
+        if retry:
+            feedback = [[(rollouts[k].codes[i].code or rollouts[k].codes[i].text,
+                          failing_tests(rollouts[k], i, matrices[k]))] for k, i in retry]
+            new = trainer.generator.generate_code([rollouts[k].problem for k, _ in retry],
+                                                  [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
+                                                  max_new_tokens=cfg.code_tokens or None)
+            for (k, i), out in zip(retry, new):
+                rollouts[k].codes[i] = out[0]
+                rollouts[k].attempts[i] = attempt + 1
+        timing["attempts/tests_rewritten"] += len(redo)
+        if redo:
+            critiques, tests = discriminator_samples(
+                trainer, [rollouts[k].problem for k, _, _ in redo], stage,
+                [rollouts[k].chains[j % len(rollouts[k].chains)] for k, j, _ in redo], [fb for _, _, fb in redo])
+            for x, (k, j, _) in enumerate(redo):
+                rollouts[k].tests[j] = tests[x]
+                if critiques:
+                    rollouts[k].critiques[j] = critiques[x]
         timing["time/generation_s"] += time.perf_counter() - t
     timing["attempts/mean"] = float(np.mean([a for r in rollouts for a in r.attempts]))
     timing["attempts/solved_after_retry"] = sum(
         int(a > 1 and r.gen_terms["pass_rate"][i] == 1.0) for r in rollouts for i, a in enumerate(r.attempts))
-    timing["sandbox/executions"] = sum(len(mtx) * len(mtx[0]) for mtx in matrices)
-    timing["sandbox/timeouts"] = sum(res.timed_out for mtx in matrices for row in mtx for res in row)
+    timing["sandbox/executions"], timing["sandbox/timeouts"] = executions, timeouts
     return rollouts, timing
