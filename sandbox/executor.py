@@ -186,10 +186,8 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
-        self.isolation = isolation.detect_level(self.config.isolation)
+        level = isolation.detect_level(self.config.isolation)
         self.num_workers = self.config.num_workers or os.cpu_count() or 1
-        log = logger.warning if self.isolation == "process" else logger.info
-        log("sandbox isolation: %s", isolation.describe(self.isolation))
         self._idle: queue.Queue[int] = queue.Queue()
         self._workers: list[_Worker | None] = [None] * self.num_workers
         self._lock = threading.Lock()
@@ -197,6 +195,9 @@ class Sandbox:
         # Workers are started from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG)
         # fires when the *thread* that started it exits, e.g. a finished run_matrix pool thread.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
+        self.isolation = self._start_first_worker(level)
+        log = logger.warning if self.isolation == "process" else logger.info
+        log("sandbox isolation: %s", isolation.describe(self.isolation))
         for i in range(self.num_workers):
             self._idle.put(i)
 
@@ -264,6 +265,24 @@ class Sandbox:
             pass
 
     # ------------------------------------------------------------ workers
+    def _start_first_worker(self, level: str) -> str:
+        """Start worker 0 now, so that a level the kernel refuses is found at once, not as an error on
+        every execution. Under "auto" a level that fails to start (bubblewrap installed but user
+        namespaces refused, as in some containers) gives way to the next one, with a warning; a level
+        asked for by name raises. Returns the level in force."""
+        while True:
+            try:
+                self._workers[0] = self._spawner.submit(_Worker, 0, level, self.config).result()
+                return level
+            except (RuntimeError, OSError) as e:
+                weaker = [lv for lv in isolation.available_levels()
+                          if isolation.LEVELS.index(lv) > isolation.LEVELS.index(level)]
+                if self.config.isolation != "auto" or not weaker:
+                    self._spawner.shutdown(wait=False)
+                    raise RuntimeError(f"sandbox isolation {level!r} failed to start on this machine: {e}") from e
+                logger.warning("sandbox isolation %r failed to start (%s); falling back to %r", level, e, weaker[0])
+                level = weaker[0]
+
     def _worker(self, index: int) -> _Worker:
         if self._workers[index] is None:
             self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config).result()

@@ -44,19 +44,25 @@ ENV = {
 }
 
 
-def detect_level(requested: str = "auto") -> str:
-    """The isolation level to use: `requested`, or the strongest available for "auto"."""
+def available_levels() -> list[str]:
+    """The levels whose tools this machine has, strongest first (whether the kernel lets them start is
+    only known by starting a worker: `Sandbox` does, and falls back under "auto")."""
     root = os.geteuid() == 0
     have = {
         "bwrap": shutil.which("bwrap") is not None and (not root or _have("setpriv", "unshare", "mount")),
         "unshare": root and _have("setpriv", "unshare", "mount"),
         "process": True,
     }
+    return [level for level in LEVELS if have[level]]
+
+
+def detect_level(requested: str = "auto") -> str:
+    """The isolation level to use: `requested`, or the strongest available for "auto"."""
     if requested == "auto":
-        return next(level for level in LEVELS if have[level])
+        return available_levels()[0]
     if requested not in LEVELS:
         raise ValueError(f"isolation must be 'auto' or one of {LEVELS}, got {requested!r}")
-    if not have[requested]:
+    if requested not in available_levels():
         raise RuntimeError(f"isolation {requested!r} is not available on this machine (see README 'Sandbox')")
     return requested
 

@@ -2,7 +2,7 @@
 import pytest
 
 from data.problems import load_humaneval, validate_problem
-from sandbox import Sandbox, SandboxConfig
+from sandbox import Sandbox, SandboxConfig, isolation
 from sandbox.executor import add_solution_import
 from sandbox.isolation import LEVELS, detect_level
 
@@ -140,3 +140,20 @@ def test_each_available_isolation_level_runs_tests(level):
         assert sb.isolation == level
         r = sb.execute_tests(ADD, "def test_a():\n    assert add(1, 2) == 3\n\ndef test_b():\n    assert add(1, 2) == 0\n")
     assert r.test_outcomes == {"test_a": "passed", "test_b": "failed"}
+
+
+def test_auto_falls_back_when_the_strongest_level_cannot_start(monkeypatch):
+    levels = isolation.available_levels()
+    if len(levels) < 2:
+        pytest.skip("only one isolation level available here")
+    real = isolation.worker_command
+
+    def refused(level, *args):  # as in a container that refuses user namespaces: the worker dies at once
+        return (["false"], {}) if level == levels[0] else real(level, *args)
+
+    monkeypatch.setattr(isolation, "worker_command", refused)
+    with Sandbox(SandboxConfig(num_workers=1)) as sb:
+        assert sb.isolation == levels[1]
+        assert sb.execute_tests(ADD, "def test_a():\n    assert add(1, 2) == 3\n").all_passed
+    with pytest.raises(RuntimeError, match=f"isolation {levels[0]!r} failed to start"):
+        Sandbox(SandboxConfig(num_workers=1, isolation=levels[0]))
