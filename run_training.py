@@ -7,16 +7,17 @@
     python run_training.py --resume runs/a/checkpoints/step-000008 --output-dir runs/a
 
 Every option below is a field of the configuration (training/config.py); the preset sets the starting
-values and the options you give override them. The run folder gets config.json, metrics.jsonl,
-samples.jsonl, summary.json and checkpoints/.
+values and the options you give override them. The defaults shown are the demo preset's. The run folder
+gets config.json, metrics.jsonl, samples.jsonl, summary.json and checkpoints/.
 """
 import argparse
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-from training.config import PRESETS, add_config_arguments, config_from_args
+from training.config import PRESETS, add_config_arguments, config_from_args, preset_overrides
 
 RESULT_COLUMNS = {  # header -> metric key
     "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
@@ -26,7 +27,12 @@ RESULT_COLUMNS = {  # header -> metric key
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = "presets (each sets these on top of the field defaults):\n" + "\n".join(
+        textwrap.fill(f"{name}: {preset_overrides(name)}", 100, initial_indent="  ", subsequent_indent="      ",
+                      break_on_hyphens=False)
+        for name in PRESETS)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="demo",
                         help="starting configuration: demo (default model, ~12 min on 2 idle CPU cores), tiny "
                              "(tiny random model, under a minute), gpu (a larger coder model on a GPU)")
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
         print(f"\ninterrupted; resume with: python run_training.py --output-dir {run_dir} --resume", file=sys.stderr)
         return 130
     except (OSError, ValueError, RuntimeError, ImportError) as e:
-        print(f"run_training.py: error: {type(e).__name__}: {e}", file=sys.stderr)
+        message = (str(e).strip().splitlines() or [""])[0]  # Hugging Face errors can run to many lines
+        print(f"run_training.py: error: {type(e).__name__}: {message}", file=sys.stderr)
         return 1
     print_results(summary, run_dir)
     return 0

@@ -21,6 +21,10 @@ def test_help_documents_every_option():
                       ("--timeout-s", "wall-clock limit"), ("--preset", "tiny"), ("--resume", "latest"),
                       ("--validity-floor", "tau"), ("--train-last-layers", "transformer blocks")]:
         assert flag in out and doc in out, flag
+    flat = " ".join(out.split())  # argparse wraps the help text
+    # the defaults shown are what `python run_training.py` runs (the demo preset), and every preset is listed
+    assert "per stage (default: 1)" in flat and "(0 = the stage's own budget) (default: 40)" in flat
+    assert "tiny: --generator-model=tiny" in flat and "gpu: --generator-model=" in flat
 
 
 def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):

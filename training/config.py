@@ -13,7 +13,7 @@ from sandbox import SandboxConfig
 
 @dataclass
 class RewardConfig:
-    """Reward weights (DESIGN.md 'Rewards'); every reward is in [0, 1]."""
+    """Reward weights (README 'How it works'); every reward is in [0, 1]."""
 
     gen_pass_coef: float = 0.9  # generator: weight of the pass rate on valid + ground-truth tests
     gen_format_coef: float = 0.1  # generator: weight of well-formed code (parses, defines the entry point)
@@ -33,7 +33,7 @@ class RewardConfig:
 
 @dataclass
 class PPOConfig:
-    """The PPO update (DESIGN.md 'PPO')."""
+    """The PPO update (README 'How it works')."""
 
     learning_rate: float = 1e-5  # AdamW learning rate
     clip_coef: float = 0.2  # epsilon of the clipped surrogate
@@ -144,9 +144,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(generator_model="tiny", n_steps=1, k_alternations=1, num_samples=2, num_test_samples=2,
                  stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False, critique=False,
                  sandbox=dict(num_workers=2, timeout_s=3.0)),
-    # a GPU with a larger coder model: longer chains, more samples, full updates
+    # a GPU with a larger coder model: longer chains, more samples. fp32 weights under bf16 autocast: AdamW
+    # steps of ~1e-6 on bf16 weights would round away (bf16 keeps 8 significant bits)
     "gpu": dict(generator_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", n_steps=8, k_alternations=4, num_samples=8,
-                num_test_samples=8, problems_per_step=4, max_attempts=2, problems="humaneval",
+                num_test_samples=8, problems_per_step=4, max_attempts=2, problems="humaneval", dtype="float32",
+                train_last_layers=8,
                 ppo=dict(precision="bf16", learning_rate=1e-6, ppo_epochs=2, num_minibatches=4)),
 }
 
@@ -183,20 +185,40 @@ def field_docs(cls) -> dict[str, str]:
 SECTIONS = {"rewards": RewardConfig, "ppo": PPOConfig, "sandbox": SandboxConfig}
 
 
-def add_config_arguments(parser) -> None:
+def preset_overrides(name: str) -> str:
+    """What a preset sets, as command-line options (for `--help`)."""
+    def flat(values: dict) -> list[str]:
+        out = []
+        for key, value in values.items():
+            flag = key.replace("_", "-")
+            if isinstance(value, dict):
+                out += flat(value)
+            elif isinstance(value, bool):
+                out.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                out.append(f"--{flag}={value}")
+        return out
+    return ", ".join(flat(PRESETS[name]))
+
+
+def add_config_arguments(parser, preset: str = "demo") -> None:
     """One option per field of `TrainingConfig` and its nested configs (`--learning-rate`, ...), grouped
-    by config, with the field's comment as help. Defaults stay unset, so only what the user gives
-    overrides the preset."""
+    by config, with the field's comment as help and `preset`'s value as the default shown. Defaults stay
+    unset, so only what the user gives overrides the preset chosen at run time."""
     import argparse
+
+    shown = asdict(preset_config(preset))
 
     def add(group, cls, skip=()):
         docs = field_docs(cls)
+        section = next((s for s, c in SECTIONS.items() if c is cls), None)
         for f in fields(cls):
             if f.name in skip:
                 continue
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            value = shown[section][f.name] if section else shown[f.name]
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{docs.get(f.name, '')} (default: {default})"
+            help_text = f"{docs.get(f.name, '')} (default: {value})"
             if isinstance(default, bool):
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             elif isinstance(default, list):
