@@ -1,6 +1,6 @@
 """Generation benchmark: speed of the wrappers' batched sampling, and quality of the default model.
 
-    python3 bench/bench_generation.py speed    [--model default] [--new-tokens 64] [--batches 1 16]
+    python3 bench/bench_generation.py speed    [--model default] [--new-tokens 64] [--batches 1 4 16]
     python3 bench/bench_generation.py quality  [--model default] [--samples 4] [--chain]
 
 speed: tokens per second of `LLMGenerator.generate_stage_output` at each batch size, beside raw
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--new-tokens", type=int, default=128, help="speed: tokens generated per row")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="speed: batch sizes")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16],
+                        help="speed: batch sizes (4: the rows of a demo training step)")
     parser.add_argument("--repeats", type=int, default=2, help="speed: timed repetitions per variant")
     parser.add_argument("--samples", type=int, default=4, help="quality: samples per problem (the k of pass@k)")
     parser.add_argument("--chain", action="store_true", help="quality: sample the 5-stage chain before the code")

@@ -106,7 +106,7 @@ def test_tiny_model_is_seeded_fast_and_real(tiny_pair):
     model_b, _ = build_tiny_model(seed=0)
     elapsed = time.perf_counter() - start
     model_c, _ = build_tiny_model(seed=1, tokenizer=tokenizer)
-    assert elapsed < 1.0, f"tiny model took {elapsed:.2f}s once the tokenizer is cached"
+    assert elapsed < 5.0, f"tiny model took {elapsed:.2f}s once the tokenizer is cached"  # ~0.1 s idle
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(a, b)
     assert not torch.equal(next(model_a.parameters()), next(model_c.parameters()))

@@ -1,4 +1,4 @@
-"""Save, verify, list, resolve and prune training checkpoints (DESIGN.md "Checkpoints").
+"""Save, verify, list, resolve and prune training checkpoints (README 'Checkpoints and resume').
 
 A checkpoint is a folder under `<run_dir>/checkpoints/`:
 
@@ -47,7 +47,7 @@ ROLES = ("generator", "discriminator")
 REQUIRED_FILES = (TRAINER_STATE, RNG_STATE, "generator/config.json", "discriminator/config.json")
 POINTERS = ("best", "latest")  # aliases, stored as <alias>.json in the checkpoints folder
 TMP_PREFIX = ".tmp-"
-GENERATOR_REWARD_COEF = 0.7  # best checkpoint score (DESIGN.md "N + N + K schedule")
+GENERATOR_REWARD_COEF = 0.7  # best checkpoint score (README 'Checkpoints and resume')
 TEST_VALIDITY_COEF = 0.3
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 

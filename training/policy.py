@@ -46,7 +46,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
 
 def trainable_names(model: torch.nn.Module, last_layers: int) -> set[str] | None:
     """Names of the parameters to train: the last `last_layers` blocks and the final norm (None: all).
-    Training only the top of the network cuts the update's time and memory (DESIGN.md 'PPO')."""
+    Training only the top of the network cuts the update's time and memory (README 'Troubleshooting': out of memory)."""
     if last_layers <= 0:
         return None
     layers = decoder_layers(model)

@@ -1,4 +1,4 @@
-"""Rewards from the sandbox's code × test matrix (DESIGN.md 'Rewards', after UTRL and CURE). All in [0, 1].
+"""Rewards from the sandbox's code × test matrix (README 'How it works', after UTRL and CURE). All in [0, 1].
 
 The trainer runs every generator code i against every discriminator test module j (`Sandbox.run_matrix`),
 the reference solution against every module (validity), and every code against the problem's own
