@@ -50,3 +50,27 @@ def test_bad_input_exits_nonzero(tmp_path, capsys):
     assert main(["--models", str(tmp_path / "nope" / "best"), "--limit", "1", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "none.json" in err and "nope" in err
+
+
+def test_passing_candidates_are_counted_and_ranked(tmp_path, monkeypatch):
+    """The tiny model never passes, so the counting of passes is checked with candidates put in its place:
+    per problem the reference solution (ranked first) and a wrong but well-formed code."""
+    from inference.inference_engine import Candidate, InferenceEngine, InferenceResult
+
+    def solve_batch(self, problems, **kwargs):
+        results = []
+        for p in problems:
+            wrong = f"def {p.entry_point}(*args, **kwargs):\n    return None\n"
+            candidates = [Candidate(p.reference_solution, True, 1, 0), Candidate(wrong, True, 1, 0)]
+            results.append(InferenceResult(p.id, {}, p.reference_solution, True, [], None, 1, 0, 1.0,
+                                           candidates, {}))
+        return results
+
+    monkeypatch.setattr(InferenceEngine, "solve_batch", solve_batch)
+    code = main(["--models", "tiny", "--limit", "3", "--num-samples", "2", "--k", "1,2",
+                 "--out", str(tmp_path), *TINY])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())["models"][0]
+    assert [(p["n"], p["c"], p["ranked_passed"]) for p in report["per_problem"]] == [(2, 1, True)] * 3
+    assert report["pass_at_k"] == {"pass@1": 0.5, "pass@2": 1.0}
+    assert report["ranked_at_1"] == 1.0 and report["format_ok"] == 1.0
