@@ -2,7 +2,7 @@
 # One entry point for setting up and running the project on a fresh machine.
 #
 #   bash quickstart.sh setup            install what is missing, nothing else
-#   bash quickstart.sh test [ARGS]      setup, then the whole test suite (ARGS go to pytest)
+#   bash quickstart.sh test [ARGS]      setup plus peft and matplotlib, then the whole test suite (ARGS go to pytest)
 #   bash quickstart.sh train [ARGS]     setup, then run_training.py (ARGS go to it)
 #
 # Setup is idempotent and a second run is fast: each step checks before it installs.
@@ -57,11 +57,22 @@ setup() {
     fi
 }
 
+# Optional features the test suite also covers: LoRA (peft) and the curve plots (matplotlib).
+test_extras() {
+    local missing=()
+    has_module peft || missing+=(peft)
+    has_module matplotlib || missing+=(matplotlib)
+    if (( ${#missing[@]} )); then
+        log "installing ${missing[*]} (optional features the tests cover)"
+        pip_install "${missing[@]}"
+    fi
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
     setup) setup ;;
-    test) setup; exec "$PY" -m pytest tests "$@" ;;
+    test) setup; test_extras; exec "$PY" -m pytest tests "$@" ;;
     train) setup; exec "$PY" run_training.py "$@" ;;
     *) echo "usage: bash quickstart.sh [setup|test|train] [ARGS...]" >&2; exit 2 ;;
 esac

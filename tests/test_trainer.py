@@ -4,6 +4,7 @@ The tiny random model never writes code that parses, so every real reward is 0 a
 happen. Tests that need updates replace the two reward functions with seeded random rewards: the update,
 freezing and resume machinery is what they check, not the model's skill.
 """
+import importlib.util
 import json
 
 import numpy as np
@@ -144,15 +145,24 @@ def test_multi_attempt_feedback_reaches_the_prompts_and_only_told_samples_rewrit
     assert metrics["sandbox/executions"] == 2 * 3 * 4  # two attempts of (2 codes + reference) x (3 suites + own)
 
 
-def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_problems, sandbox, random_rewards, tmp_path):
-    straight = make_trainer(example_problems, sandbox, run_dir=tmp_path / "a",
-                            manager=CheckpointManager(tmp_path / "a"))
+LORA = pytest.param(4, marks=pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                                                  reason="LoRA needs peft (pip install peft)"), id="lora")
+
+
+@pytest.mark.parametrize("lora_rank", [pytest.param(0, id="full"), LORA])
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_problems, sandbox, random_rewards, tmp_path,
+                                                                    lora_rank):
+    def trainer(run):
+        return make_trainer(example_problems, sandbox, run_dir=tmp_path / run, manager=CheckpointManager(tmp_path / run),
+                            lora_rank=lora_rank)
+
+    straight = trainer("a")
     straight.train_full_pipeline()
 
-    first = make_trainer(example_problems, sandbox, run_dir=tmp_path / "b", manager=CheckpointManager(tmp_path / "b"))
+    first = trainer("b")
     first.train_stage("understand")  # ends with a checkpoint; the process "dies" here
     del first
-    resumed = make_trainer(example_problems, sandbox, run_dir=tmp_path / "b", manager=CheckpointManager(tmp_path / "b"))
+    resumed = trainer("b")
     resumed.load_checkpoint(CheckpointManager(tmp_path / "b").get_latest_checkpoint())
     assert resumed.state.position == 4
     resumed.train_full_pipeline()
@@ -179,3 +189,22 @@ def test_incompatible_checkpoint_is_refused(example_problems, sandbox, tmp_path)
     other = make_trainer(example_problems, sandbox, n_steps=3)
     with pytest.raises(CheckpointError, match="incompatible checkpoint: it was trained with n_steps=1"):
         other.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("lora_rank", [LORA])
+def test_lora_reference_is_the_policy_with_adapters_off(example_problems, sandbox, random_rewards, lora_rank):
+    from training.policy import reference_logprobs
+    from training.ppo import RolloutBatch
+
+    trainer = make_trainer(example_problems, sandbox, lora_rank=lora_rank)
+    model = trainer.generator.model
+    assert trainer.references["generator"] is None  # no second copy of the weights
+    assert trainer.trainable_names["generator"] and all("lora_" in n for n in trainer.trainable_names["generator"])
+    base = {k: v.clone() for k, v in weights(model).items() if "lora_" not in k}
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    batch = RolloutBatch(ids, torch.ones_like(ids), torch.tensor([[0, 0, 0, 1, 1, 1]]), torch.zeros(1))
+    before = reference_logprobs(model, None, batch, "fp32")
+    trainer.train_generator_epoch("understand", steps=1)
+    after_weights = weights(model)
+    assert all(torch.equal(base[k], after_weights[k]) for k in base)  # only adapters were trained
+    assert torch.equal(before, reference_logprobs(model, None, batch, "fp32"))  # the reference did not move

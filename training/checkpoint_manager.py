@@ -400,6 +400,21 @@ def _save_model(model, out_dir: Path, adapter_dir: Path) -> None:
         raise CheckpointError(f"{out_dir.name}: save_pretrained wrote no .safetensors file")
 
 
+def load_adapters(model, adapter_dir: Path | None, checkpoint: Path) -> None:
+    """Load a checkpoint's LoRA adapters into the live peft `model`, in place. The base weights are not
+    touched: with LoRA they stay the initial weights, which are the KL reference (adapters off)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = adapter_dir / "adapter_model.safetensors" if adapter_dir else None
+    if file is None or not file.exists():
+        raise CheckpointError(f"{checkpoint}: no LoRA adapters saved: it was not trained with --lora-rank")
+    result = set_peft_model_state_dict(model, load_file(str(file)))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise CheckpointError(f"{file}: adapters do not fit this model (unexpected {unexpected[:3]})")
+
+
 def _best(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
     eligible = [c for c in infos if c.score is not None]
     return max(eligible, key=lambda c: (c.score, c.sequence), default=None)

@@ -28,7 +28,7 @@ from models.base import build_token_batch
 from reasoning.stages import stages_before
 from sandbox import Sandbox
 from training.config import TrainingConfig
-from training.policy import freeze, make_optimizer, prepare_policy, reference_logprobs, trainable
+from training.policy import freeze, is_lora, make_optimizer, prepare_policy, reference_logprobs, trainable
 from training.ppo import RolloutBatch, compute_advantages, count_zero_signal_groups, train_step
 from training.rollout import ProblemRollout, make_rollouts
 
@@ -273,7 +273,7 @@ class AdversarialTrainer:
         `start_stage` restarts at the beginning of that stage instead of the saved position."""
         from transformers import AutoModelForCausalLM
 
-        from training.checkpoint_manager import CheckpointError, load_checkpoint, restore_rng_state
+        from training.checkpoint_manager import CheckpointError, load_adapters, load_checkpoint, restore_rng_state
 
         ckpt = load_checkpoint(path)
         saved = ckpt.trainer_state.get("config", {})
@@ -282,14 +282,17 @@ class AdversarialTrainer:
             if key in saved and saved[key] != getattr(self.config, key):
                 raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
                                       f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
-        for role, folder in (("generator", ckpt.generator_dir), ("discriminator", ckpt.discriminator_dir)):
+        for role in ROLES:
             model = self.wrappers[role].model
-            trained = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=next(model.parameters()).dtype)
-            target = model.get_base_model() if hasattr(model, "get_base_model") else model
-            missing, unexpected = target.load_state_dict(trained.state_dict(), strict=False)
-            if unexpected or [k for k in missing if "lora_" not in k]:
-                raise CheckpointError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
-                                      f"unexpected {unexpected[:3]})")
+            if is_lora(model):  # only the adapters: the base weights stay the initial ones (the KL reference)
+                load_adapters(model, getattr(ckpt, f"{role}_adapter_dir"), ckpt.path)
+            else:
+                folder = getattr(ckpt, f"{role}_dir")
+                trained = AutoModelForCausalLM.from_pretrained(folder, dtype=next(model.parameters()).dtype)
+                missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+                if unexpected or missing:
+                    raise CheckpointError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
+                                          f"unexpected {unexpected[:3]})")
             state = ckpt.optimizer_state(role)
             if state is not None:
                 self.optimizers[role].load_state_dict(state)
