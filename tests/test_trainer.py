@@ -88,12 +88,17 @@ def test_train_last_layers_leaves_the_rest_unchanged(example_problems, sandbox, 
     assert diff and all("layers.1." in k or k == "model.norm.weight" for k in diff), diff
 
 
-def test_no_signal_means_no_update(example_problems, sandbox):
-    trainer = make_trainer(example_problems, sandbox)
+def test_no_signal_means_no_update(example_problems, sandbox, tmp_path):
+    trainer = make_trainer(example_problems, sandbox, run_dir=tmp_path)
     before = weights(trainer.generator.model)
     metrics = trainer.train_generator_epoch("understand", steps=1)[0]
     assert metrics["ppo/no_signal_updates"] == 1 and metrics["ppo/zero_signal_groups"] == 1
     assert changed(before, weights(trainer.generator.model)) == []
+    # the log stays standard JSON: a loss with no value (every optimizer step skipped) is null, not NaN
+    trainer._log({"step": 1, "ppo/loss": float("nan"), "ppo/steps": 0}, [], step=1)
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+            for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["ppo/no_signal_updates"] == 1 and rows[1] == {"step": 1, "ppo/loss": None, "ppo/steps": 0}
 
 
 def test_metrics_and_samples_are_logged(example_problems, sandbox, random_rewards, tmp_path):

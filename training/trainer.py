@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -248,7 +249,9 @@ class AdversarialTrainer:
         if not self.run_dir:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            # standard JSON: a metric with no value this step (e.g. ppo/* of a skipped update) is null, not NaN
+            f.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                for k, v in metrics.items()}, allow_nan=False) + "\n")
         if self.config.samples_every and step % self.config.samples_every == 0:
             with open(self.run_dir / "samples.jsonl", "a") as f:
                 for r in rollouts:
