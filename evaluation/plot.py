@@ -2,6 +2,7 @@
 
     python -m evaluation.plot runs/my_run                 # writes runs/my_run/curves.png
     python -m evaluation.plot runs/my_run/metrics.jsonl --out curves.png --keys ppo/kl_ref,ppo/entropy
+    python -m evaluation.plot runs/my_run --smooth 10      # a moving average over 10 steps on top
 
 `metrics.jsonl` holds one JSON object per line: namespaced metrics (`generator/reward_mean`, `ppo/kl_ref`,
 ...) plus the bookkeeping fields `step` (int), `stage` (reasoning stage name), `phase` and `role` (which
@@ -155,12 +156,22 @@ def curves(rows: Sequence[dict], key: str, xs: Sequence[float] | None = None) ->
     return out
 
 
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start); `window` <= 1 returns them as is."""
+    if window <= 1:
+        return list(values)
+    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
 def plot_metrics(
-    rows: Sequence[dict], out: str | Path, keys: Sequence[str] | None = None, title: str | None = None
+    rows: Sequence[dict], out: str | Path, keys: Sequence[str] | None = None, title: str | None = None,
+    smooth: int = 0,
 ) -> Path:
     """Draw one panel per metric of `plottable_keys(rows, keys)` (stages shaded and named; one curve per
-    role for metrics outside the role namespaces) and save the figure as a PNG at `out`. Raises
-    `MetricsFileError` when nothing can be plotted and `ImportError` when matplotlib is missing."""
+    role for metrics outside the role namespaces) and save the figure as a PNG at `out`. `smooth` > 1
+    draws each curve's trailing moving average over that many points, the raw points faded behind it
+    (a step trains on one problem, so raw values jump with the problem). Raises `MetricsFileError` when
+    nothing can be plotted and `ImportError` when matplotlib is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -180,7 +191,12 @@ def plot_metrics(
             ax.axvspan(start, end, color="0.92" if j % 2 == 0 else "0.82", alpha=0.6, linewidth=0)
         for label, points in curves(rows, key, xs).items():
             color = f"C{roles.index(label)}" if label in roles else "C0"  # one colour per role across panels
-            ax.plot(*zip(*points), marker=".", markersize=4, linewidth=1.2, color=color, label=label)
+            x, y = zip(*points)
+            if smooth > 1:
+                ax.plot(x, y, marker=".", markersize=3, linewidth=0.6, color=color, alpha=0.3)
+                ax.plot(x, moving_average(y, smooth), linewidth=1.8, color=color, label=f"{label} (mean of {smooth})")
+            else:
+                ax.plot(x, y, marker=".", markersize=4, linewidth=1.2, color=color, label=label)
         ax.set_ylabel(key, fontsize=8)
         ax.grid(alpha=0.3)
         if len(ax.get_lines()) > 1:
@@ -211,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(default: those present of {', '.join(DEFAULT_KEYS)})",
     )
     parser.add_argument("--title", help="figure title (default: the run folder's name)")
+    parser.add_argument("--smooth", type=int, default=0, metavar="W",
+                        help="also draw a moving average over W points (raw points faded); default: off")
     parser.add_argument("--summary", action="store_true", help="also print per-stage and whole-run means as JSON")
     args = parser.parse_args(argv)
 
@@ -219,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     try:
         rows = load_metrics(source)
-        plot_metrics(rows, out, keys, title=args.title or source.resolve().parent.name)
+        plot_metrics(rows, out, keys, title=args.title or source.resolve().parent.name, smooth=args.smooth)
     except (MetricsFileError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

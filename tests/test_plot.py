@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from evaluation.plot import MetricsFileError, load_metrics, main, plot_metrics, plottable_keys, summarize_metrics
+from evaluation.plot import (MetricsFileError, load_metrics, main, moving_average, plot_metrics, plottable_keys,
+                             summarize_metrics)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROWS = [
@@ -79,6 +80,18 @@ def test_plot_writes_a_png(run_dir):
     assert sparse.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(MetricsFileError, match="no numeric metrics to plot"):
         plot_metrics(ROWS, run_dir / "none.png", keys=["absent/key"])
+
+
+def test_moving_average_is_trailing():
+    assert moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
+    assert moving_average([1.0, 3.0], 0) == [1.0, 3.0]
+
+
+def test_smoothed_plot_draws_both(run_dir):
+    pytest.importorskip("matplotlib")
+    assert main([str(run_dir), "--smooth", "3", "--out", str(run_dir / "smooth.png")]) == 0
+    assert (run_dir / "smooth.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_cli_writes_png_and_summary(run_dir, capsys):
