@@ -135,6 +135,7 @@ class _Worker:
         hello = self._read(timeout=60)
         if not hello or not hello.get("ready"):
             self.kill()
+            self.close()
             raise RuntimeError(f"sandbox worker failed to start with isolation {level!r}: {argv[:3]}...")
 
     def request(self, payload: dict, timeout: float) -> dict | None:
@@ -178,6 +179,10 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.kill()
             self.proc.wait()
+        try:
+            self.proc.stdout.close()
+        except OSError:
+            pass
 
 
 class Sandbox:

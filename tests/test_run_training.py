@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(ROOT / "run_training.py")]
 
@@ -23,8 +25,22 @@ def test_help_documents_every_option():
         assert flag in out and doc in out, flag
     flat = " ".join(out.split())  # argparse wraps the help text
     # the defaults shown are what `python run_training.py` runs (the demo preset), and every preset is listed
-    assert "per stage (default: 1)" in flat and "(0 = the stage's own budget) (default: 40)" in flat
+    assert "then generator steps, per stage (default: 1)" in flat  # n_steps: the field's default is 2
+    assert "(0 = the stage's own budget) (default: 40)" in flat
     assert "tiny: --generator-model=tiny" in flat and "gpu: --generator-model=" in flat
+
+
+def test_lora_rank_replaces_the_presets_last_layers():
+    import argparse
+
+    from training.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(["--lora-rank", "16"]), "gpu")  # gpu trains the last 8 layers
+    assert config.lora_rank == 16 and config.train_last_layers == 0
+    with pytest.raises(ValueError, match="not both"):
+        config_from_args(parser.parse_args(["--lora-rank", "16", "--train-last-layers", "2"]), "demo")
 
 
 def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):

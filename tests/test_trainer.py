@@ -208,8 +208,24 @@ def test_lora_reference_is_the_policy_with_adapters_off(example_problems, sandbo
     base = {k: v.clone() for k, v in weights(model).items() if "lora_" not in k}
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     batch = RolloutBatch(ids, torch.ones_like(ids), torch.tensor([[0, 0, 0, 1, 1, 1]]), torch.zeros(1))
+    adapters = {k: v.clone() for k, v in weights(model).items() if "lora_" in k}
     before = reference_logprobs(model, None, batch, "fp32")
     trainer.train_generator_epoch("understand", steps=1)
     after_weights = weights(model)
     assert all(torch.equal(base[k], after_weights[k]) for k in base)  # only adapters were trained
+    assert changed(adapters, {k: after_weights[k] for k in adapters}), "the adapters were not trained"
     assert torch.equal(before, reference_logprobs(model, None, batch, "fp32"))  # the reference did not move
+
+
+def test_discriminator_is_told_it_caught_nothing_only_when_there_was_something_to_catch():
+    from types import SimpleNamespace as NS
+
+    tests = [NS(ok=False, reason="no test functions"), NS(ok=True), NS(ok=True), NS(ok=True)]
+    rollout = NS(tests=tests, validity=[False, False, True, True],
+                 disc_terms={"discrimination": np.array([0.0, 0.0, 0.0, 0.5])},
+                 codes=[NS(ok=True), NS(ok=True)], gt_results=[NS(all_passed=True), NS(all_passed=False)])
+    told = rollout_module.discriminator_feedback(rollout)
+    assert "could not be used" in told[0] and "failed on a correct solution" in told[1]
+    assert "caught no wrong solution" in told[2] and told[3] == ""
+    rollout.gt_results = [NS(all_passed=True), NS(all_passed=True)]  # every code right: nothing to catch
+    assert rollout_module.discriminator_feedback(rollout)[2] == ""

@@ -411,8 +411,10 @@ def load_adapters(model, adapter_dir: Path | None, checkpoint: Path) -> None:
         raise CheckpointError(f"{checkpoint}: no LoRA adapters saved: it was not trained with --lora-rank")
     result = set_peft_model_state_dict(model, load_file(str(file)))
     unexpected = list(getattr(result, "unexpected_keys", []))
-    if unexpected:
-        raise CheckpointError(f"{file}: adapters do not fit this model (unexpected {unexpected[:3]})")
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if unexpected or missing:
+        raise CheckpointError(f"{file}: adapters do not fit this model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
 
 
 def _best(infos: list[CheckpointInfo]) -> CheckpointInfo | None:

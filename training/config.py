@@ -234,8 +234,11 @@ def add_config_arguments(parser, preset: str = "demo") -> None:
 
 
 def config_from_args(args, preset: str = "demo") -> TrainingConfig:
-    """The preset's config with every option the user gave on top (`ValueError` on a bad value)."""
+    """The preset's config with every option the user gave on top (`ValueError` on a bad value). Asking
+    for LoRA (`--lora-rank`) switches off the preset's `train_last_layers` unless that is given too."""
     given = {k: v for k, v in vars(args).items() if v is not None}
+    if given.get("lora_rank") and "train_last_layers" not in given:
+        given["train_last_layers"] = 0
     overrides: dict = {}
     top = {f.name for f in fields(TrainingConfig)}
     for name, value in given.items():

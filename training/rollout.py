@@ -153,14 +153,17 @@ def failing_tests(rollout: ProblemRollout, i: int, matrix: list[list[ExecutionRe
 
 
 def discriminator_feedback(rollout: ProblemRollout) -> list[str]:
-    """What the discriminator is told before another attempt: its tests were invalid, or caught nothing."""
+    """What the discriminator is told before another attempt ("" = nothing: it keeps its tests): its tests
+    were invalid, or they caught nothing although a well-formed code fails the problem's own tests (when
+    every code is right or none is well formed there was nothing to catch)."""
+    catchable = any(c.ok and not gt.all_passed for c, gt in zip(rollout.codes, rollout.gt_results))
     out = []
     for j, t in enumerate(rollout.tests):
         if not t.ok:
             out.append(f"Your earlier tests could not be used ({t.reason}). Write valid pytest functions.\n\n")
         elif not rollout.validity[j]:
             out.append("Some of your earlier tests failed on a correct solution: check expected values.\n\n")
-        elif rollout.disc_terms["discrimination"][j] == 0:
+        elif catchable and rollout.disc_terms["discrimination"][j] == 0:
             out.append("Your earlier tests caught no wrong solution: test harder edge cases.\n\n")
         else:
             out.append("")

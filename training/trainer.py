@@ -281,7 +281,7 @@ class AdversarialTrainer:
         ckpt = load_checkpoint(path)
         saved = ckpt.trainer_state.get("config", {})
         for key in ("generator_model", "discriminator_model", "stages", "n_steps", "k_alternations",
-                    "train_last_layers", "lora_rank"):
+                    "train_last_layers", "lora_rank", "lora_alpha", "lora_targets"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
                                       f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
