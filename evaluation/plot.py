@@ -160,7 +160,8 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last `window` values (fewer at the start); `window` <= 1 returns them as is."""
     if window <= 1:
         return list(values)
-    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+    windows = (values[max(0, i - window + 1):i + 1] for i in range(len(values)))
+    return [sum(w) / len(w) for w in windows]
 
 
 def plot_metrics(

@@ -276,8 +276,9 @@ class Sandbox:
         namespaces refused, as in some containers) gives way to the next one, with a warning; a level
         asked for by name raises. Returns the level in force."""
         while True:
+            self.isolation = level
             try:
-                self._workers[0] = self._spawner.submit(_Worker, 0, level, self.config).result()
+                self._worker(0)
                 return level
             except (RuntimeError, OSError) as e:
                 weaker = [lv for lv in isolation.available_levels()

@@ -185,18 +185,22 @@ def field_docs(cls) -> dict[str, str]:
 SECTIONS = {"rewards": RewardConfig, "ppo": PPOConfig, "sandbox": SandboxConfig}
 
 
+def _flag(name: str) -> str:
+    """The command-line option of a config field: `learning_rate` -> `--learning-rate`."""
+    return "--" + name.replace("_", "-")
+
+
 def preset_overrides(name: str) -> str:
     """What a preset sets, as command-line options (for `--help`)."""
     def flat(values: dict) -> list[str]:
         out = []
         for key, value in values.items():
-            flag = key.replace("_", "-")
             if isinstance(value, dict):
                 out += flat(value)
             elif isinstance(value, bool):
-                out.append(f"--{flag}" if value else f"--no-{flag}")
+                out.append(_flag(key) if value else _flag(f"no_{key}"))
             else:
-                out.append(f"--{flag}={value}")
+                out.append(f"{_flag(key)}={value}")
         return out
     return ", ".join(flat(PRESETS[name]))
 
@@ -209,15 +213,14 @@ def add_config_arguments(parser, preset: str = "demo") -> None:
 
     shown = asdict(preset_config(preset))
 
-    def add(group, cls, skip=()):
+    def add(group, cls, values: dict, skip=()):
         docs = field_docs(cls)
-        section = next((s for s, c in SECTIONS.items() if c is cls), None)
         for f in fields(cls):
             if f.name in skip:
                 continue
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            value = shown[section][f.name] if section else shown[f.name]
-            flag = "--" + f.name.replace("_", "-")
+            value = values[f.name]
+            flag = _flag(f.name)
             help_text = f"{docs.get(f.name, '')} (default: {value})"
             if isinstance(default, bool):
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -228,9 +231,9 @@ def add_config_arguments(parser, preset: str = "demo") -> None:
                 group.add_argument(flag, dest=f.name, type=type(default), default=None,
                                    metavar=type(default).__name__.upper(), help=help_text)
 
-    add(parser.add_argument_group("training"), TrainingConfig, skip=tuple(SECTIONS))
+    add(parser.add_argument_group("training"), TrainingConfig, shown, skip=tuple(SECTIONS))
     for name, cls in SECTIONS.items():
-        add(parser.add_argument_group(name, cls.__doc__), cls)
+        add(parser.add_argument_group(name, cls.__doc__), cls, shown[name])
 
 
 def config_from_args(args, preset: str = "demo") -> TrainingConfig:
