@@ -8,7 +8,10 @@ may be omitted. `tests` is pytest source that imports the solution with `from so
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sandbox import ExecutionResult, Sandbox
 
+logger = logging.getLogger(__name__)
+
 EXAMPLE_PROBLEMS = Path(__file__).with_name("example_problems.json")
+TRAIN_PROBLEMS = Path(__file__).with_name("train_problems.json")  # the training set, apart from HumanEval
+HELDOUT_SIZE = 80  # the standard held-out evaluation set: this many HumanEval problems ...
+HELDOUT_SEED = 0  # ... drawn with this seed (`load_heldout`)
+PROBLEM_SETS = ("train", "examples", "heldout", "humaneval")
 DIFFICULTIES = ("easy", "medium", "hard")
 
 
@@ -187,17 +196,31 @@ def load_humaneval(limit: int | None = None) -> list[Problem]:
     return problems
 
 
+def load_heldout() -> list[Problem]:
+    """The standard held-out evaluation set: `HELDOUT_SIZE` HumanEval problems drawn with `HELDOUT_SEED`,
+    in HumanEval order. Never trained on (training refuses HumanEval unless told otherwise)."""
+    import random
+
+    problems = load_humaneval()
+    chosen = sorted(random.Random(HELDOUT_SEED).sample(range(len(problems)), HELDOUT_SIZE))
+    return [problems[i] for i in chosen]
+
+
 def load_problem_set(spec: str, max_problems: int = 0) -> list[Problem]:
-    """Problems by name: "examples" (the shipped example set), "humaneval", or a path to a JSON file;
-    the first `max_problems` only when it is > 0."""
-    if spec == "examples":
+    """Problems by name: "train" (the training set), "examples" (10 examples), "heldout" (80 HumanEval
+    problems), "humaneval" (all 164), or a path to a JSON file; the first `max_problems` when it is > 0."""
+    if spec == "train":
+        problems = load_problems(TRAIN_PROBLEMS)
+    elif spec == "examples":
         problems = load_problems(EXAMPLE_PROBLEMS)
+    elif spec == "heldout":
+        problems = load_heldout()
     elif spec == "humaneval":
         problems = load_humaneval()
     elif Path(spec).exists():
         problems = load_problems(spec)
     else:
-        raise ProblemFormatError(f"{spec}: no such problem file (or use 'examples' or 'humaneval')")
+        raise ProblemFormatError(f"{spec}: no such problem file (or use one of {', '.join(PROBLEM_SETS)})")
     return problems[:max_problems] if max_problems > 0 else problems
 
 
@@ -212,3 +235,85 @@ def validate_problem(problem: Problem, sandbox: Sandbox) -> ExecutionResult:
     """Run the reference solution against the problem's own tests. The result's `failing_tests`
     names the tests that do not pass; `result.all_passed` says whether the problem is sound."""
     return sandbox.execute_tests(problem.reference_solution, problem.tests)
+
+
+def content_hash(problem: Problem) -> str:
+    """sha256 of what defines a problem (statement, entry point, reference, tests): the key of the
+    validation cache and of the overlap check between training and evaluation sets."""
+    text = json.dumps([problem.description, problem.entry_point, problem.reference_solution, problem.tests])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def trivial_solution(problem: Problem) -> str:
+    """A trivially wrong solution: the reference with the entry point's body replaced by `return None`
+    (helpers and classes stay, so the tests still import). A sound test set fails it."""
+    tree = ast.parse(problem.reference_solution)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == problem.entry_point:
+            node.body = [ast.Return(value=ast.Constant(value=None))]
+    return ast.unparse(tree) + "\n"
+
+
+def _validation_cache() -> Path:
+    from models.loading import cache_dir
+
+    return cache_dir() / "validation"
+
+
+def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None,
+                         show_progress: bool = True) -> tuple[list[Problem], dict[str, str]]:
+    """Keep the sound problems: the reference passes all of its own tests and a trivially wrong solution
+    (`trivial_solution`) fails at least one. Returns (valid problems in order, {id: reason} of the rest).
+
+    Verdicts are cached by `content_hash` under the model cache folder (`validation/`), so a second load
+    of the same set runs nothing. A sandbox is started only when something is not cached."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    cache = _validation_cache()
+    verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
+    todo = []
+    for p in problems:
+        key = content_hash(p)
+        path = cache / f"{key}.json"
+        try:
+            verdicts[key] = json.loads(path.read_text())["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            todo.append(p)
+    if todo:
+        own = sandbox is None
+        if own:
+            from sandbox import Sandbox as _Sandbox
+
+            sandbox = _Sandbox()
+        try:
+            def check(p: Problem) -> str:
+                ref = validate_problem(p, sandbox)
+                if not ref.all_passed:
+                    failing = ", ".join(ref.failing_tests[:3]) or ref.status
+                    detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
+                    return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
+                stub = sandbox.execute_tests(trivial_solution(p), p.tests)
+                if stub.all_passed:
+                    return "a solution that returns None passes every test (the tests check nothing)"
+                return ""
+
+            with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
+                results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
+                                    unit="problem", disable=not show_progress or len(todo) < 8, leave=False))
+        finally:
+            if own:
+                sandbox.close()
+        cache.mkdir(parents=True, exist_ok=True)
+        for p, reason in zip(todo, results):
+            key = content_hash(p)
+            verdicts[key] = reason
+            tmp = cache / f".{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps({"id": p.id, "reason": reason}))
+            tmp.replace(cache / f"{key}.json")
+    valid = [p for p in problems if not verdicts[content_hash(p)]]
+    rejected = {p.id: verdicts[content_hash(p)] for p in problems if verdicts[content_hash(p)]}
+    for pid, reason in rejected.items():
+        logger.warning("problem %s left out: %s", pid, reason)
+    return valid, rejected

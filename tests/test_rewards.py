@@ -16,7 +16,9 @@ from training.rewards import (
     collect_tests,
 )
 
-CFG = RewardConfig()  # gen 0.9 / 0.1, disc 0.85 / 0.05 / 0.10, tau 8
+# the hand-computed numbers below use these weights (no mutation term); the mutation term has its own test
+CFG = RewardConfig(disc_discrimination_coef=0.85, disc_mutation_coef=0.0, disc_validity_coef=0.05,
+                   disc_format_coef=0.10)  # gen 0.9 / 0.1, disc 0.85 / 0 / 0.05 / 0.10, tau 8
 T, F = True, False
 
 
@@ -271,3 +273,22 @@ def test_rewards_from_a_real_sandbox_run(sandbox):
     # sample 0: catches a - b (1 of 2 well-formed), 1 valid of 2: 0.425 + 0.05/8 + 0.1
     # sample 1: catches a - b via test_same, 2 valid of 2:        0.425 + 0.05*2/8 + 0.1
     np.testing.assert_allclose(disc, [0.425 + 0.00625 + 0.1, 0.425 + 0.0125 + 0.1])
+
+
+def test_mutation_score_is_discrimination_on_the_mutants():
+    """Two samples, three tests: sample 0 owns t0 (valid) and t1 (invalid), sample 1 owns t2 (valid).
+    Mutants: m0 fails t0 and t1, m1 fails only t1 (an invalid test kills nothing), m2 fails t2."""
+    passes = np.array([[T, T, T]])  # one code, passes everything: discrimination 0
+    valid = np.array([T, F, T])
+    sample_ids = np.array([0, 0, 1])
+    mutants = np.array([[F, F, T], [T, F, T], [T, T, F]])
+    terms = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8, mutant_passes=mutants)
+    assert terms["mutation_score"].tolist() == [1 / 3, 1 / 3]  # m0 by sample 0, m2 by sample 1
+    cfg = RewardConfig()  # 0.5 discrimination, 0.3 mutation, 0.1 validity, 0.1 format
+    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), cfg, mutant_passes=mutants)
+    # sample 0: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125; sample 1: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125
+    np.testing.assert_allclose(r, [0.2125, 0.2125])
+    none = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8)  # no mutants: the term is 0
+    assert none["mutation_score"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="mutant_passes"):
+        discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8, mutant_passes=np.ones((2, 2), bool))

@@ -147,7 +147,8 @@ def test_multi_attempt_feedback_reaches_the_prompts_and_only_told_samples_rewrit
     contexts = test_calls[1][0][1]
     assert len(contexts) == 1 and "Your earlier tests" in contexts[0]  # only sample 1 rewrote its tests
     assert metrics["attempts/tests_rewritten"] == 1
-    assert metrics["sandbox/executions"] == 2 * 3 * 4  # two attempts of (2 codes + reference) x (3 suites + own)
+    mutants = len(trainer.mutants_for(example_problems[0]))  # each runs against the 3 suites
+    assert metrics["sandbox/executions"] == 2 * (3 * 4 + mutants * 3)  # two attempts of (2 codes + reference) x (3 suites + own)
 
 
 LORA = pytest.param(4, marks=pytest.mark.skipif(importlib.util.find_spec("peft") is None,

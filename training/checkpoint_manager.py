@@ -96,11 +96,12 @@ class Checkpoint:
 
 
 def checkpoint_score(metrics: dict | None) -> float | None:
-    """`0.7 * metrics["generator_reward"] + 0.3 * metrics["test_validity"]`; None when either is missing
-    or the result is not finite (such a checkpoint is never "best")."""
+    """`metrics["score"]` when given (the trainer's validation score), else `0.7 * metrics["generator_reward"]
+    + 0.3 * metrics["test_validity"]`; None when missing or not finite (such a checkpoint is never "best")."""
     try:
-        score = (GENERATOR_REWARD_COEF * float(metrics["generator_reward"])
-                 + TEST_VALIDITY_COEF * float(metrics["test_validity"]))
+        score = float(metrics["score"]) if "score" in metrics else (
+            GENERATOR_REWARD_COEF * float(metrics["generator_reward"])
+            + TEST_VALIDITY_COEF * float(metrics["test_validity"]))
     except (TypeError, KeyError, ValueError):
         return None
     return score if math.isfinite(score) else None

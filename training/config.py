@@ -17,8 +17,9 @@ class RewardConfig:
 
     gen_pass_coef: float = 0.9  # generator: weight of the pass rate on valid + ground-truth tests
     gen_format_coef: float = 0.1  # generator: weight of well-formed code (parses, defines the entry point)
-    disc_discrimination_coef: float = 0.85  # discriminator: weight of the share of codes caught by valid tests
-    disc_validity_coef: float = 0.05  # discriminator: weight of |valid tests| / max(tau, |tests|)
+    disc_discrimination_coef: float = 0.5  # discriminator: weight of the share of codes caught by valid tests
+    disc_mutation_coef: float = 0.3  # discriminator: weight of the share of the reference's mutants its valid tests kill
+    disc_validity_coef: float = 0.1  # discriminator: weight of |valid tests| / max(tau, |tests|)
     disc_format_coef: float = 0.10  # discriminator: weight of well-formed test output
     validity_floor: int = 8  # tau: a few trivial tests cannot earn the validity term
 
@@ -61,21 +62,27 @@ class TrainingConfig:
     """The whole run. Saved with every run folder and checkpoint."""
 
     # models
-    generator_model: str = "default"  # "default" (SmolLM2-135M-Instruct), "tiny", a Hugging Face id or a local folder
+    generator_model: str = "default"  # "default" (Qwen2.5-Coder-0.5B-Instruct), "smollm2-135m", "tiny", a Hugging Face id or a folder
     discriminator_model: str = ""  # same choices; empty means the same as generator_model
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "mps" or "cpu"
-    dtype: str = "auto"  # "auto" (bf16 on a capable GPU, else fp32), "float32", "bfloat16", "float16"
+    dtype: str = "float32"  # dtype of the weights that train: "float32" (AdamW's small steps need it), "bfloat16", "auto"
+    frozen_dtype: str = "auto"  # dtype of the weights that do not train: "auto" (bf16 on a GPU or a CPU with native bf16), "float32", "bfloat16"
     # data
-    problems: str = "examples"  # "examples", "humaneval", or a path to a problem JSON file
+    problems: str = "train"  # "train" (the project's training set), "examples", "humaneval" (held out), or a JSON file
     max_problems: int = 0  # use only the first this many problems (0 = all)
+    allow_heldout_training: bool = False  # allow training on HumanEval, the held-out evaluation set (recorded in the run)
+    validation_problems: int = 8  # a fixed seeded slice of the problems, never trained on, that chooses the best checkpoint (0 = none)
     # schedule
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to train, in order
     n_steps: int = 2  # N: discriminator steps, then generator steps, per stage
     k_alternations: int = 1  # K: rapid one-and-one alternations per stage
     problems_per_step: int = 1  # problems in one training step
+    uniform_group_weight: float = 0.25  # draw weight of a problem whose last group all passed or all failed (1 = none)
+    max_minutes: float = 0.0  # stop cleanly with a checkpoint after this many minutes (0 = no limit); resume later
     # rollouts
-    num_samples: int = 4  # generator samples (stage text + code) per problem and step
+    group_size: int = 4  # generator samples (stage text + code) per problem and step: the group of its advantages
     num_test_samples: int = 4  # discriminator samples (critique + tests) per problem and step
+    mutants_per_problem: int = 8  # mutants of each reference solution for the discriminator's mutation score (0 = off)
     temperature: float = 0.7  # sampling temperature of both models
     stage_tokens: int = 0  # max new tokens of a reasoning stage or critique (0 = the stage's own budget)
     code_tokens: int = 0  # max new tokens of the final code (0 = the generator's default, 320)
@@ -108,8 +115,15 @@ class TrainingConfig:
             raise ValueError("stages is empty; give at least one of " + ", ".join(STAGE_NAMES))
         if self.n_steps < 0 or self.k_alternations < 0 or self.n_steps + self.k_alternations == 0:
             raise ValueError("n_steps and k_alternations must be >= 0 and not both 0")
-        if self.num_samples < 2 or self.num_test_samples < 1:
-            raise ValueError("num_samples must be >= 2 (group-relative advantages need a group), num_test_samples >= 1")
+        if self.group_size < 2 or self.num_test_samples < 1:
+            raise ValueError("group_size must be >= 2 (group-relative advantages need a group), num_test_samples >= 1")
+        if not 0 < self.uniform_group_weight <= 1:
+            raise ValueError("uniform_group_weight must be in (0, 1]; 1 draws every problem equally often")
+        if self.max_minutes < 0 or self.validation_problems < 0 or self.mutants_per_problem < 0:
+            raise ValueError("max_minutes, validation_problems and mutants_per_problem must be >= 0")
+        if self.problems in ("humaneval", "heldout") and not self.allow_heldout_training:
+            raise ValueError("HumanEval is the held-out evaluation set; train on 'train', or pass "
+                             "--allow-heldout-training to train on it anyway (the run records it)")
         if self.max_attempts < 1 or self.problems_per_step < 1:
             raise ValueError("max_attempts and problems_per_step must be >= 1")
         if self.lora_rank and self.train_last_layers:
@@ -136,19 +150,19 @@ class TrainingConfig:
 
 # ---------------------------------------------------------------- presets
 PRESETS: dict[str, dict] = {
-    # the default: the default model, example problems, all five stages; 12 min measured on 2 idle CPU cores
-    "demo": dict(n_steps=1, k_alternations=1, num_samples=4, num_test_samples=4, rollout_remaining_stages=False,
+    # the default: the default model, the training set, all five stages, on 2 idle CPU cores (README 'Training')
+    "demo": dict(n_steps=1, k_alternations=1, group_size=4, num_test_samples=4, rollout_remaining_stages=False,
                  critique=False, stage_tokens=40, code_tokens=128, test_tokens=128, train_last_layers=4,
-                 ppo=dict(precision="bf16", learning_rate=2e-5)),
+                 validation_problems=4, ppo=dict(precision="bf16", learning_rate=2e-5)),
     # the tiny random model: a smoke test of the whole pipeline in well under a minute
-    "tiny": dict(generator_model="tiny", n_steps=1, k_alternations=1, num_samples=2, num_test_samples=2,
-                 stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False, critique=False,
+    "tiny": dict(generator_model="tiny", problems="examples", n_steps=1, k_alternations=1, group_size=2,
+                 num_test_samples=2, stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False,
+                 critique=False, validation_problems=2, mutants_per_problem=4, frozen_dtype="float32",
                  sandbox=dict(num_workers=2, timeout_s=3.0)),
     # a GPU with a larger coder model: longer chains, more samples. fp32 weights under bf16 autocast: AdamW
     # steps of ~1e-6 on bf16 weights would round away (bf16 keeps 8 significant bits)
-    "gpu": dict(generator_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", n_steps=8, k_alternations=4, num_samples=8,
-                num_test_samples=8, problems_per_step=4, max_attempts=2, problems="humaneval", dtype="float32",
-                train_last_layers=8,
+    "gpu": dict(generator_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", n_steps=8, k_alternations=4, group_size=8,
+                num_test_samples=8, problems_per_step=4, max_attempts=2, train_last_layers=8, validation_problems=16,
                 ppo=dict(precision="bf16", learning_rate=1e-6, ppo_epochs=2, num_minibatches=4)),
 }
 

@@ -4,6 +4,8 @@ After cleanrl `ppo.py` and the PPO paper (Schulman et al. 2017), with group-rela
 Shao et al. 2024) and the k3 KL estimator (Schulman, "Approximating KL divergence", 2020). Per response
 token t, with old log-probs from the rollout and ref log-probs from the frozen reference:
 
+    logp_t  = log softmax(logits_t / T)[a_t]    at the sampling temperature T, as TRL and verl do: the
+                                                policy that produced the samples is the one scored
     ratio_t = exp(logp_t − old_logp_t)
     A       = (r − mean_group r) [/ (std_group r + eps)]                   broadcast to the response tokens
     L_clip  = − mean_t min(ratio_t · A, clip(ratio_t, 1 − ε, 1 + ε) · A)
@@ -185,10 +187,12 @@ class RolloutBatch:
     advantages: torch.Tensor  # (B,) one advantage per sequence, broadcast over its response tokens
     old_logprobs: torch.Tensor | None = None  # (B, T) log-probs when sampled; None: on-policy, taken now
     ref_logprobs: torch.Tensor | None = None  # (B, T) log-probs of the frozen reference; None: no KL term
+    temperature: float = 1.0  # the sampling temperature: every log-prob of this batch is of logits / temperature
+    sampler_logprobs: torch.Tensor | None = None  # (B, T) the sampler's own log-probs (NaN where unknown), for a metric
 
     def __post_init__(self):
         shape = tuple(self.input_ids.shape)
-        for name in ("attention_mask", "response_mask", "old_logprobs", "ref_logprobs"):
+        for name in ("attention_mask", "response_mask", "old_logprobs", "ref_logprobs", "sampler_logprobs"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"RolloutBatch.{name} has shape {tuple(value.shape)}, input_ids {shape}")
@@ -200,15 +204,27 @@ class RolloutBatch:
 
     def select(self, index: torch.Tensor) -> RolloutBatch:
         """The rows `index` (a minibatch)."""
-        return RolloutBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
-                               for f in fields(self)})
+        return RolloutBatch(**{f.name: getattr(self, f.name) if not isinstance(getattr(self, f.name), torch.Tensor)
+                               else getattr(self, f.name)[index] for f in fields(self)})
 
 
-def _autocast(model: torch.nn.Module, precision: str):
+def mixed_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The low-precision dtype of a model whose weights mix dtypes (frozen layers in bf16, trained ones in
+    fp32: `training.policy.prepare_policy`), else None. Such a model only runs under autocast."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    low = dtypes & {torch.bfloat16, torch.float16}
+    return next(iter(low)) if len(dtypes) > 1 and low else None
+
+
+def autocast(model: torch.nn.Module, precision: str = "fp32"):
+    """bf16 autocast on the model's device when `precision` is "bf16" or the model mixes dtypes
+    (`mixed_dtype`), else a no-op context."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     device_type = next(model.parameters()).device.type
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    low = mixed_dtype(model)
+    return torch.autocast(device_type=device_type, dtype=low or torch.bfloat16,
+                          enabled=precision == "bf16" or low is not None)
 
 
 def first_scored_column(mask: torch.Tensor | None) -> int:
@@ -225,9 +241,10 @@ def _forward_logprobs(
     precision: str,
     entropy_mask: torch.Tensor | None = None,
     keep_from: int = 1,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) log-probs aligned with input_ids (0 before column `keep_from`, and at position 0) and, given
-    a (B, T) mask, the (B, T) entropy of the predicting distribution at those positions (no grad).
+    """(B, T) log-probs of logits / temperature aligned with input_ids (0 before column `keep_from`, and at
+    position 0) and, given a (B, T) mask, the (B, T) entropy of that distribution at those positions (no grad).
 
     Only the logits that predict columns keep_from..T-1 are computed (`logits_to_keep`): with a long
     prompt and a 49k vocabulary the (B, T, V) prompt logits would dominate time and memory. Position ids
@@ -235,12 +252,14 @@ def _forward_logprobs(
     T = input_ids.shape[1]
     keep = T - keep_from + 1  # logits at positions keep_from-1 .. T-1; the last one predicts nothing
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    with _autocast(model, precision):
+    with autocast(model, precision):
         try:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            logits_to_keep=keep).logits  # (B, keep, V)
         except TypeError:  # a model without logits_to_keep: all positions
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
+    if temperature != 1.0:
+        logits = logits.float() / temperature  # (B, keep, V) the sampling distribution
     # logits[:, t] predicts input_ids[:, keep_from + t]
     logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, keep_from:])  # (B, T-keep_from)
     logprobs = F.pad(logprobs, (keep_from, 0), value=0.0)  # (B, T)
@@ -255,12 +274,13 @@ def _forward_logprobs(
 
 def batch_logprobs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, precision: str = "fp32",
-    keep_from: int = 1,
+    keep_from: int = 1, temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(B, T) log π(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits`;
+    """(B, T) log π_T(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits / T`;
     position 0 (nothing predicts it) is 0. Gradients flow when the caller's grad mode allows.
     The one implementation behind rollout old log-probs, reference log-probs and `train_step`."""
-    return _forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from)[0]
+    return _forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from,
+                             temperature=temperature)[0]
 
 
 @torch.no_grad()
@@ -275,7 +295,7 @@ def compute_ref_logprobs(
     size = chunk_size or len(batch)
     return torch.cat([
         batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision,
-                       keep_from=first_scored_column(batch.response_mask))
+                       keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature)
         for i in range(0, len(batch), size)
     ])  # (B, T)
 
@@ -312,6 +332,8 @@ def train_step(
         advantages=batch.advantages.to(device=device, dtype=torch.float32),
         old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs.to(device),
         ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs.to(device),
+        temperature=batch.temperature,
+        sampler_logprobs=None if batch.sampler_logprobs is None else batch.sampler_logprobs.to(device),
     )
     keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
     on_policy_single_step = config.ppo_epochs == 1 and min(config.num_minibatches, len(batch)) == 1
@@ -321,12 +343,17 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     steps = skipped = 0
-    for _ in range(config.ppo_epochs):
+    gap_sum, gap_count = 0.0, 0
+    for epoch in range(config.ppo_epochs):
         for index in torch.randperm(len(batch)).tensor_split(min(config.num_minibatches, len(batch))):
             mb = batch.select(index.to(device))
             logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
-                                                  entropy_mask=mb.response_mask)  # (b, T), (b, T)
+                                                  entropy_mask=mb.response_mask, temperature=mb.temperature)  # (b, T), (b, T)
             old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
+            if epoch == 0 and mb.sampler_logprobs is not None:  # training weights vs the sampler, before any step
+                known = mb.response_mask.bool() & torch.isfinite(mb.sampler_logprobs)  # (b, T)
+                gap_sum += (old_logprobs - mb.sampler_logprobs).abs()[known].sum().item()
+                gap_count += int(known.sum())
             loss, metrics = compute_policy_loss(
                 logprobs, old_logprobs, mb.advantages, mb.response_mask,
                 clip_coef=config.clip_coef, kl_coef=config.kl_coef, ref_logprobs=mb.ref_logprobs, entropy=entropy,
@@ -353,6 +380,9 @@ def train_step(
     out = {f"ppo/{key}": (sums[key] / steps if steps else math.nan)
            for key in ("loss", "pg_loss", "kl_ref", "approx_kl", "clip_frac", "entropy", "grad_norm")}
     out.update({
+        # mean |log π_train − log π_sampler| of the sampled tokens: 0 up to float noise when both run the same
+        # weights in the same dtype; bf16 generation (frozen bf16 weights) makes it a few hundredths
+        "ppo/sampler_logprob_gap": gap_sum / gap_count if gap_count else math.nan,
         "ppo/steps": steps,
         "ppo/skipped_steps": skipped,
         "ppo/tokens": int(batch.response_mask.sum()),

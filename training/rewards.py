@@ -19,11 +19,17 @@ Generator, per code i (V = valid tests of all samples, deduplicated by key; GT =
     pass_rate(i, S) = |{t ∈ S : code i passes t}| / |S|          (0 when S is empty)
 
 Discriminator, per sample j (T_j = its tests deduplicated by key, V_j ⊆ T_j the valid ones,
-C = the codes that are well formed):
+C = the codes that are well formed, M = mutants of the reference solution that fail a ground-truth test,
+`evaluation.mutation`):
 
     r_disc(j) = disc_discrimination_coef · |{i ∈ C : i fails some t ∈ V_j}| / |C|
+              + disc_mutation_coef       · |{μ ∈ M : μ fails some t ∈ V_j}| / |M|     (mutation score)
               + disc_validity_coef       · |V_j| / max(τ, |T_j|)
               + disc_format_coef         · format_ok(j)
+
+The mutation score is discrimination measured on known-wrong codes: when every generator code is right
+(or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the
+mutants still can. A problem without mutants gives every sample 0 for it (no signal, no bias).
 
 Format failures (decided by the caller's sanitizer/parser, passed in as `format_ok`):
   * a code that failed to parse or lacks the entry point scores exactly 0 (its pass rate is not counted:
@@ -247,11 +253,13 @@ def discriminator_terms(
     validity_floor: int,
     code_format_ok: np.ndarray | None = None,
     keys: Sequence[str] | None = None,
+    mutant_passes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The discriminator reward's terms per sample j, each (m,) in [0, 1] with m = len(format_ok):
-    `discrimination` = share of well-formed codes failing a valid test of j, `validity` =
-    |V_j| / max(τ, |T_j|), `format_ok`; also `num_tests` |T_j|, `num_valid` |V_j| and `valid_frac`
-    |V_j| / |T_j|. All terms are 0 for a format failure (format_ok False, or no test)."""
+    `discrimination` = share of well-formed codes failing a valid test of j, `mutation_score` = share of
+    the mutants (`mutant_passes` (K, T): mutant k passes test t; None or K = 0: 0) failing a valid test
+    of j, `validity` = |V_j| / max(τ, |T_j|), `format_ok`; also `num_tests` |T_j|, `num_valid` |V_j| and
+    `valid_frac` |V_j| / |T_j|. All terms are 0 for a format failure (format_ok False, or no test)."""
     passes = np.asarray(passes, dtype=bool)  # (n, T)
     valid = np.asarray(valid, dtype=bool)  # (T,)
     sample_ids = np.asarray(sample_ids, dtype=np.int64)  # (T,)
@@ -263,7 +271,10 @@ def discriminator_terms(
                          f"code_format_ok {codes.shape}")
     if sample_ids.size and (sample_ids.min() < 0 or sample_ids.max() >= m):
         raise ValueError(f"sample_ids must index the {m} entries of format_ok")
-    names = ("discrimination", "validity", "format_ok", "num_tests", "num_valid", "valid_frac")
+    mutants = np.zeros((0, passes.shape[1]), dtype=bool) if mutant_passes is None else np.asarray(mutant_passes, dtype=bool)
+    if mutants.ndim != 2 or mutants.shape[1] != passes.shape[1]:
+        raise ValueError(f"mutant_passes must be (K, {passes.shape[1]}), got {mutants.shape}")
+    names = ("discrimination", "mutation_score", "validity", "format_ok", "num_tests", "num_valid", "valid_frac")
     terms = {k: np.zeros(m) for k in names}
     for j in range(m):
         own = sample_ids == j  # (T,)
@@ -275,6 +286,8 @@ def discriminator_terms(
             continue
         caught = ~passes[:, valid_tests].all(axis=1)  # (n,) fails at least one valid test
         terms["discrimination"][j] = caught[codes].mean() if codes.any() else 0.0
+        if len(mutants):
+            terms["mutation_score"][j] = (~mutants[:, valid_tests].all(axis=1)).mean()  # mutants killed
         terms["validity"][j] = num_valid / max(validity_floor, num_tests)
         terms["valid_frac"][j] = num_valid / num_tests
         terms["format_ok"][j] = 1.0
@@ -289,16 +302,20 @@ def compute_discriminator_reward(
     config: RewardConfig,
     code_format_ok: np.ndarray | None = None,
     keys: Sequence[str] | None = None,
+    mutant_passes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(m,) r_disc(j) = disc_discrimination_coef · discrimination(j) + disc_validity_coef · |V_j| / max(τ, |T_j|)
-    + disc_format_coef · format_ok(j), in [0, 1], τ = `config.validity_floor`.
+    """(m,) r_disc(j) = disc_discrimination_coef · discrimination(j) + disc_mutation_coef · mutation_score(j)
+    + disc_validity_coef · |V_j| / max(τ, |T_j|) + disc_format_coef · format_ok(j), in [0, 1],
+    τ = `config.validity_floor`; mutant_passes (K, T) as in `discriminator_terms`.
 
     passes (n, T), valid (T,), sample_ids (T,) as in `TestMatrix`; format_ok (m,) per discriminator
     sample; code_format_ok (n,) per generator code (None: all well formed). discrimination(j) is the share
     of the well-formed codes that fail at least one of j's valid tests (0 when none is well formed).
     A sample with format_ok False or no test scores 0. Duplicate tests (same key) count once in T_j and V_j,
     so copies cannot lift a sample over the floor τ."""
-    terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys)
+    terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys,
+                                mutant_passes)
     return (config.disc_discrimination_coef * terms["discrimination"]
+            + config.disc_mutation_coef * terms["mutation_score"]
             + config.disc_validity_coef * terms["validity"]
             + config.disc_format_coef * terms["format_ok"])

@@ -6,7 +6,7 @@ For each problem at stage s (README 'How it works'):
     generator      n samples of stage s (the action), then (optionally) the remaining stages and the code
     discriminator  m samples: a critique of stage s (optional), then tests written against that chain
     sandbox        codes × test modules, the reference solution × test modules (validity), codes × the
-                   problem's own tests, all in one `run_matrix` call
+                   problem's own tests (one `run_matrix` call); mutants of the reference × test modules
     rewards        r_gen (n,) and r_disc (m,) from `training.rewards`
 
 All samples of all problems of a step go through each `generate` call together (one call per stage).
@@ -56,12 +56,13 @@ class ProblemRollout:
     disc_terms: dict = field(default_factory=dict)
     gt_results: list[ExecutionResult] = field(default_factory=list)  # (n) code i on the problem's tests
     validity: list[bool] = field(default_factory=list)  # (m) module j passes on the reference
+    mutants: list[str] = field(default_factory=list)  # (K) non-equivalent mutants of the reference solution
 
 
 def sample_generator(trainer, problems: list[Problem], stage: str) -> tuple[list, list, list]:
     """Stage-s samples, chains and codes for each problem (one generate call per stage)."""
     cfg: TrainingConfig = trainer.config
-    n = cfg.num_samples
+    n = cfg.group_size
     prefixes = [trainer.chain_prefix(p, stage) for p in problems]
     stage_groups = trainer.generator.generate_stage_output(problems, stage, prefixes, num_samples=n,
                                                            max_new_tokens=cfg.stage_tokens or None)
@@ -116,29 +117,34 @@ def discriminator_samples(trainer, problems: list[Problem], stage: str, chains: 
 
 
 def run_sandbox(sandbox: Sandbox, rollout: ProblemRollout) -> list[list[ExecutionResult]]:
-    """One `run_matrix`: rows are the codes then the reference, columns the test modules then the
-    problem's own tests. A code or test sample that failed sanitization runs as an empty module."""
+    """Rows are the codes, the reference, then the mutants; columns the test modules, then the problem's
+    own tests (mutants do not run those: they are known to fail them). A code or test sample that failed
+    sanitization runs as an empty module."""
     codes = [c.code if c.ok else "" for c in rollout.codes] + [rollout.problem.reference_solution]
     tests = [t.tests if t.ok else "def test_format_failure():\n    assert False\n" for t in rollout.tests]
-    return sandbox.run_matrix(codes, tests + [rollout.problem.tests])
+    matrix = sandbox.run_matrix(codes, tests + [rollout.problem.tests])
+    return matrix + (sandbox.run_matrix(rollout.mutants, tests) if rollout.mutants and tests else [])
 
 
 def score(rollout: ProblemRollout, matrix: list[list[ExecutionResult]], config: TrainingConfig) -> None:
     """Fill the rollout's rewards and their terms from the sandbox matrix (`run_sandbox` layout)."""
-    m = len(rollout.tests)
-    code_rows, reference_row = matrix[:-1], matrix[-1]
+    m, n = len(rollout.tests), len(rollout.codes)
+    code_rows, reference_row, mutant_rows = matrix[:n], matrix[n], matrix[n + 1:]
     names = [t.test_names if t.ok else [] for t in rollout.tests]
     sources = [t.tests if t.ok else "" for t in rollout.tests]
-    tm = build_test_matrix([row[:m] for row in code_rows], names, reference_row[:m], sources)
+    tm = build_test_matrix([row[:m] for row in code_rows + mutant_rows], names, reference_row[:m], sources)
+    passes, mutant_passes = tm.passes[:n], tm.passes[n:]  # (n, T), (K, T)
     rollout.gt_results = [row[m] for row in code_rows]
     gt = ground_truth_matrix(rollout.gt_results, list(collect_tests(rollout.problem.tests)))
     code_ok = np.array([c.ok for c in rollout.codes], dtype=bool)
     test_ok = np.array([t.ok for t in rollout.tests], dtype=bool)
     rc = config.rewards
-    rollout.gen_rewards = compute_generator_reward(tm.passes, tm.valid, code_ok, rc, gt, tm.keys)
-    rollout.disc_rewards = compute_discriminator_reward(tm.passes, tm.valid, tm.sample_ids, test_ok, rc, code_ok, tm.keys)
-    rollout.gen_terms = generator_terms(tm.passes, tm.valid, code_ok, gt, tm.keys)
-    rollout.disc_terms = discriminator_terms(tm.passes, tm.valid, tm.sample_ids, test_ok, rc.validity_floor, code_ok, tm.keys)
+    rollout.gen_rewards = compute_generator_reward(passes, tm.valid, code_ok, rc, gt, tm.keys)
+    rollout.disc_rewards = compute_discriminator_reward(passes, tm.valid, tm.sample_ids, test_ok, rc, code_ok, tm.keys,
+                                                        mutant_passes)
+    rollout.gen_terms = generator_terms(passes, tm.valid, code_ok, gt, tm.keys)
+    rollout.disc_terms = discriminator_terms(passes, tm.valid, tm.sample_ids, test_ok, rc.validity_floor, code_ok,
+                                             tm.keys, mutant_passes)
     rollout.validity = [bool(ok and reference_row[j].all_passed) for j, ok in enumerate(test_ok)]
 
 
@@ -182,7 +188,8 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
     timing["time/generation_s"] += time.perf_counter() - t
     rollouts = [
         ProblemRollout(problem=p, stage=stage, prefix=trainer.chain_prefix(p, stage), stage_samples=s,
-                       chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes))
+                       chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes),
+                       mutants=trainer.mutants_for(p))
         for p, s, c, codes, cr, ts in zip(problems, stage_groups, chains, code_groups, critique_groups, test_groups)
     ]
     matrices = []
@@ -193,7 +200,7 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
         matrices = [run_sandbox(trainer.sandbox, r) for r in rollouts]
         for r, mtx in zip(rollouts, matrices):
             score(r, mtx, cfg)
-        executions += sum(len(mtx) * len(mtx[0]) for mtx in matrices)
+        executions += sum(len(row) for mtx in matrices for row in mtx)
         timeouts += sum(res.timed_out for mtx in matrices for row in mtx for res in row)
         timing["time/sandbox_s"] += time.perf_counter() - t
         if attempt == cfg.max_attempts:

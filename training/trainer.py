@@ -8,6 +8,11 @@ K rapid alternations (one discriminator step, one generator step). Each step rea
 Outside its own update every model is frozen (no gradients, eval mode), so a step of one role cannot
 change the other. The whole schedule is a flat list; `TrainerState.position` is the next entry, which
 is what makes resuming from a checkpoint exact.
+
+Problems are drawn per step from a seeded generator whose state is saved, weighted down for problems whose
+last group all passed or all failed (dynamic sampling, after DAPO): such a group has equal rewards and
+teaches nothing. A fixed seeded slice of the problems is never drawn: the validation slice, on which every
+checkpoint is scored (greedy pass@1, valid-test rate, mutation score) to choose the best one.
 """
 from __future__ import annotations
 
@@ -23,19 +28,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.problems import Problem
+from data.problems import Problem, content_hash
 from evaluation.plot import load_metrics, summarize_metrics
 from models.base import build_token_batch
+from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
 from training.config import TrainingConfig
 from training.policy import freeze, is_lora, make_optimizer, prepare_policy, reference_logprobs, trainable
-from training.ppo import RolloutBatch, compute_advantages, count_zero_signal_groups, train_step
+from training.ppo import RolloutBatch, compute_advantages, train_step
 from training.rollout import ProblemRollout, make_rollouts
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("discriminator", "generator")
+# checkpoint score on the validation slice (`AdversarialTrainer.validate`)
+VALIDATION_WEIGHTS = {"validation/pass@1": 0.6, "validation/valid_test_rate": 0.2, "validation/mutation_score": 0.2}
 
 
 @dataclass
@@ -65,6 +73,9 @@ class TrainerState:
     position: int = 0  # index of the next schedule entry
     global_step: int = 0  # steps taken (chooses the step's problems)
     chain_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # problem id -> stage -> greedy text
+    draw_state: dict = field(default_factory=dict)  # numpy bit-generator state of the problem draws
+    uniform_groups: dict[str, bool] = field(default_factory=dict)  # problem id -> its last group all passed or all failed
+    validation: dict = field(default_factory=dict)  # the latest validation metrics (`validate`)
     last_metrics: dict = field(default_factory=dict)  # the most recent step's metrics
     stage_metrics: dict[str, dict] = field(default_factory=dict)  # stage -> aggregated metrics of its steps
 
@@ -85,6 +96,11 @@ class AdversarialTrainer:
             raise ValueError("no problems to train on")
         self.config = config
         self.problems = problems
+        # the validation slice: fixed by the seed, never drawn for training (all problems train when too few)
+        k = config.validation_problems if len(problems) > 2 * config.validation_problems else 0
+        held = set(np.random.default_rng(config.seed).permutation(len(problems))[:k].tolist())
+        self.validation_problems = [p for i, p in enumerate(problems) if i in held]
+        self.train_problems = [p for i, p in enumerate(problems) if i not in held]
         seed_everything(config.seed)
         sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p)
         self.generator = generator or LLMGenerator(config.generator_model, config.device, config.dtype, sampling)
@@ -96,19 +112,26 @@ class AdversarialTrainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.schedule = build_schedule(config.stages, config.n_steps, config.k_alternations)
         self.state = TrainerState()
-        self._order = np.random.default_rng(config.seed).permutation(len(problems)).tolist()
+        self.mutants: dict[str, list[str]] = {}  # problem id -> mutant sources (`mutants_for`)
+        self.stopped_early = False  # `max_minutes` ran out
+        self._started = time.monotonic()
 
         # trainable parameters, frozen references, optimizers; then everything frozen until its update
         self.references, self.trainable_names, self.optimizers = {}, {}, {}
         for role in ROLES:
             wrapper = self.wrappers[role]
-            wrapper.model, self.references[role] = prepare_policy(wrapper.model, config)
+            trained = next(wrapper.model.parameters()).dtype
+            frozen = resolve_dtype(config.frozen_dtype, resolve_device(wrapper.device))
+            wrapper.model, self.references[role] = prepare_policy(wrapper.model, config,
+                                                                  frozen if frozen != trained else None)
             self.trainable_names[role] = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
             self.optimizers[role] = make_optimizer(wrapper.model, config)
             freeze(wrapper.model)
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        logger.info("%d training problems, %d validation problems", len(self.train_problems),
+                    len(self.validation_problems))
 
     @property
     def wrappers(self) -> dict:
@@ -117,10 +140,15 @@ class AdversarialTrainer:
     # ------------------------------------------------------------------ the schedule
     def train_full_pipeline(self) -> dict:
         """Every stage in order, each using the stages before it (continuing from the schedule position
-        after a resume); returns the run's summary."""
+        after a resume); returns the run's summary. Stops early, checkpointed, when `max_minutes` is up."""
         for stage in self.config.stages:
             self.train_stage(stage)
+            if self.stopped_early:
+                break
         return self.summary()
+
+    def time_is_up(self) -> bool:
+        return bool(self.config.max_minutes) and time.monotonic() - self._started >= 60 * self.config.max_minutes
 
     def train_stage(self, stage: str) -> dict:
         """N + N + K steps at `stage` (the entries of the schedule not yet done), then a checkpoint."""
@@ -129,14 +157,23 @@ class AdversarialTrainer:
             self.state.chain_cache = {}  # prefixes come from the generator as it is at the stage's start
         rows = []
         for entry in tqdm(entries, desc=f"stage {stage}", unit="step", leave=False):
-            rows.append(self.step(entry.role, stage, entry.phase))
+            save_every = self.config.save_every and (entry.index + 1) % self.config.save_every == 0
+            checkpoint_due = bool(self.checkpoints) and (entry is entries[-1] or save_every)
+            rows.append(self.step(entry.role, stage, entry.phase, validate=checkpoint_due))
             self.state.position = entry.index + 1
+            if self.time_is_up() and entry is not entries[-1]:
+                logger.warning("max_minutes (%.1f) is up at schedule position %d: checkpointing and stopping; "
+                               "resume with --resume", self.config.max_minutes, self.state.position)
+                self.stopped_early = True
+                break
             if self.checkpoints and self.config.save_every and self.state.position % self.config.save_every == 0:
                 self.save_checkpoint()
         if rows:
             self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
             if self.checkpoints:
                 self.save_checkpoint()
+        if self.time_is_up() and self.state.position < len(self.schedule):
+            self.stopped_early = True
         return self.state.stage_metrics.get(stage, {})
 
     def train_discriminator_epoch(self, stage: str, steps: int | None = None) -> list[dict]:
@@ -152,15 +189,19 @@ class AdversarialTrainer:
         return [self.step(role, stage, "alternating") for _ in range(k) for role in ROLES]
 
     # ------------------------------------------------------------------ one step
-    def step(self, role: str, stage: str, phase: str = "") -> dict:
-        """Roll out, score, update `role`, log. Returns the step's metrics."""
+    def step(self, role: str, stage: str, phase: str = "", validate: bool = False) -> dict:
+        """Roll out, score, update `role`, log. Returns the step's metrics. `validate` (a checkpoint
+        follows; also when `max_minutes` is up) adds the validation metrics (`validate()`) to the step's row."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         start = time.perf_counter()
         step = self.state.global_step
-        problems = self.next_problems(step)
+        problems = self.next_problems()
         # rollout → sandbox → rewards (both models sample; neither has gradients)
         rollouts, metrics = make_rollouts(self, problems, stage)
+        for r in rollouts:  # dynamic sampling: a group that all passed or all failed draws its problem less
+            solved = [res.all_passed for res in r.gt_results]
+            self.state.uniform_groups[r.problem.id] = all(solved) or not any(solved)
         # update the model whose turn it is
         t = time.perf_counter()
         metrics.update(self.update(role, rollouts))
@@ -169,6 +210,8 @@ class AdversarialTrainer:
         metrics.update(rollout_metrics(rollouts))
         metrics.update({"step": step, "stage": stage, "phase": phase, "role": role,
                         "problems": [p.id for p in problems]})
+        if validate or (self.checkpoints and self.time_is_up()):
+            metrics.update(self.validate())
         # log
         self.state.last_metrics = metrics
         self._log(metrics, rollouts, step)
@@ -180,14 +223,19 @@ class AdversarialTrainer:
 
         The generator's actions are its stage-s text and its final code, the discriminator's its critique
         (when on) and its tests; both sequences of a sample share that sample's reward. Advantages are
-        group-relative within each problem. A step where every group has equal rewards has no policy
-        gradient and is skipped (counted in `ppo/no_signal_updates`)."""
-        prompts, responses, rewards, groups = [], [], [], []
+        group-relative within each problem. A group whose rewards are all equal has zero advantages: it is
+        left out of the batch (no tokens, no KL term) and counted in `ppo/zero_signal_groups`; a step with
+        no group left has no update (`ppo/no_signal_updates`)."""
+        prompts, responses, rewards, groups, sampled = [], [], [], [], []
+        zero_signal = 0
         for g, r in enumerate(rollouts):
             if role == "generator":
                 pairs = [(r.stage_samples[i], r.codes[i], r.gen_rewards[i]) for i in range(len(r.codes))]
             else:
                 pairs = [(r.critiques[j] if r.critiques else None, r.tests[j], r.disc_rewards[j]) for j in range(len(r.tests))]
+            if np.ptp([reward for _, _, reward in pairs]) <= 1e-6:
+                zero_signal += 1
+                continue
             for first, second, reward in pairs:
                 for gen in (first, second):
                     if gen is not None and gen.response_ids:
@@ -195,7 +243,7 @@ class AdversarialTrainer:
                         responses.append(gen.response_ids)
                         rewards.append(float(reward))
                         groups.append(g)
-        zero_signal = count_zero_signal_groups(rewards, groups) if rewards else len(rollouts)
+                        sampled.append(gen.sampler_logprobs)
         out = {"ppo/zero_signal_groups": zero_signal, "ppo/groups": len(rollouts)}
         advantages = compute_advantages(rewards, groups, self.config.ppo.normalize_advantages) if rewards else None
         if advantages is None or not advantages.abs().sum() > 0:
@@ -206,8 +254,14 @@ class AdversarialTrainer:
         P = tb.prompt_width
         response_mask = torch.zeros_like(tb.attention_mask)  # (B, P+R)
         response_mask[:, P:] = tb.response_mask
+        sampler_logprobs = torch.full(tb.input_ids.shape, math.nan)  # (B, P+R) NaN where the sampler gave none
+        for i, (values, response) in enumerate(zip(sampled, responses)):
+            if len(values) == len(response):
+                sampler_logprobs[i, P:P + len(values)] = torch.tensor(values)
         batch = RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                             response_mask=response_mask, advantages=advantages.to(wrapper.device))
+                             response_mask=response_mask, advantages=advantages.to(wrapper.device),
+                             sampler_logprobs=sampler_logprobs.to(wrapper.device),
+                             temperature=self.config.temperature)
         precision = self.config.ppo.precision
         t = time.perf_counter()
         batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
@@ -218,10 +272,55 @@ class AdversarialTrainer:
         return out
 
     # ------------------------------------------------------------------ helpers
-    def next_problems(self, step: int) -> list[Problem]:
-        """The problems of step `step`: a fixed seeded order, cycled."""
-        k = self.config.problems_per_step
-        return [self.problems[self._order[(step * k + i) % len(self.problems)]] for i in range(k)]
+    def next_problems(self) -> list[Problem]:
+        """The next step's problems: `problems_per_step` distinct training problems drawn from a seeded
+        generator (its state is in `TrainerState`, so a resume draws the same ones), a problem whose last
+        group all passed or all failed with weight `uniform_group_weight`, every other one with weight 1."""
+        rng = np.random.default_rng(self.config.seed)
+        if self.state.draw_state:
+            rng.bit_generator.state = self.state.draw_state
+        weights = np.array([self.config.uniform_group_weight if self.state.uniform_groups.get(p.id) else 1.0
+                            for p in self.train_problems])
+        k = min(self.config.problems_per_step, len(self.train_problems))
+        chosen = rng.choice(len(self.train_problems), size=k, replace=False, p=weights / weights.sum())
+        self.state.draw_state = rng.bit_generator.state
+        return [self.train_problems[i] for i in chosen]
+
+    def mutants_for(self, problem: Problem) -> list[str]:
+        """Non-equivalent mutants of the problem's reference (made once, cached in memory and on disk)."""
+        if problem.id not in self.mutants:
+            from evaluation.mutation import nonequivalent_mutants
+
+            limit = self.config.mutants_per_problem
+            self.mutants[problem.id] = [m.source for m in nonequivalent_mutants(problem, self.sandbox, limit)] if limit else []
+        return self.mutants[problem.id]
+
+    def validate(self) -> dict:
+        """Score both models on the validation slice, greedily (`evaluation.evaluate_problems`: the
+        chain, one code, one test suite): `validation/pass@1`, `validation/valid_test_rate`,
+        `validation/mutation_score` and their weighted sum `validation/score` (`VALIDATION_WEIGHTS`)."""
+        from evaluation.evaluate import EvalSettings, evaluate_problems
+
+        if not self.validation_problems:
+            return {}
+        start = time.perf_counter()
+        cfg = self.config
+        settings = EvalSettings(chain="full", num_samples=0, num_test_suites=1, stage_tokens=cfg.stage_tokens or 32,
+                                code_tokens=cfg.code_tokens or 256, test_tokens=cfg.test_tokens or 256,
+                                mutants_per_problem=cfg.mutants_per_problem, seed=cfg.seed)
+        for p in self.validation_problems:
+            self.mutants_for(p)
+        results = evaluate_problems(self.generator, self.discriminator, self.validation_problems, self.sandbox,
+                                    settings, batch_size=len(self.validation_problems), desc="validation",
+                                    mutants=self.mutants)
+        scores = [r.mutation_score for r in results if r.mutation_score is not None]
+        out = {"validation/pass@1": float(np.mean([r.greedy_passed for r in results])),
+               "validation/valid_test_rate": float(np.mean([r.valid_test_rate for r in results])),
+               "validation/mutation_score": float(np.mean(scores)) if scores else 0.0}
+        out["validation/score"] = sum(w * out[k] for k, w in VALIDATION_WEIGHTS.items())
+        out["time/validation_s"] = time.perf_counter() - start
+        logger.info("validation: %s", {k: round(v, 3) for k, v in out.items()})
+        return out
 
     def chain_prefix(self, problem: Problem, stage: str) -> dict[str, str]:
         """The stages before `stage`, greedy, from the cache; missing ones are generated now."""
@@ -252,18 +351,26 @@ class AdversarialTrainer:
             # standard JSON: a metric with no value this step (e.g. ppo/* of a skipped update) is null, not NaN
             f.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
                                 for k, v in metrics.items()}, allow_nan=False) + "\n")
-        if self.config.samples_every and step % self.config.samples_every == 0:
+        if rollouts and self.config.samples_every and step % self.config.samples_every == 0:
             with open(self.run_dir / "samples.jsonl", "a") as f:
                 for r in rollouts:
                     f.write(json.dumps(sample_row(r, step)) + "\n")
 
     def save_checkpoint(self):
-        """Save both models, optimizers, RNG and trainer state through the checkpoint manager."""
+        """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
+        manager. The best checkpoint is chosen by `validation/score` (by the last step's rewards when there
+        is no validation slice). The state records the content hashes of every problem this run trains or
+        validates on, so an evaluation can refuse overlapping problems."""
         metrics = dict(self.state.last_metrics)
+        if "validation/score" not in metrics:  # not validated with the last step (a direct call)
+            metrics.update(self.validate())
+        self.state.validation = {k: v for k, v in metrics.items() if k.startswith("validation/")}
+        if self.state.validation:
+            metrics["score"] = self.state.validation["validation/score"]
         metrics["generator_reward"] = metrics.get("generator/reward_mean", 0.0)
         metrics["test_validity"] = metrics.get("discriminator/valid_test_rate", 0.0)
         state = {**asdict(self.state), "stage": self.state.last_metrics.get("stage"), "metrics": metrics,
-                 "config": self.config.to_dict()}
+                 "config": self.config.to_dict(), "training_problems": sorted(content_hash(p) for p in self.problems)}
         return self.checkpoints.save_checkpoint(
             self.state.position, self.generator.model, self.discriminator.model,
             self.optimizers["generator"], self.optimizers["discriminator"], state,
@@ -349,6 +456,8 @@ def rollout_metrics(rollouts: list[ProblemRollout]) -> dict:
         "discriminator/valid_test_rate": mean("valid_frac", "disc_terms"),
         "discriminator/valid_suite_rate": float(np.mean([v for r in rollouts for v in r.validity])),
         "discriminator/discrimination": mean("discrimination", "disc_terms"),
+        "discriminator/mutation_score": float(np.mean([v for r in rollouts if r.mutants
+                                                       for v in r.disc_terms["mutation_score"]] or [np.nan])),
         "discriminator/format_ok": mean("format_ok", "disc_terms"),
         "discriminator/num_tests": mean("num_tests", "disc_terms"),
     }
@@ -376,12 +485,23 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     """What `run_training.py` does: load the problems, build the trainer with a checkpoint manager in
     `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
     train the whole pipeline. Returns the run's summary."""
-    from data.problems import load_problem_set
+    from data.problems import load_problem_set, validate_problem_set
     from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
 
     if start_stage is not None and start_stage not in config.stages:
         raise ValueError(f"--start-stage {start_stage!r} is not one of the run's stages {config.stages}")
     problems = load_problem_set(config.problems, config.max_problems)
+    heldout = {content_hash(p) for p in load_problem_set("humaneval")}
+    seen = [p.id for p in problems if content_hash(p) in heldout]
+    if seen and not config.allow_heldout_training:
+        raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
+                         "pass --allow-heldout-training to train on them anyway (the run records it)")
+    sandbox = Sandbox(config.sandbox)
+    problems, rejected = validate_problem_set(problems, sandbox)
+    if not problems:
+        sandbox.close()
+        raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
+                         f"(e.g. {next(iter(rejected.items()), ('', ''))})")
     run_dir = Path(run_dir)
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
     checkpoint = None
@@ -389,7 +509,12 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         checkpoint = resolve_checkpoint(run_dir, "latest")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, "latest" if (Path(resume) / "checkpoints").is_dir() else None)
-    trainer = AdversarialTrainer(config, problems, checkpoint_manager=manager, run_dir=run_dir)
+    try:
+        trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir)
+    except BaseException:
+        sandbox.close()
+        raise
+    trainer._own_sandbox = True
     try:
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint, start_stage)
