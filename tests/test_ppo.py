@@ -300,3 +300,71 @@ def test_config_and_batch_validation():
     with pytest.raises(ValueError, match="advantages"):
         RolloutBatch(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3),
                      response_mask=torch.ones(2, 3), advantages=torch.zeros(3))
+
+
+# ---------------------------------------------------------------- the policy that sampled is the one scored
+def test_log_probs_are_of_the_sampling_temperature(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    batch.temperature = 0.5
+    lp = compute_ref_logprobs(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = logprobs_from_logits(logits[:, 3:-1] / 0.5, batch.input_ids[:, 4:])  # log softmax(logits / T)
+    real = batch.attention_mask[:, 4:].bool()
+    torch.testing.assert_close(lp[:, 4:][real], expected[real], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(lp[:, 4:][real], logprobs_from_logits(logits[:, 3:-1], batch.input_ids[:, 4:])[real])
+
+
+def test_training_forward_scores_each_sampled_token_as_the_sampler_did(tiny_generator, example_problems):
+    """Sampled at T = 0.7 with top-p 1 and no top-k cut (top_k_first = the whole vocabulary): the log-prob
+    the training forward gives each sampled token equals the sampler's own (`Generation.sampler_logprobs`)."""
+    gen = tiny_generator
+    vocab = gen.model.config.vocab_size
+    samples = gen.generate_code(example_problems[:2], None, num_samples=2, temperature=0.7, top_p=1.0,
+                                top_k_first=vocab, max_new_tokens=12, seed=3)
+    flat = [g for group in samples for g in group]
+    tb = gen.token_batch([g.prompt_ids for g in flat], [g.response_ids for g in flat])
+    P = tb.prompt_width
+    lp = batch_logprobs(gen.model, tb.input_ids, tb.attention_mask, temperature=0.7, keep_from=P)
+    for row, g in enumerate(flat):
+        assert len(g.sampler_logprobs) == len(g.response_ids) > 0
+        torch.testing.assert_close(lp[row, P:P + len(g.response_ids)], torch.tensor(g.sampler_logprobs),
+                                   atol=1e-4, rtol=1e-4)
+    greedy = gen.generate_code(example_problems[0], None, do_sample=False, max_new_tokens=4)
+    assert greedy[0].sampler_logprobs == []  # nothing sampled, nothing recorded
+
+
+@pytest.mark.parametrize("epochs,minibatches", [(1, 1), (2, 2)])
+def test_the_first_ppo_ratio_is_exactly_one(tiny_model_factory, monkeypatch, epochs, minibatches):
+    import training.ppo as ppo
+
+    ratios = []
+    real = ppo.compute_policy_loss
+
+    def spy(logprobs, old_logprobs, advantages, response_mask, **kw):
+        ratios.append((logprobs.detach() - old_logprobs)[response_mask.bool()])
+        return real(logprobs, old_logprobs, advantages, response_mask, **kw)
+
+    monkeypatch.setattr(ppo, "compute_policy_loss", spy)
+    model = tiny_model_factory()
+    batch = make_batch()
+    batch.temperature = 0.7
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    train_step(model, optimizer, batch, PPOConfig(kl_coef=0.0, ppo_epochs=epochs, num_minibatches=minibatches))
+    assert torch.equal(ratios[0], torch.zeros_like(ratios[0]))  # log ratio exactly 0 before any step
+    if len(ratios) > 1:
+        assert any(r.abs().max() > 0 for r in ratios[1:])  # after a step the policy has moved
+
+
+def test_sampler_gap_metric(tiny_model_factory):
+    model = tiny_model_factory()
+    batch = make_batch()
+    own = compute_ref_logprobs(model, batch)
+    batch.sampler_logprobs = torch.where(batch.response_mask.bool(), own + 0.25, torch.full_like(own, math.nan))
+    batch.sampler_logprobs[0, -1] = math.nan  # unknown entries are left out
+    metrics = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, PPOConfig(kl_coef=0.0))
+    assert metrics["ppo/sampler_logprob_gap"] == pytest.approx(0.25, abs=1e-4)
+    batch.sampler_logprobs = None
+    assert math.isnan(train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch,
+                                 PPOConfig(kl_coef=0.0))["ppo/sampler_logprob_gap"])

@@ -102,3 +102,61 @@ def test_humaneval_ships_164_problems():
     assert "def test_check():" in first.tests and "check(has_close_elements)" in first.tests
     assert first.signature.startswith("def has_close_elements(")
     assert len(load_humaneval(limit=5)) == 5
+
+
+def test_heldout_is_a_fixed_slice_of_humaneval():
+    from data.problems import HELDOUT_SIZE, load_heldout
+
+    heldout = load_heldout()
+    assert len(heldout) == HELDOUT_SIZE >= 80 and len({p.id for p in heldout}) == HELDOUT_SIZE
+    assert [p.id for p in load_heldout()] == [p.id for p in heldout]  # seeded: the same every time
+    ids = [int(p.id.split("/")[1]) for p in heldout]
+    assert ids == sorted(ids) and ids != list(range(HELDOUT_SIZE))  # drawn, not the first 80
+
+
+def test_problem_set_validation_reports_by_id_and_caches(sandbox, example_problems, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from data.problems import trivial_solution, validate_problem_set
+
+    monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
+    good = example_problems[0]
+    broken = replace(good, id="broken", reference_solution=f"def {good.entry_point}(s):\n    return 'x'\n")
+    empty_tests = replace(good, id="weak", tests="from solution import *\n\ndef test_nothing():\n    assert True\n")
+    assert "return None" in trivial_solution(good) and f"def {good.entry_point}(" in trivial_solution(good)
+    valid, rejected = validate_problem_set([good, broken, empty_tests], sandbox)
+    assert valid == [good]
+    assert "reference solution fails its own tests" in rejected["broken"]
+    assert "returns None passes every test" in rejected["weak"]
+
+    class NoSandbox:  # a second load is answered from the cache: nothing runs
+        num_workers = 1
+
+        def execute_tests(self, *a, **k):
+            raise AssertionError("the sandbox ran although every verdict was cached")
+
+    assert validate_problem_set([good, broken, empty_tests], NoSandbox()) == (valid, rejected)
+
+
+def test_training_set_is_sound_and_apart_from_humaneval(sandbox):
+    import re
+    from collections import Counter
+
+    from data.problems import find_test_names, load_problem_set, validate_problem_set
+
+    problems = load_problem_set("train")
+    assert len(problems) >= 150
+    assert all(len(find_test_names(p.tests)) >= 5 for p in problems)
+    assert min(Counter(p.difficulty for p in problems).values()) >= 30  # easy, medium and hard
+    humaneval = load_humaneval()
+    assert not {p.entry_point.lower() for p in problems} & {p.entry_point.lower() for p in humaneval}
+
+    def words(text):
+        return set(re.findall(r"[a-z]{3,}", text.lower()))
+
+    theirs = [words(p.description) for p in humaneval]
+    for p in problems:  # no statement shares most of its words with a HumanEval prompt
+        mine = words(p.description)
+        assert max(len(mine & w) / len(mine | w) for w in theirs) < 0.35, p.id
+    valid, rejected = validate_problem_set(problems, sandbox)
+    assert rejected == {} and len(valid) == len(problems)

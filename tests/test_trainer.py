@@ -230,3 +230,96 @@ def test_discriminator_is_told_it_caught_nothing_only_when_there_was_something_t
     assert "caught no wrong solution" in told[2] and told[3] == ""
     rollout.gt_results = [NS(all_passed=True), NS(all_passed=True)]  # every code right: nothing to catch
     assert rollout_module.discriminator_feedback(rollout)[2] == ""
+
+
+def test_zero_signal_groups_are_left_out_of_the_batch(example_problems, sandbox, monkeypatch):
+    from training import trainer as trainer_module
+
+    trainer = make_trainer(example_problems, sandbox, problems_per_step=2)
+    rewards = iter([np.array([0.5, 0.5]), np.array([0.2, 0.9])])  # problem 1: no signal; problem 2: signal
+    monkeypatch.setattr(rollout_module, "compute_generator_reward", lambda passes, *a, **k: next(rewards))
+    sizes, real = [], trainer_module.train_step
+    monkeypatch.setattr(trainer_module, "train_step", lambda m, o, batch, c: sizes.append(len(batch)) or real(m, o, batch, c))
+    metrics = trainer.train_generator_epoch("understand", steps=1)[0]
+    assert metrics["ppo/zero_signal_groups"] == 1 and metrics["ppo/no_signal_updates"] == 0
+    assert sizes == [2 * 2]  # only the second group: 2 samples x (stage text + code)
+    assert metrics["ppo/sampler_logprob_gap"] < 1e-4  # fp32 sampling and training: the same policy
+
+
+def test_dynamic_sampling_draws_uniform_groups_less_and_resumes_the_same_draws(example_problems, sandbox):
+    trainer = make_trainer(example_problems, sandbox, uniform_group_weight=0.01)
+    first = trainer.train_problems[0].id
+    trainer.state.uniform_groups = {p.id: True for p in trainer.train_problems[1:]}
+    drawn = [trainer.next_problems()[0].id for _ in range(60)]
+    assert drawn.count(first) > 50  # the others all passed or all failed last time: 50x less likely each
+    saved = dict(trainer.state.draw_state)
+    ahead = [trainer.next_problems()[0].id for _ in range(10)]
+    trainer.state.draw_state = saved
+    assert [trainer.next_problems()[0].id for _ in range(10)] == ahead  # the state in checkpoints replays them
+    trainer.state.uniform_groups = {}
+    assert len({trainer.next_problems()[0].id for _ in range(60)}) == 3  # no history: every problem comes up
+
+
+def test_max_minutes_checkpoints_and_stops_then_resume_finishes(example_problems, sandbox, random_rewards, tmp_path):
+    manager = CheckpointManager(tmp_path)
+    stopped = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=manager, max_minutes=1e-9)
+    stopped.train_full_pipeline()
+    assert stopped.stopped_early and stopped.state.position == 1  # one step, then time was up
+    assert manager.get_latest_checkpoint() is not None
+    resumed = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=manager)
+    resumed.load_checkpoint(manager.get_latest_checkpoint())
+    resumed.train_full_pipeline()
+    assert not resumed.stopped_early and resumed.state.position == len(resumed.schedule)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(len(resumed.schedule)))
+
+
+def test_validation_slice_is_never_trained_on_and_chooses_the_best(example_problems, sandbox, random_rewards, tmp_path):
+    manager = CheckpointManager(tmp_path)
+    trainer = AdversarialTrainer(tiny_config(validation_problems=3), example_problems, sandbox=sandbox,
+                                 run_dir=tmp_path, checkpoint_manager=manager)
+    held = {p.id for p in trainer.validation_problems}
+    assert len(held) == 3 and held.isdisjoint(p.id for p in trainer.train_problems)
+    assert len(trainer.train_problems) == len(example_problems) - 3
+    drawn = {p.id for _ in range(40) for p in trainer.next_problems()}
+    assert drawn.isdisjoint(held)
+    trainer.train_stage("understand")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "validation/score" not in rows[0] and "validation/score" in rows[-1]  # only before a checkpoint
+    info = manager.list_checkpoints()[-1]
+    assert info.score == rows[-1]["validation/score"]
+    from data.problems import content_hash
+    from training.checkpoint_manager import load_checkpoint
+
+    recorded = set(load_checkpoint(info.path).trainer_state["training_problems"])
+    assert recorded == {content_hash(p) for p in example_problems}  # the evaluation's overlap check reads this
+
+
+def test_frozen_weights_in_bf16_and_trained_ones_in_fp32(example_problems, sandbox, random_rewards):
+    trainer = make_trainer(example_problems, sandbox, train_last_layers=1, frozen_dtype="bfloat16")
+    model, reference = trainer.generator.model, trainer.references["generator"]
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["model.embed_tokens.weight"] == torch.bfloat16 and dtypes["model.layers.0.mlp.up_proj.weight"] == torch.bfloat16
+    assert dtypes["model.layers.1.mlp.up_proj.weight"] == torch.float32 and dtypes["model.norm.weight"] == torch.float32
+    assert reference.model.embed_tokens.weight is model.model.embed_tokens.weight  # frozen weights are shared
+    assert reference.model.layers[1].mlp.up_proj.weight is not model.model.layers[1].mlp.up_proj.weight
+    before, reference_before = weights(model), weights(reference)
+    metrics = trainer.train_generator_epoch("understand", steps=1)[0]
+    diff = changed(before, weights(model))
+    assert diff and all("layers.1." in k or k == "model.norm.weight" for k in diff), diff
+    assert changed(reference_before, weights(reference)) == []  # the reference's own copies did not move
+    # sampled under bf16 autocast, scored under the same autocast: close, not identical
+    assert 0 <= metrics["ppo/sampler_logprob_gap"] < 0.1
+
+
+def test_heldout_problems_need_the_flag(example_problems, tmp_path):
+    from data.problems import load_humaneval
+    from training.trainer import run_training
+
+    with pytest.raises(ValueError, match="--allow-heldout-training"):
+        tiny_config(problems="humaneval")
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([p.to_dict() for p in example_problems[:2] + load_humaneval(1)]))
+    with pytest.raises(ValueError, match="HumanEval's, the held-out evaluation set"):
+        run_training(tiny_config(problems=str(mixed)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was built or written

@@ -336,16 +336,24 @@ def train_step(
         sampler_logprobs=None if batch.sampler_logprobs is None else batch.sampler_logprobs.to(device),
     )
     keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
-    on_policy_single_step = config.ppo_epochs == 1 and min(config.num_minibatches, len(batch)) == 1
-    if batch.old_logprobs is None and not on_policy_single_step:
-        batch.old_logprobs = compute_ref_logprobs(model, batch, precision)  # (B, T) frozen before any step
+    num_minibatches = min(config.num_minibatches, len(batch))
+    minibatches = [torch.randperm(len(batch)).tensor_split(num_minibatches) for _ in range(config.ppo_epochs)]
+    if batch.old_logprobs is None and (config.ppo_epochs > 1 or num_minibatches > 1):
+        # frozen before any step, computed on exactly the rows (and row order) of the first pass's minibatches,
+        # so the first minibatch's forward repeats it bit for bit: its ratio is exactly 1
+        batch.old_logprobs = torch.zeros(batch.input_ids.shape, device=device)  # (B, T)
+        with torch.no_grad():
+            for index in minibatches[0]:
+                index = index.to(device)
+                batch.old_logprobs[index] = batch_logprobs(model, batch.input_ids[index], batch.attention_mask[index],
+                                                           precision, keep_from, batch.temperature)
 
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     steps = skipped = 0
     gap_sum, gap_count = 0.0, 0
     for epoch in range(config.ppo_epochs):
-        for index in torch.randperm(len(batch)).tensor_split(min(config.num_minibatches, len(batch))):
+        for index in minibatches[epoch]:
             mb = batch.select(index.to(device))
             logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
                                                   entropy_mask=mb.response_mask, temperature=mb.temperature)  # (b, T), (b, T)

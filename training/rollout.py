@@ -2,7 +2,7 @@
 
 For each problem at stage s (README 'How it works'):
 
-    chain prefix   stages before s, greedy, cached per problem (`Trainer.chain_prefix`)
+    chain prefix   stages before s, greedy, cached per problem (`Trainer.chain_prefixes`)
     generator      n samples of stage s (the action), then (optionally) the remaining stages and the code
     discriminator  m samples: a critique of stage s (optional), then tests written against that chain
     sandbox        codes × test modules, the reference solution × test modules (validity), codes × the
@@ -63,7 +63,7 @@ def sample_generator(trainer, problems: list[Problem], stage: str) -> tuple[list
     """Stage-s samples, chains and codes for each problem (one generate call per stage)."""
     cfg: TrainingConfig = trainer.config
     n = cfg.group_size
-    prefixes = [trainer.chain_prefix(p, stage) for p in problems]
+    prefixes = trainer.chain_prefixes(problems, stage)
     stage_groups = trainer.generator.generate_stage_output(problems, stage, prefixes, num_samples=n,
                                                            max_new_tokens=cfg.stage_tokens or None)
     chains = [[{**prefix, stage: g.text.strip()} for g in group] for prefix, group in zip(prefixes, stage_groups)]
@@ -187,10 +187,11 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
     critique_groups, test_groups = sample_discriminator(trainer, problems, stage, chains)
     timing["time/generation_s"] += time.perf_counter() - t
     rollouts = [
-        ProblemRollout(problem=p, stage=stage, prefix=trainer.chain_prefix(p, stage), stage_samples=s,
+        ProblemRollout(problem=p, stage=stage, prefix=prefix, stage_samples=s,
                        chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes),
                        mutants=trainer.mutants_for(p))
-        for p, s, c, codes, cr, ts in zip(problems, stage_groups, chains, code_groups, critique_groups, test_groups)
+        for p, prefix, s, c, codes, cr, ts in zip(problems, trainer.chain_prefixes(problems, stage), stage_groups, chains,
+                                                  code_groups, critique_groups, test_groups)
     ]
     matrices = []
     executions = timeouts = 0

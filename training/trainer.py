@@ -322,15 +322,19 @@ class AdversarialTrainer:
         logger.info("validation: %s", {k: round(v, 3) for k, v in out.items()})
         return out
 
-    def chain_prefix(self, problem: Problem, stage: str) -> dict[str, str]:
-        """The stages before `stage`, greedy, from the cache; missing ones are generated now."""
-        cache = self.state.chain_cache.setdefault(problem.id, {})
+    def chain_prefixes(self, problems: list[Problem], stage: str) -> list[dict[str, str]]:
+        """The stages before `stage` for each problem, greedy, from the cache; missing ones are generated now,
+        one batched call per earlier stage for all problems that lack it."""
+        caches = [self.state.chain_cache.setdefault(p.id, {}) for p in problems]
         for earlier in stages_before(stage):
-            if earlier.name not in cache:
-                out = self.generator.generate_stage_output(problem, earlier, dict(cache), num_samples=1, do_sample=False,
-                                                           max_new_tokens=self.config.stage_tokens or None)
-                cache[earlier.name] = out[0].text.strip()
-        return {s.name: cache[s.name] for s in stages_before(stage)}
+            todo = [k for k, cache in enumerate(caches) if earlier.name not in cache]
+            if todo:
+                outs = self.generator.generate_stage_output([problems[k] for k in todo], earlier,
+                                                            [dict(caches[k]) for k in todo], num_samples=1,
+                                                            do_sample=False, max_new_tokens=self.config.stage_tokens or None)
+                for k, out in zip(todo, outs):
+                    caches[k][earlier.name] = out[0].text.strip()
+        return [{s.name: cache[s.name] for s in stages_before(stage)} for cache in caches]
 
     def summary(self) -> dict:
         """Mean metrics per stage and for the whole run, `{"run": {...}, "stages": {...}}`: over every step
