@@ -323,3 +323,41 @@ def test_heldout_problems_need_the_flag(example_problems, tmp_path):
     with pytest.raises(ValueError, match="HumanEval's, the held-out evaluation set"):
         run_training(tiny_config(problems=str(mixed)), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
+
+
+def test_frozen_bottom_blocks_run_once_with_the_same_log_probs(tiny_pair):
+    from models.loading import build_tiny_model
+    from training.policy import bottom_hidden_states, top_blocks
+    from training.ppo import batch_logprobs
+
+    model, _ = build_tiny_model(seed=3, num_layers=3, tokenizer=tiny_pair[1])
+    ids = torch.tensor([[0, 0, 5, 9, 14, 3, 7, 2], [4, 8, 15, 16, 23, 42, 11, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    full = batch_logprobs(model, ids, mask, keep_from=4, temperature=0.7)
+    hidden = bottom_hidden_states(model, ids, mask, top=1)
+    assert hidden.shape == (2, 8, model.config.hidden_size)
+    with top_blocks(model, 1):
+        assert len(model.model.layers) == 1
+        top = batch_logprobs(model, ids, mask, keep_from=4, temperature=0.7, hidden_states=hidden)
+    assert len(model.model.layers) == 3  # the whole model is back
+    assert torch.equal(top, full)  # the same ops on the same inputs
+
+
+def test_update_with_a_shared_frozen_bottom_equals_the_whole_model_update(example_problems, sandbox, random_rewards,
+                                                                         monkeypatch):
+    from training import trainer as trainer_module
+
+    def one_step():
+        trainer = make_trainer(example_problems, sandbox, train_last_layers=1)
+        metrics = trainer.train_generator_epoch("understand", steps=1)[0]
+        return weights(trainer.generator.model), metrics
+
+    calls = []
+    real = trainer_module.bottom_hidden_states
+    monkeypatch.setattr(trainer_module, "bottom_hidden_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared, m1 = one_step()
+    assert calls == [1] and m1["ppo/steps"] == 1
+    monkeypatch.setattr(trainer_module, "shares_bottom", lambda config, model: 0)  # the whole model, every forward
+    whole, m2 = one_step()
+    assert calls == [1] and m2["ppo/steps"] == 1
+    assert changed(shared, whole) == []  # bit for bit

@@ -189,6 +189,9 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None  # (B, T) log-probs of the frozen reference; None: no KL term
     temperature: float = 1.0  # the sampling temperature: every log-prob of this batch is of logits / temperature
     sampler_logprobs: torch.Tensor | None = None  # (B, T) the sampler's own log-probs (NaN where unknown), for a metric
+    # (B, T, H) output of the frozen bottom blocks, computed once: when set, every forward of this batch starts
+    # there (`inputs_embeds`) and the model must be one that runs only its top blocks (`training.policy.top_blocks`)
+    hidden_states: torch.Tensor | None = None
 
     def __post_init__(self):
         shape = tuple(self.input_ids.shape)
@@ -196,6 +199,8 @@ class RolloutBatch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"RolloutBatch.{name} has shape {tuple(value.shape)}, input_ids {shape}")
+        if self.hidden_states is not None and tuple(self.hidden_states.shape[:2]) != shape:
+            raise ValueError(f"RolloutBatch.hidden_states must be {shape} + (H,), got {tuple(self.hidden_states.shape)}")
         if tuple(self.advantages.shape) != shape[:1]:
             raise ValueError(f"RolloutBatch.advantages must be ({shape[0]},), got {tuple(self.advantages.shape)}")
 
@@ -242,9 +247,11 @@ def _forward_logprobs(
     entropy_mask: torch.Tensor | None = None,
     keep_from: int = 1,
     temperature: float = 1.0,
+    hidden_states: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs of logits / temperature aligned with input_ids (0 before column `keep_from`, and at
     position 0) and, given a (B, T) mask, the (B, T) entropy of that distribution at those positions (no grad).
+    `hidden_states` (B, T, H): start from these instead of the token embeddings (see `RolloutBatch`).
 
     Only the logits that predict columns keep_from..T-1 are computed (`logits_to_keep`): with a long
     prompt and a 49k vocabulary the (B, T, V) prompt logits would dominate time and memory. Position ids
@@ -252,12 +259,13 @@ def _forward_logprobs(
     T = input_ids.shape[1]
     keep = T - keep_from + 1  # logits at positions keep_from-1 .. T-1; the last one predicts nothing
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    inputs = {"input_ids": input_ids} if hidden_states is None else {"inputs_embeds": hidden_states}
     with autocast(model, precision):
         try:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            logits = model(**inputs, attention_mask=attention_mask, position_ids=position_ids,
                            logits_to_keep=keep).logits  # (B, keep, V)
         except TypeError:  # a model without logits_to_keep: all positions
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
+            logits = model(**inputs, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
     if temperature != 1.0:
         logits = logits.float() / temperature  # (B, keep, V) the sampling distribution
     # logits[:, t] predicts input_ids[:, keep_from + t]
@@ -274,13 +282,13 @@ def _forward_logprobs(
 
 def batch_logprobs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, precision: str = "fp32",
-    keep_from: int = 1, temperature: float = 1.0,
+    keep_from: int = 1, temperature: float = 1.0, hidden_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, T) log π_T(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits / T`;
     position 0 (nothing predicts it) is 0. Gradients flow when the caller's grad mode allows.
     The one implementation behind rollout old log-probs, reference log-probs and `train_step`."""
     return _forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from,
-                             temperature=temperature)[0]
+                             temperature=temperature, hidden_states=hidden_states)[0]
 
 
 @torch.no_grad()
@@ -293,9 +301,11 @@ def compute_ref_logprobs(
     device = next(model.parameters()).device
     input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)  # (B, T)
     size = chunk_size or len(batch)
+    hidden = batch.hidden_states
     return torch.cat([
         batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision,
-                       keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature)
+                       keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature,
+                       hidden_states=None if hidden is None else hidden[i:i + size].to(device))
         for i in range(0, len(batch), size)
     ])  # (B, T)
 
@@ -334,6 +344,7 @@ def train_step(
         ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs.to(device),
         temperature=batch.temperature,
         sampler_logprobs=None if batch.sampler_logprobs is None else batch.sampler_logprobs.to(device),
+        hidden_states=None if batch.hidden_states is None else batch.hidden_states.to(device),
     )
     keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
     num_minibatches = min(config.num_minibatches, len(batch))
@@ -345,8 +356,9 @@ def train_step(
         with torch.no_grad():
             for index in minibatches[0]:
                 index = index.to(device)
-                batch.old_logprobs[index] = batch_logprobs(model, batch.input_ids[index], batch.attention_mask[index],
-                                                           precision, keep_from, batch.temperature)
+                batch.old_logprobs[index] = batch_logprobs(
+                    model, batch.input_ids[index], batch.attention_mask[index], precision, keep_from, batch.temperature,
+                    None if batch.hidden_states is None else batch.hidden_states[index])
 
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
@@ -356,7 +368,8 @@ def train_step(
         for index in minibatches[epoch]:
             mb = batch.select(index.to(device))
             logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
-                                                  entropy_mask=mb.response_mask, temperature=mb.temperature)  # (b, T), (b, T)
+                                                  entropy_mask=mb.response_mask, temperature=mb.temperature,
+                                                  hidden_states=mb.hidden_states)  # (b, T), (b, T)
             old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
             if epoch == 0 and mb.sampler_logprobs is not None:  # training weights vs the sampler, before any step
                 known = mb.response_mask.bool() & torch.isfinite(mb.sampler_logprobs)  # (b, T)

@@ -35,7 +35,17 @@ from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
 from training.config import TrainingConfig
-from training.policy import freeze, is_lora, make_optimizer, prepare_policy, reference_logprobs, trainable
+from training.policy import (
+    bottom_hidden_states,
+    freeze,
+    is_lora,
+    make_optimizer,
+    prepare_policy,
+    reference_logprobs,
+    shares_bottom,
+    top_blocks,
+    trainable,
+)
 from training.ppo import RolloutBatch, compute_advantages, train_step
 from training.rollout import ProblemRollout, make_rollouts
 
@@ -264,9 +274,15 @@ class AdversarialTrainer:
                              temperature=self.config.temperature)
         precision = self.config.ppo.precision
         t = time.perf_counter()
-        batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
+        top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
+        if top:
+            batch.hidden_states = bottom_hidden_states(wrapper.model, batch.input_ids, batch.attention_mask, top,
+                                                       precision)
+        with top_blocks(wrapper.model, top), top_blocks(self.references[role], top):
+            batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
         out["time/ref_logprobs_s"] = time.perf_counter() - t
-        with trainable(wrapper.model, self.trainable_names[role]):
+        # gradients on by parameter name while the whole model is in place, then the top-only view
+        with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo))
         out["ppo/no_signal_updates"] = 0
         return out
