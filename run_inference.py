@@ -33,7 +33,7 @@ def parse_args(argv=None):
     source.add_argument("--checkpoint", metavar="PATH",
                         help="a checkpoint folder, a run folder with --which, or runs/NAME/best | runs/NAME/latest")
     source.add_argument("--model", metavar="NAME",
-                        help="an untrained base instead: default (SmolLM2-135M-Instruct), tiny, a Hugging Face "
+                        help="an untrained base instead: default (Qwen2.5-Coder-0.5B-Instruct), smollm2-135m, tiny, a Hugging Face "
                              "id or a local folder (default: default, when --checkpoint is not given)")
     models.add_argument("--which", choices=["best", "latest"], default=None,
                         help="with a run folder for --checkpoint: its best or its latest checkpoint")
@@ -50,7 +50,7 @@ def parse_args(argv=None):
                        help="a JSON file holding one problem (project format), or a problem description as "
                             "text together with --entry-point (then there are no tests to execute)")
     which.add_argument("--problems-file", metavar="SPEC",
-                       help="a batch: a JSON file in the project format, 'examples' or 'humaneval'")
+                       help="a batch: a JSON file in the project format, 'train', 'examples', 'heldout' or 'humaneval'")
     data.add_argument("--entry-point", metavar="NAME", help="with a text --problem: the function to write")
     data.add_argument("--signature", default="", help="with a text --problem: e.g. 'def f(xs: list[int]) -> int:'")
     data.add_argument("--limit", type=int, default=0, help="with --problems-file: only the first N problems (0 = all)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train the Generator and the Discriminator against each other (N + N + K schedule, stage by stage).
 
-    python run_training.py                      # demo preset: default model, example problems, all 5 stages
+    python run_training.py                      # demo preset: default model, training set, all 5 stages
+    python run_training.py --preset learn --output-dir runs/learn   # 60 minutes that measurably help
     python run_training.py --preset tiny        # tiny random model: a smoke test in under a minute
     python run_training.py --output-dir runs/a --resume          # continue runs/a from its latest checkpoint
     python run_training.py --resume runs/a/checkpoints/step-000008 --output-dir runs/a
@@ -34,7 +35,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="demo",
-                        help="starting configuration: demo (default model, ~12 min on 2 idle CPU cores), tiny "
+                        help="starting configuration: demo (default model, all five stages, a short run), learn "
+                             "(60 minutes on the training set, then compare with python -m evaluation), tiny "
                              "(tiny random model, under a minute), gpu (a larger coder model on a GPU)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="continue from a checkpoint: alone, the latest one in --output-dir; or a "

@@ -140,7 +140,7 @@ def bench_quality(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["speed", "quality"])
-    parser.add_argument("--model", default="default", help="default, tiny, a Hugging Face id or a folder")
+    parser.add_argument("--model", default="default", help="default, smollm2-135m, tiny, a Hugging Face id or a folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -27,7 +27,9 @@ DEFAULT_KEYS = (
     "generator/reward_mean",
     "discriminator/reward_mean",
     "discriminator/valid_test_rate",
+    "discriminator/mutation_score",
     "generator/pass_rate",
+    "validation/score",
     "ppo/kl_ref",
 )
 BOOKKEEPING = ("step", "stage", "phase", "role")  # per-row fields that are not metrics

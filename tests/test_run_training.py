@@ -83,3 +83,15 @@ def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(8))  # every step exactly once
     assert json.loads((tmp_path / "summary.json").read_text())["stages"].keys() == {"understand", "edge_cases"}
+
+
+def test_no_valid_problem_stops_with_one_line(tmp_path):
+    broken = {"id": "broken", "title": "Broken", "description": "Return twice x.", "entry_point": "double",
+              "reference_solution": "def double(x):\n    return x\n",
+              "tests": "from solution import *\n\ndef test_two():\n    assert double(2) == 4\n"}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps([broken]))
+    r = run("--preset", "tiny", "--problems", str(path), "--output-dir", str(tmp_path / "run"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "no valid problem" in last and "broken: the reference solution fails its own tests" in last

@@ -266,8 +266,8 @@ def _forward_logprobs(
                            logits_to_keep=keep).logits  # (B, keep, V)
         except TypeError:  # a model without logits_to_keep: all positions
             logits = model(**inputs, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
-    if temperature != 1.0:
-        logits = logits.float() / temperature  # (B, keep, V) the sampling distribution
+    if temperature != 1.0:  # the sampling distribution; in place on the fp32 copy (a (B, keep, V) tensor less)
+        logits = logits.float().div_(temperature)  # (B, keep, V)
     # logits[:, t] predicts input_ids[:, keep_from + t]
     logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, keep_from:])  # (B, T-keep_from)
     logprobs = F.pad(logprobs, (keep_from, 0), value=0.0)  # (B, T)
@@ -276,7 +276,8 @@ def _forward_logprobs(
         with torch.no_grad():
             where = entropy_mask[:, keep_from:].bool()  # (B, T-keep_from) positions whose prediction is needed
             entropy = torch.zeros_like(logprobs)  # (B, T)
-            entropy[:, keep_from:][where] = entropy_from_logits(logits[:, :-1][where])  # (N,) response tokens only
+            for b in range(len(where)):  # row by row: a (N, V) copy of a 152k vocabulary would be gigabytes
+                entropy[b, keep_from:][where[b]] = entropy_from_logits(logits[b, :-1][where[b]])  # (n_b,)
     return logprobs, entropy
 
 

@@ -516,12 +516,6 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     if seen and not config.allow_heldout_training:
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
-    sandbox = Sandbox(config.sandbox)
-    problems, rejected = validate_problem_set(problems, sandbox)
-    if not problems:
-        sandbox.close()
-        raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
-                         f"(e.g. {next(iter(rejected.items()), ('', ''))})")
     run_dir = Path(run_dir)
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
     checkpoint = None
@@ -529,6 +523,13 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         checkpoint = resolve_checkpoint(run_dir, "latest")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, "latest" if (Path(resume) / "checkpoints").is_dir() else None)
+    sandbox = Sandbox(config.sandbox)
+    problems, rejected = validate_problem_set(problems, sandbox)
+    if not problems:
+        sandbox.close()
+        pid, reason = next(iter(rejected.items()))
+        raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
+                         f"(e.g. {pid}: {reason})")
     try:
         trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir)
     except BaseException:
