@@ -18,7 +18,7 @@ from training.rewards import (
 
 # the hand-computed numbers below use these weights (no mutation term); the mutation term has its own test
 CFG = RewardConfig(disc_discrimination_coef=0.85, disc_mutation_coef=0.0, disc_validity_coef=0.05,
-                   disc_format_coef=0.10)  # gen 0.9 / 0.1, disc 0.85 / 0 / 0.05 / 0.10, tau 8
+                   disc_format_coef=0.10, scale_by_validity=False)  # gen 0.9 / 0.1, disc 0.85 / 0 / 0.05 / 0.10, tau 8
 T, F = True, False
 
 
@@ -284,10 +284,14 @@ def test_mutation_score_is_discrimination_on_the_mutants():
     mutants = np.array([[F, F, T], [T, F, T], [T, T, F]])
     terms = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8, mutant_passes=mutants)
     assert terms["mutation_score"].tolist() == [1 / 3, 1 / 3]  # m0 by sample 0, m2 by sample 1
-    cfg = RewardConfig()  # 0.5 discrimination, 0.3 mutation, 0.1 validity, 0.1 format
+    cfg = RewardConfig(scale_by_validity=False)  # 0.5 discrimination, 0.3 mutation, 0.1 validity, 0.1 format
     r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), cfg, mutant_passes=mutants)
     # sample 0: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125; sample 1: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125
     np.testing.assert_allclose(r, [0.2125, 0.2125])
+    # scaled by the valid fraction (the default): sample 0 has one invalid test of two, sample 1 none
+    # sample 0: 0.5 · 0.3/3 + 0.1 · 1/8 + 0.1 = 0.1625; sample 1 unchanged
+    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), RewardConfig(), mutant_passes=mutants)
+    np.testing.assert_allclose(r, [0.1625, 0.2125])
     none = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8)  # no mutants: the term is 0
     assert none["mutation_score"].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="mutant_passes"):

@@ -22,6 +22,7 @@ class RewardConfig:
     disc_validity_coef: float = 0.1  # discriminator: weight of |valid tests| / max(tau, |tests|)
     disc_format_coef: float = 0.10  # discriminator: weight of well-formed test output
     validity_floor: int = 8  # tau: a few trivial tests cannot earn the validity term
+    scale_by_validity: bool = True  # multiply discrimination and mutation score by the suite's valid fraction
 
     def __post_init__(self):
         for name in ("gen", "disc"):
@@ -159,7 +160,7 @@ PRESETS: dict[str, dict] = {
     "learn": dict(n_steps=2, k_alternations=2, problems_per_step=2, group_size=4, num_test_samples=4,
                   rollout_remaining_stages=False, critique=False, stage_tokens=32, code_tokens=192, test_tokens=192,
                   train_last_layers=4, validation_problems=8, max_minutes=60.0,
-                  ppo=dict(precision="bf16", learning_rate=3e-5)),
+                  ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),
     # the tiny random model: a smoke test of the whole pipeline in well under a minute
     "tiny": dict(generator_model="tiny", problems="examples", n_steps=1, k_alternations=1, group_size=2,
                  num_test_samples=2, stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False,

@@ -22,10 +22,15 @@ Discriminator, per sample j (T_j = its tests deduplicated by key, V_j ⊆ T_j th
 C = the codes that are well formed, M = mutants of the reference solution that fail a ground-truth test,
 `evaluation.mutation`):
 
-    r_disc(j) = disc_discrimination_coef · |{i ∈ C : i fails some t ∈ V_j}| / |C|
-              + disc_mutation_coef       · |{μ ∈ M : μ fails some t ∈ V_j}| / |M|     (mutation score)
+    r_disc(j) = s_j · (disc_discrimination_coef · |{i ∈ C : i fails some t ∈ V_j}| / |C|
+                     + disc_mutation_coef       · |{μ ∈ M : μ fails some t ∈ V_j}| / |M|)   (mutation score)
               + disc_validity_coef       · |V_j| / max(τ, |T_j|)
               + disc_format_coef         · format_ok(j)
+
+    s_j = |V_j| / |T_j| (the suite's valid fraction) with `scale_by_validity`, else 1. An invalid test is a
+    false alarm: it fails a correct solution. Without the scale a suite gains kills by adding tests whether or
+    not they are right, and a run learned exactly that (more tests per suite, a lower valid-test rate on
+    held-out problems: README 'Training'); with it, every invalid test costs a share of the suite's credit.
 
 The mutation score is discrimination measured on known-wrong codes: when every generator code is right
 (or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the
@@ -304,9 +309,10 @@ def compute_discriminator_reward(
     keys: Sequence[str] | None = None,
     mutant_passes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(m,) r_disc(j) = disc_discrimination_coef · discrimination(j) + disc_mutation_coef · mutation_score(j)
+    """(m,) r_disc(j) = s_j · (disc_discrimination_coef · discrimination(j) + disc_mutation_coef · mutation_score(j))
     + disc_validity_coef · |V_j| / max(τ, |T_j|) + disc_format_coef · format_ok(j), in [0, 1],
-    τ = `config.validity_floor`; mutant_passes (K, T) as in `discriminator_terms`.
+    τ = `config.validity_floor`, s_j = valid_frac(j) when `config.scale_by_validity` else 1; mutant_passes
+    (K, T) as in `discriminator_terms`.
 
     passes (n, T), valid (T,), sample_ids (T,) as in `TestMatrix`; format_ok (m,) per discriminator
     sample; code_format_ok (n,) per generator code (None: all well formed). discrimination(j) is the share
@@ -315,7 +321,8 @@ def compute_discriminator_reward(
     so copies cannot lift a sample over the floor τ."""
     terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys,
                                 mutant_passes)
-    return (config.disc_discrimination_coef * terms["discrimination"]
-            + config.disc_mutation_coef * terms["mutation_score"]
+    scale = terms["valid_frac"] if config.scale_by_validity else 1.0
+    return (scale * (config.disc_discrimination_coef * terms["discrimination"]
+                     + config.disc_mutation_coef * terms["mutation_score"])
             + config.disc_validity_coef * terms["validity"]
             + config.disc_format_coef * terms["format_ok"])
