@@ -21,6 +21,11 @@ interval that excludes 0 is a difference the problem set can see. Writes report.
 The standard held-out set (`--problems heldout`) is a fixed, seeded slice of 80 HumanEval problems;
 `humaneval` is all 164. A checkpoint whose recorded training problems overlap the evaluation set is
 refused (`--allow-overlap` evaluates it anyway, marked in the report).
+
+`--reuse REPORT.json` takes a named model's per-problem results (`default`, a Hugging Face id: not a folder or
+checkpoint, whose contents can change) from an earlier report instead of running it again, the base model of a
+comparison typically, only when that report used the same problems, settings and batch size; the new report
+marks the model as reused.
 """
 from __future__ import annotations
 
@@ -232,7 +237,8 @@ def markdown_report(runs: list[dict], table: dict, title: str) -> str:
                 text += f" (Δ {row['diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}])"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| minutes | " + " | ".join(f"{r['seconds'] / 60:.1f}" for r in runs) + " |")
+    lines.append("| minutes | " + " | ".join(f"{r['seconds'] / 60:.1f}" + (" (reused)" if r.get("reused") else "")
+                                              for r in runs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,6 +269,21 @@ def overlap(trainer_state: dict | None, problems) -> list[str]:
 
     trained = set((trainer_state or {}).get("training_problems", []))
     return [p.id for p in problems if content_hash(p) in trained]
+
+
+def reusable_runs(path: str, problems, settings: EvalSettings, batch_size: int) -> dict:
+    """model spec -> run dict of the earlier report at `path`, or ValueError when it was measured otherwise
+    (another problem list, other settings or batch size: its results would not pair with this run's)."""
+    try:
+        report = json.loads(Path(path).read_text())
+        runs = {run["model"]: run for run in report["models"]}
+        same = (report["settings"] == asdict(settings) and report.get("batch_size") == batch_size
+                and all([r["id"] for r in run["per_problem"]] == [p.id for p in problems] for run in runs.values()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--reuse {path}: not a readable evaluation report ({e})") from None
+    if not same:
+        raise ValueError(f"--reuse {path}: measured on other problems, settings or batch size; run it again")
+    return runs
 
 
 def parse_args(argv=None):
@@ -296,6 +317,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default: {d.seed})")
     parser.add_argument("--allow-overlap", action="store_true",
                         help="evaluate a checkpoint even when it was trained on some of the evaluation problems")
+    parser.add_argument("--reuse", metavar="REPORT", default=None,
+                        help="report.json of an earlier evaluation: named models listed there (not folders or checkpoints) "
+                             "are not run again when it used the same problems, settings and batch size")
     parser.add_argument("--out", default="eval_report", help="folder for report.json and report.md (default: eval_report)")
     return parser.parse_args(argv)
 
@@ -328,8 +352,16 @@ def main(argv=None) -> int:
         problems, rejected = validate_problem_set(problems, sandbox)
         if not problems:
             return fail("no valid problem selected" + (f" ({len(rejected)} failed validation)" if rejected else ""), 2)
+        try:
+            reused = reusable_runs(args.reuse, problems, settings, args.batch_size) if args.reuse else {}
+        except ValueError as e:
+            return fail(str(e), 2)
         mutants: dict = {}
         for spec in args.models:
+            if spec in reused and not Path(spec).exists():  # a folder or checkpoint may have changed since
+                runs.append({**reused[spec], "reused": args.reuse})
+                print(f"{spec}: results reused from {args.reuse}", file=sys.stderr)
+                continue
             try:
                 generator, discriminator, state = load_models(spec, args.device, settings.num_test_suites > 0)
             except (OSError, RuntimeError, ValueError) as e:
@@ -354,7 +386,7 @@ def main(argv=None) -> int:
     (out / "report.md").write_text(report)
     (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip, "limit": args.limit,
                                                  "settings": asdict(settings), "rejected": rejected,
-                                                 "measures": table, "models": runs}, indent=2) + "\n")
+                                                 "batch_size": args.batch_size, "measures": table, "models": runs}, indent=2) + "\n")
     print(report)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0

@@ -59,6 +59,16 @@ def test_two_models_one_report(tmp_path, capsys):
     assert all(rows[1]["diff"] == 0 for rows in report["measures"].values())
     assert "pass@2" in (tmp_path / "report.md").read_text() and "mutation score" in capsys.readouterr().out
 
+    # --reuse: the same settings take the earlier per-problem results; other settings are refused
+    again = ["--models", "tiny", "--problems", "examples", "--limit", "2", "--num-samples", "2",
+             "--num-test-suites", "2", "--reuse", str(tmp_path / "report.json"), *TINY]
+    assert main([*again, "--out", str(tmp_path / "again")]) == 0
+    reused = json.loads((tmp_path / "again" / "report.json").read_text())["models"][0]
+    assert reused["reused"] and reused["per_problem"] == first
+    assert "(reused)" in (tmp_path / "again" / "report.md").read_text()
+    assert main([*again, "--seed", "1", "--out", str(tmp_path / "other")]) == 2
+    assert "other problems, settings or batch size" in capsys.readouterr().err
+
 
 def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, tiny_generator, tiny_discriminator,
                                                     monkeypatch):

@@ -26,7 +26,7 @@ def test_help_documents_every_option():
     flat = " ".join(out.split())  # argparse wraps the help text
     # the defaults shown are what `python run_training.py` runs (the demo preset), and every preset is listed
     assert "then generator steps, per stage (default: 1)" in flat  # n_steps: the field's default is 2
-    assert "(0 = the stage's own budget) (default: 40)" in flat
+    assert "(0 = the stage's own budget) (default: 32)" in flat
     assert "tiny: --generator-model=tiny" in flat and "gpu: --generator-model=" in flat
 
 

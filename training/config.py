@@ -152,9 +152,9 @@ class TrainingConfig:
 # ---------------------------------------------------------------- presets
 PRESETS: dict[str, dict] = {
     # the default: the default model, the training set, all five stages, on 2 idle CPU cores (README 'Training')
-    "demo": dict(n_steps=1, k_alternations=1, group_size=4, num_test_samples=4, rollout_remaining_stages=False,
-                 critique=False, stage_tokens=40, code_tokens=128, test_tokens=128, train_last_layers=4,
-                 validation_problems=4, ppo=dict(precision="bf16", learning_rate=2e-5)),
+    "demo": dict(n_steps=1, k_alternations=0, group_size=4, num_test_samples=4, rollout_remaining_stages=False,
+                 critique=False, stage_tokens=32, code_tokens=160, test_tokens=160, train_last_layers=4,
+                 validation_problems=2, ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),
     # the proof that training helps: the default models on the training set for 60 minutes on 2 CPU cores,
     # then `python -m evaluation` of base against trained on held-out HumanEval (README 'Training')
     "learn": dict(n_steps=2, k_alternations=2, problems_per_step=2, group_size=4, num_test_samples=4,
