@@ -143,13 +143,17 @@ def _roles(rows: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(row["role"] for row in rows if isinstance(row.get("role"), str)))
 
 
+UNSPLIT = ("validation",)  # measured on a fixed slice, not per step: never split by role nor smoothed
+
+
 def curves(rows: Sequence[dict], key: str, xs: Sequence[float] | None = None) -> dict[str, list[tuple[float, float]]]:
     """The (x, value) points of `key`, by curve label. A metric in a role's namespace (`generator/...`) is
-    measured at every step whichever model is updated: one curve named `key`. Any other (`ppo/...`) comes
-    from the update of the row's role: one curve per role (one named `key` when rows have no role)."""
+    measured at every step whichever model is updated: one curve named `key`, and so is `validation/...`
+    (both models on the validation slice). Any other (`ppo/...`) comes from the update of the row's role: one
+    curve per role (one named `key` when rows have no role)."""
     xs = list(xs) if xs is not None else _x_values(rows)[0]
     roles = _roles(rows)
-    split = bool(roles) and key.split("/")[0] not in roles
+    split = bool(roles) and key.split("/")[0] not in (*roles, *UNSPLIT)
     out: dict[str, list[tuple[float, float]]] = {}
     for x, row in zip(xs, rows):
         value = _number(row.get(key))
@@ -173,7 +177,8 @@ def plot_metrics(
     """Draw one panel per metric of `plottable_keys(rows, keys)` (stages shaded and named; one curve per
     role for metrics outside the role namespaces) and save the figure as a PNG at `out`. `smooth` > 1
     draws each curve's trailing moving average over that many points, the raw points faded behind it
-    (a step trains on one problem, so raw values jump with the problem). Raises `MetricsFileError` when
+    (a step trains on one problem, so raw values jump with the problem); `validation/...` curves (a fixed
+    slice, a point per checkpoint) are drawn unsmoothed. Raises `MetricsFileError` when
     nothing can be plotted and `ImportError` when matplotlib is missing."""
     try:
         from matplotlib.figure import Figure
@@ -195,7 +200,7 @@ def plot_metrics(
         for label, points in curves(rows, key, xs).items():
             color = f"C{roles.index(label)}" if label in roles else "C0"  # one colour per role across panels
             x, y = zip(*points)
-            if smooth > 1:
+            if smooth > 1 and key.split("/")[0] not in UNSPLIT:
                 ax.plot(x, y, marker=".", markersize=3, linewidth=0.6, color=color, alpha=0.3)
                 ax.plot(x, moving_average(y, smooth), linewidth=1.8, color=color, label=f"{label} (mean of {smooth})")
             else:

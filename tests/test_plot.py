@@ -135,5 +135,8 @@ def test_curves_split_update_metrics_by_role_only():
     assert curves(ROWS, "generator/reward_mean") == {"generator/reward_mean": [(2.0, 0.4), (4.0, 0.8)]}
     # ppo/... belongs to the update of the row's role: one curve per role, the NaN point dropped
     assert curves(ROWS, "ppo/kl_ref") == {"discriminator": [(1.0, 0.01)], "generator": [(2.0, 0.03), (4.0, 0.05)]}
+    # validation/... is both models on a fixed slice, logged on whichever role's row: one curve
+    rows = [dict(ROWS[0], **{"validation/score": 0.5}), dict(ROWS[1], **{"validation/score": 0.7})]
+    assert curves(rows, "validation/score") == {"validation/score": [(1.0, 0.5), (2.0, 0.7)]}
     # steps that go back (or are missing) fall back to the row number
     assert curves([{"step": 5, "a/b": 1}, {"step": 2, "a/b": 2}], "a/b") == {"a/b": [(0.0, 1.0), (1.0, 2.0)]}
