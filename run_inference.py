@@ -82,7 +82,11 @@ def read_problems(args) -> list[Problem]:
         return load_problem_set(args.problems_file, args.limit)
     text = args.problem
     path = Path(text)
-    if len(text) < 4096 and "\n" not in text and path.is_file():
+    try:  # a long one-line statement is not a file name (and may be too long to be one)
+        is_file = len(text) < 4096 and "\n" not in text and path.is_file()
+    except OSError:
+        is_file = False
+    if is_file:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
@@ -145,6 +149,8 @@ def main(argv=None) -> int:
         return fail("give --problem FILE_OR_TEXT or --problems-file SPEC", 2)
     if args.which and not args.checkpoint:
         return fail("--which needs --checkpoint (a run folder)", 2)
+    if args.batch_size < 1 or args.limit < 0:
+        return fail("--batch-size must be >= 1 and --limit >= 0 (0 = all)", 2)
     try:
         config = InferenceConfig(**{f.name: getattr(args, f.name) for f in fields(InferenceConfig)})
         problems = read_problems(args)
@@ -172,8 +178,8 @@ def main(argv=None) -> int:
     results = []
     try:
         with engine, tqdm(total=len(problems), desc="solving", unit="problem", disable=len(problems) < 2) as bar:
-            for i in range(0, len(problems), max(1, args.batch_size)):
-                batch = problems[i:i + max(1, args.batch_size)]
+            for i in range(0, len(problems), args.batch_size):
+                batch = problems[i:i + args.batch_size]
                 results += engine.solve_batch(batch, execute=args.execute)
                 bar.update(len(batch))
     except KeyboardInterrupt:

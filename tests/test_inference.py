@@ -262,7 +262,8 @@ def test_cli_json_batch(tiny_run):
 
 
 def test_cli_text_problem_is_readable():
-    out = run_cli("--model", "tiny", "--discriminator-model", "none", "--problem", "Return the sum of xs.",
+    statement = "Return the sum of xs. " * 20  # longer than a file name may be (255): still read as text
+    out = run_cli("--model", "tiny", "--discriminator-model", "none", "--problem", statement,
                   "--entry-point", "total", "--execute", *CLI_BUDGET)
     assert out.returncode == 0, out.stderr[-2000:]
     for heading in ("[Understand the problem]", "[Edge cases]", "[Algorithm]", "[Pseudocode]", "[Review]",
@@ -270,7 +271,8 @@ def test_cli_text_problem_is_readable():
         assert heading in out.stdout
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "bad problem file", "no problem"])
+@pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "bad problem file", "no problem",
+                                  "batch size 0", "negative limit"])
 def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
     ckpt, problem = tiny_run / "checkpoints" / "step-000002", "examples"
     if case == "missing checkpoint":
@@ -284,6 +286,7 @@ def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
         problem.write_text('[{"id": "x", "title": "t"}]')
     args = ["--checkpoint", ckpt] + (["--problem", "text without an entry point"] if case == "no problem"
                                      else ["--problems-file", problem])
+    args += {"batch size 0": ["--batch-size", 0], "negative limit": ["--limit", -1]}.get(case, [])
     out = run_cli(*args)
     assert out.returncode != 0 and out.stdout == ""
     lines = out.stderr.strip().splitlines()

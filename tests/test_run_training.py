@@ -49,6 +49,13 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
         (["--stages", "bogus"], 2, "unknown stages"),
         (["--preset", "tiny", "--problems", str(tmp_path / "none.json"), "--output-dir", str(tmp_path / "r")], 1, "none.json"),
         (["--resume"], 2, "--output-dir"),
+        # numbers that would pass every comparison (NaN) or leave the rewards' range: refused before any model loads
+        (["--kl-coef", "nan"], 2, "kl_coef"),
+        (["--timeout-s", "nan"], 2, "timeout_s"),
+        (["--learning-rate", "inf"], 2, "learning_rate"),
+        (["--save-every", "-1"], 2, "save_every"),
+        (["--gen-pass-coef", "1.2", "--gen-format-coef", "-0.2"], 2, "gen_format_coef"),
+        (["--temperature", "0"], 2, "temperature"),
     ]:
         r = run(*args)
         assert r.returncode == code, (args, r.stderr)

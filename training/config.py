@@ -5,10 +5,21 @@ options (and `--help`) from these fields. Cross-field checks raise `ValueError` 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from reasoning.stages import STAGE_NAMES
 from sandbox import SandboxConfig
+
+
+def check_numbers(config) -> None:
+    """Every number of a config dataclass is finite and >= 0 (a NaN weight or limit would pass every
+    comparison below and poison a run much later); ValueError naming the field otherwise."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -25,6 +36,7 @@ class RewardConfig:
     scale_by_validity: bool = True  # multiply discrimination and mutation score by the suite's valid fraction
 
     def __post_init__(self):
+        check_numbers(self)
         for name in ("gen", "disc"):
             total = sum(v for k, v in asdict(self).items() if k.startswith(name) and k.endswith("_coef"))
             if abs(total - 1.0) > 1e-6:
@@ -48,6 +60,9 @@ class PPOConfig:
     precision: str = "fp32"  # "fp32", or "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU)
 
     def __post_init__(self):
+        check_numbers(self)
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0, e.g. 1e-5")
         if not 0 < self.clip_coef < 1:
             raise ValueError("clip_coef must be in (0, 1), e.g. 0.2")
         if self.ppo_epochs < 1 or self.num_minibatches < 1:
@@ -109,6 +124,10 @@ class TrainingConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     def __post_init__(self):
+        check_numbers(self)
+        check_numbers(self.sandbox)  # its own check lets NaN through (every comparison with NaN is False)
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be > 0 (the PPO log-probs divide by it) and top_p in (0, 1]")
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {list(STAGE_NAMES)}")
