@@ -4,7 +4,7 @@
     python run_training.py                      # demo preset: default model, training set, all 5 stages
     python run_training.py --preset learn --output-dir runs/learn   # 60 minutes that measurably help
     python run_training.py --preset tiny        # tiny random model: a smoke test in under a minute
-    python run_training.py --output-dir runs/a --resume          # continue runs/a from its latest checkpoint
+    python run_training.py --output-dir runs/a --resume          # continue runs/a (its own config.json)
     python run_training.py --resume runs/a/checkpoints/step-000008 --output-dir runs/a
 
 Every option below is a field of the configuration (training/config.py); the preset sets the starting
@@ -12,13 +12,14 @@ values and the options you give override them. The defaults shown are the demo p
 gets config.json, metrics.jsonl, samples.jsonl, summary.json and checkpoints/.
 """
 import argparse
+import json
 import logging
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from training.config import PRESETS, add_config_arguments, config_from_args, preset_overrides
+from training.config import PRESETS, add_config_arguments, config_from_args, preset_overrides, resumed_config
 
 RESULT_COLUMNS = {  # header -> metric key
     "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
@@ -34,13 +35,15 @@ def parse_args(argv=None):
         for name in PRESETS)
     parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(PRESETS), default="demo",
-                        help="starting configuration: demo (default model, all five stages, a short run), learn "
-                             "(60 minutes on the training set, then compare with python -m evaluation), tiny "
-                             "(tiny random model, under a minute), gpu (a larger coder model on a GPU)")
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help="starting configuration: demo (the default: default model, all five stages, a short "
+                             "run), learn (60 minutes on the training set, then compare with python -m evaluation), "
+                             "tiny (tiny random model, under a minute), gpu (a larger coder model on a GPU)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
-                        help="continue from a checkpoint: alone, the latest one in --output-dir; or a "
-                             "checkpoint folder or run folder")
+                        help="continue from a checkpoint: alone, the latest one in --output-dir, with that run's "
+                             "own config.json (--max-minutes, --keep-last, --save-every, --samples-every and "
+                             "--device may change; any other setting given must match it); or a checkpoint folder "
+                             "or run folder, which starts --output-dir from its weights with the options given")
     parser.add_argument("--start-stage", default=None, metavar="STAGE",
                         help="start at the beginning of this stage (with --resume: from that checkpoint's weights)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the results table")
@@ -60,8 +63,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    saved = Path(args.output_dir or "") / "config.json"
+    own = args.resume == "latest" and bool(args.output_dir) and saved.is_file()
     try:
-        config = config_from_args(args, args.preset)
+        if own:  # the run's own settings; checked before anything is built or written
+            try:
+                data = json.loads(saved.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{saved}: cannot read the run's config: {e}") from None
+            config = resumed_config(args, data, args.preset)
+        else:
+            config = config_from_args(args, args.preset or "demo")
     except (ValueError, TypeError) as e:
         print(f"run_training.py: error: {e}", file=sys.stderr)
         return 2

@@ -85,11 +85,27 @@ def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    r = run(*args, "--resume")
+    # the command Ctrl-C prints: nothing but the run folder (the run's own config.json supplies the rest)
+    r = run("--output-dir", str(tmp_path), "--resume", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(8))  # every step exactly once
     assert json.loads((tmp_path / "summary.json").read_text())["stages"].keys() == {"understand", "edge_cases"}
+
+
+def test_resume_keeps_the_runs_own_config(tmp_path):
+    from training.config import preset_config
+
+    saved = json.dumps(preset_config("tiny", output_dir=str(tmp_path)).to_dict(), indent=2) + "\n"
+    (tmp_path / "config.json").write_text(saved)
+    for args, words in [(["--seed", "1"], "seed is 0 in its config.json, 1 was given"),
+                        (["--preset", "demo"], "generator_model is 'tiny'"),
+                        (["--learning-rate", "1e-3"], "learning_rate")]:
+        r = run("--output-dir", str(tmp_path), "--resume", *args)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and words in last and "Traceback" not in r.stderr, r.stderr
+        assert "run folder" not in r.stdout  # refused before anything was built
+    assert (tmp_path / "config.json").read_text() == saved  # nothing in the run folder changed
 
 
 def test_no_valid_problem_stops_with_one_line(tmp_path):

@@ -276,9 +276,8 @@ def add_config_arguments(parser, preset: str = "demo") -> None:
         add(parser.add_argument_group(name, cls.__doc__), cls, shown[name])
 
 
-def config_from_args(args, preset: str = "demo") -> TrainingConfig:
-    """The preset's config with every option the user gave on top (`ValueError` on a bad value). Asking
-    for LoRA (`--lora-rank`) switches off the preset's `train_last_layers` unless that is given too."""
+def _given(args) -> dict:
+    """The options the user gave (every option's default is None), as nested overrides of the config."""
     given = {k: v for k, v in vars(args).items() if v is not None}
     if given.get("lora_rank") and "train_last_layers" not in given:
         given["train_last_layers"] = 0
@@ -290,4 +289,39 @@ def config_from_args(args, preset: str = "demo") -> TrainingConfig:
             overrides.setdefault(section, {})[name] = value
         elif name in top:
             overrides[name] = value
-    return preset_config(preset, **overrides)
+    return overrides
+
+
+def config_from_args(args, preset: str = "demo") -> TrainingConfig:
+    """The preset's config with every option the user gave on top (`ValueError` on a bad value). Asking
+    for LoRA (`--lora-rank`) switches off the preset's `train_last_layers` unless that is given too."""
+    return preset_config(preset, **_given(args))
+
+
+# settings a resumed run may change: how long it runs now, what it keeps and logs, where it computes
+RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device"}
+
+
+def resumed_config(args, saved: dict, preset: str | None = None) -> TrainingConfig:
+    """A resumed run's config: its own `config.json` (`saved`) with the options given now on top (with
+    `preset`: that preset with the options, as the run was started). `ValueError` naming the first setting
+    that would change what the run has already done (anything but `RESUME_MAY_CHANGE`): a resumed run keeps
+    its model, schedule, seed, problems and hyperparameters."""
+    try:
+        base = TrainingConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the run's config.json cannot be read as a config: {e}") from None
+    config = (config_from_args(args, preset) if preset
+              else TrainingConfig.from_dict(_merge(asdict(base), _given(args))))
+
+    def flat(values: dict) -> dict:
+        return {k: v for key, value in values.items()
+                for k, v in (flat(value).items() if isinstance(value, dict) else [(key, value)])}
+
+    old, new = flat(asdict(base)), flat(asdict(config))
+    for key, value in new.items():
+        if value != old.get(key) and key not in RESUME_MAY_CHANGE:
+            raise ValueError(f"--resume keeps the run's settings: {key} is {old.get(key)!r} in its config.json, "
+                             f"{value!r} was given; to change it, start a new run from a checkpoint: --resume "
+                             f"RUN/checkpoints/STEP --output-dir NEW_RUN")
+    return config
