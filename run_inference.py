@@ -149,6 +149,8 @@ def main(argv=None) -> int:
         return fail("give --problem FILE_OR_TEXT or --problems-file SPEC", 2)
     if args.which and not args.checkpoint:
         return fail("--which needs --checkpoint (a run folder)", 2)
+    if args.checkpoint and args.discriminator_model != "same":
+        return fail("--discriminator-model goes with --model; a checkpoint brings its own trained discriminator", 2)
     if args.batch_size < 1 or args.limit < 0:
         return fail("--batch-size must be >= 1 and --limit >= 0 (0 = all)", 2)
     try:

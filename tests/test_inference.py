@@ -272,7 +272,7 @@ def test_cli_text_problem_is_readable():
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "bad problem file", "no problem",
-                                  "batch size 0", "negative limit"])
+                                  "batch size 0", "negative limit", "discriminator with a checkpoint"])
 def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
     ckpt, problem = tiny_run / "checkpoints" / "step-000002", "examples"
     if case == "missing checkpoint":
@@ -286,7 +286,8 @@ def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
         problem.write_text('[{"id": "x", "title": "t"}]')
     args = ["--checkpoint", ckpt] + (["--problem", "text without an entry point"] if case == "no problem"
                                      else ["--problems-file", problem])
-    args += {"batch size 0": ["--batch-size", 0], "negative limit": ["--limit", -1]}.get(case, [])
+    args += {"batch size 0": ["--batch-size", 0], "negative limit": ["--limit", -1],
+             "discriminator with a checkpoint": ["--discriminator-model", "tiny"]}.get(case, [])
     out = run_cli(*args)
     assert out.returncode != 0 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
