@@ -85,11 +85,15 @@ def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    for name in ("metrics.jsonl", "samples.jsonl"):  # a line torn by the kill (or a full disk) is cut on resume
+        with open(tmp_path / name, "a") as f:
+            f.write('{"step": 99, "generator/rew')
     # the command Ctrl-C prints: nothing but the run folder (the run's own config.json supplies the rest)
-    r = run("--output-dir", str(tmp_path), "--resume", "--quiet")
+    r = run("--output-dir", str(tmp_path), "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(8))  # every step exactly once
+    assert "metrics.jsonl: cut 1 torn line" in r.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["stages"].keys() == {"understand", "edge_cases"}
 
 
@@ -106,6 +110,22 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
         assert r.returncode == 2 and words in last and "Traceback" not in r.stderr, r.stderr
         assert "run folder" not in r.stdout  # refused before anything was built
     assert (tmp_path / "config.json").read_text() == saved  # nothing in the run folder changed
+
+
+def test_killed_before_the_first_checkpoint_resumes_from_the_start(tmp_path):
+    from training.config import preset_config
+
+    config = preset_config("tiny", output_dir=str(tmp_path), stages=["understand"], validation_problems=0)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "stage": "understand"}\n')  # a step, then killed
+    r = run("--output-dir", str(tmp_path), "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no checkpoint yet" in r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]  # step 0 once
+    # a new run into a folder that holds one is refused: it would log its steps after the old ones
+    again = run("--preset", "tiny", "--output-dir", str(tmp_path))
+    assert again.returncode == 1 and "already holds a run" in again.stderr.strip().splitlines()[-1]
 
 
 def test_no_valid_problem_stops_with_one_line(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -365,16 +366,20 @@ class AdversarialTrainer:
         return {"stages": stages, "run": summarize_metrics(list(stages.values()))["run"]}
 
     def _log(self, metrics: dict, rollouts: list[ProblemRollout], step: int) -> None:
+        """Append the step's rows, each file in one write, flushed and fsynced (a crash or a full disk can
+        tear at most the last line, which a resume cuts: `_drop_logged_steps_after`)."""
         if not self.run_dir:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            # standard JSON: a metric with no value this step (e.g. ppo/* of a skipped update) is null, not NaN
-            f.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                                for k, v in metrics.items()}, allow_nan=False) + "\n")
+        # standard JSON: a metric with no value this step (e.g. ppo/* of a skipped update) is null, not NaN
+        rows = {"metrics.jsonl": json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                             for k, v in metrics.items()}, allow_nan=False) + "\n"}
         if rollouts and self.config.samples_every and step % self.config.samples_every == 0:
-            with open(self.run_dir / "samples.jsonl", "a") as f:
-                for r in rollouts:
-                    f.write(json.dumps(sample_row(r, step)) + "\n")
+            rows["samples.jsonl"] = "".join(json.dumps(sample_row(r, step)) + "\n" for r in rollouts)
+        for name, text in rows.items():
+            with open(self.run_dir / name, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
 
     def save_checkpoint(self):
         """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
@@ -437,12 +442,23 @@ class AdversarialTrainer:
 
     def _drop_logged_steps_after(self, step: int) -> None:
         """Forget log rows of steps the checkpoint does not contain (run after it, before a crash):
-        they are about to be run again."""
+        they are about to be run again. A line that is not JSON (torn by a crash or a full disk) is cut
+        with a warning naming the file."""
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.run_dir / name if self.run_dir else None
             if not path or not path.exists():
                 continue
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) < step]
+            kept, torn = [], 0
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    torn += 1
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) < step:
+                    kept.append(line)
+            if torn:
+                logger.warning("%s: cut %d torn line(s) (a crash or a full disk while appending)", path, torn)
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(path)
@@ -518,9 +534,16 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
     run_dir = Path(run_dir)
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
-    checkpoint = None
-    if resume == "latest":
+    checkpoint, fresh_logs = None, False
+    logged = (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
+    if resume == "latest" and manager.get_latest_checkpoint() is None:
+        logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
+        fresh_logs = True
+    elif resume == "latest":
         checkpoint = resolve_checkpoint(run_dir, "latest")
+    elif resume is None and logged:
+        raise ValueError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume, or choose "
+                         "another --output-dir")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, "latest" if (Path(resume) / "checkpoints").is_dir() else None)
     sandbox = Sandbox(config.sandbox)
@@ -537,6 +560,8 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         raise
     trainer._own_sandbox = True
     try:
+        if fresh_logs:
+            trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint, start_stage)
         elif start_stage is not None:
