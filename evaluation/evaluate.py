@@ -365,7 +365,8 @@ def main(argv=None) -> int:
             try:
                 generator, discriminator, state = load_models(spec, args.device, settings.num_test_suites > 0)
             except (OSError, RuntimeError, ValueError) as e:
-                return fail(f"{spec}: {str(e).strip().splitlines()[0]}", 1)
+                message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
             seen = overlap(state, problems)
             if seen and not args.allow_overlap:
                 return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
