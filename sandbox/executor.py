@@ -1,28 +1,39 @@
 """`Sandbox`: runs untrusted code against untrusted pytest tests and returns an `ExecutionResult`.
 
-A pool of warm workers (`sandbox/worker.py`), each a long-lived process inside the strongest isolation
-available (`sandbox/isolation.py`), forks once per execution. Outcomes are counted per test from the
-worker's own record of which tests were expected and which reported, never from exit codes or output.
-It never raises on bad code or tests: every call returns an `ExecutionResult`.
+Each worker is two fork servers (`sandbox/zygote.py`), each in a container of its own
+(`sandbox/isolation.py`): one for the candidate's code, one for the tests. Per execution both fork a fresh
+child; the host hands the code to the candidate's child and the tests to the tests' child directly, on
+sockets the fork servers pass on but never read, and connects the two children with a socket of their own.
+The tests call the candidate's functions across it with plain values only (`sandbox/remote.py`), so the
+process that runs the candidate's code holds nothing that decides or reports an outcome. The tests' child
+reports one line per test to the host; the host counts outcomes against the tests it expected from the
+source's syntax tree, never from exit codes or output. It never raises on bad code or tests.
 """
 from __future__ import annotations
 
+import ast
+import itertools
 import json
 import logging
 import os
 import queue
-import struct
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sandbox import isolation
+from sandbox import cgroups, isolation, wire
 
 logger = logging.getLogger(__name__)
 
 PASSED = "passed"
+OUTCOMES = ("passed", "failed", "error", "skipped")
+DONE, PROTOCOL = "__done__", "__protocol__"  # runner.py's last line, and its report of a protocol breach
+SETUP_FAILED = 70  # zygote.py's exit status for a child whose isolation could not be set up
+MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the rest counts as missing)
 
 
 @dataclass
@@ -30,13 +41,14 @@ class SandboxConfig:
     """Limits and pool size. Every limit here is enforced (see README 'Sandbox')."""
 
     timeout_s: float = 5.0  # wall-clock limit of one execution; every process it started is killed after
-    memory_mb: int = 512  # address-space limit of the execution (RLIMIT_AS above the worker's own)
+    memory_mb: int = 512  # memory of each side of an execution: all its processes together with a cgroup, else per process
     max_file_mb: int = 16  # largest single file it may write (RLIMIT_FSIZE)
-    tmp_mb: int = 64  # size of the worker's private tmpfs: bounds all files together (bwrap/unshare)
-    max_processes: int = 32  # processes and threads of the execution (RLIMIT_NPROC, per-worker uid)
+    tmp_mb: int = 64  # size of each execution's private tmpfs (/tmp, and /dev/shm): bounds all files together
+    max_processes: int = 32  # processes and threads of each side of an execution (pids cgroup, else RLIMIT_NPROC)
     max_output_chars: int = 8192  # stdout/stderr kept per execution
     num_workers: int = 0  # parallel workers; 0 = one per CPU core
     isolation: str = "auto"  # "auto" (strongest available), "bwrap", "unshare" or "process"
+    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation
 
     def __post_init__(self):
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes < 1:
@@ -57,10 +69,11 @@ class ExecutionResult:
     timed_out: bool = False
     test_outcomes: dict[str, str] = field(default_factory=dict)  # test id -> passed/failed/error/skipped/missing
     duration_s: float = 0.0
-    stdout: str = ""
+    stdout: str = ""  # the candidate's output, then the tests'
     stderr: str = ""
     runner: str = ""  # "fast" (plain test functions) or "pytest"
-    tampered: bool = False  # the code under test modified the harness; all remaining tests failed
+    tampered: bool = False  # the candidate's process broke the protocol with the tests' process
+    _cases: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def pass_rate(self) -> float:
@@ -75,8 +88,15 @@ class ExecutionResult:
         return [name for name, outcome in self.test_outcomes.items() if outcome != PASSED]
 
     def passed_test(self, name: str) -> bool:
-        """Whether test `name` passed; a parametrized test passes when all of its cases do."""
-        cases = [o for t, o in self.test_outcomes.items() if t == name or t.startswith(name + "[")]
+        """Whether test `name` passed; a parametrized test passes when all of its cases do, and a `Test*`
+        class given by its name alone when all of its methods do."""
+        if self._cases is None:  # built once: asking for every test stays linear in their number
+            self._cases = {}
+            for test, outcome in self.test_outcomes.items():
+                base = test.split("[", 1)[0]
+                for key in {base, base.split("::", 1)[0]}:
+                    self._cases.setdefault(key, []).append(outcome)
+        cases = self._cases.get(name, [])
         return bool(cases) and all(o == PASSED for o in cases)
 
 
@@ -87,19 +107,62 @@ def add_solution_import(tests: str) -> str:
     return "from solution import *\n" + tests
 
 
-def result_from_reply(reply: dict) -> ExecutionResult:
-    """Count outcomes: every expected test must report; a test that never reports has failed."""
-    if "internal_error" in reply:
-        return ExecutionResult(status="error", stderr="sandbox worker error:\n" + reply["internal_error"])
+# ---------------------------------------------------------------- what the tests are
+def _is_parametrize(dec) -> bool:
+    return isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"
+
+
+def _param_names(dec) -> list[str] | None:
+    try:
+        names = ast.literal_eval(dec.args[0])
+    except Exception:
+        return None
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def analyse_tests(source: str) -> tuple[list[str], bool]:
+    """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
+    does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
+    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest."""
+    tree = ast.parse(source)
+    expected, fast = [], True
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            expected.append(node.name)
+            args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+            covered = []
+            for dec in node.decorator_list:
+                names = _param_names(dec) if _is_parametrize(dec) else None
+                if names is None:
+                    fast = False
+                    break
+                covered += names
+            if isinstance(node, ast.AsyncFunctionDef) or set(args) - set(covered) or node.args.vararg:
+                fast = False
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            fast = False
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
+                    expected.append(f"{node.name}::{item.name}")
+    if "fixture" in source or "pytest.param" in source:
+        fast = False
+    return expected, fast
+
+
+def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool) -> dict:
+    """Every expected test must report; one that never reports has failed ("missing"). Linear in the tests."""
+    by_base: dict[str, dict[str, str]] = {}
+    for test, outcome in reported.items():
+        by_base.setdefault(test.split("[", 1)[0], {})[test] = outcome
     outcomes: dict[str, str] = {}
-    reported = reply["outcomes"]
-    for name in reply["expected"]:
-        cases = {t: o for t, o in reported.items() if t == name or t.startswith(name + "[")}
-        outcomes.update(cases or {name: "missing"})
+    for name in dict.fromkeys(expected):
+        outcomes.update(by_base.get(name) or {name: "missing"})
     passed = sum(o == PASSED for o in outcomes.values())
     errors = sum(o == "error" for o in outcomes.values())
     total = len(outcomes)
-    if reply["timed_out"]:
+    if timed_out:
         status = "timeout"
     elif total == 0:
         status = "error"
@@ -107,87 +170,191 @@ def result_from_reply(reply: dict) -> ExecutionResult:
         status = "passed"
     else:
         status = "error" if errors == total else "failed"
-    return ExecutionResult(
-        status=status,
-        passed=passed,
-        failed=total - passed - errors,
-        errors=errors,
-        total=total,
-        timed_out=reply["timed_out"],
-        test_outcomes=outcomes,
-        duration_s=reply.get("duration_s", 0.0),
-        stdout=reply.get("stdout", ""),
-        stderr=reply.get("stderr", ""),
-        runner=reply.get("runner", ""),
-        tampered=reply.get("tampered", False),
-    )
+    return dict(status=status, passed=passed, failed=total - passed - errors, errors=errors, total=total,
+                timed_out=timed_out, test_outcomes=outcomes)
 
 
-class _Worker:
-    """One warm worker process and its pipes."""
+# ---------------------------------------------------------------- a worker: two fork servers
+class _Zygote:
+    """One fork server in its container, and its control socket."""
 
-    def __init__(self, index: int, level: str, config: SandboxConfig):
-        argv, env = isolation.worker_command(level, index, config.tmp_mb)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )
-        hello = self._read(timeout=60)
+    def __init__(self, level: str, side: str, index: int, limits: cgroups.Cgroups | None, work_root: str):
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = limits.fds if limits else []
+        argv, env = isolation.container_command(level, side, index, theirs.fileno(), fds, work_root)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, env=env, pass_fds=[theirs.fileno(), *fds], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
+        theirs.close()
+        hello = self.receive(timeout=60)
         if not hello or not hello.get("ready"):
-            self.kill()
+            self.log.seek(0)
+            why = self.log.read()[-2000:].decode(errors="replace").strip()
             self.close()
-            raise RuntimeError(f"sandbox worker failed to start with isolation {level!r}: {argv[:3]}...")
+            raise RuntimeError(f"the {side} fork server did not start at isolation {level!r}: {why or 'no message'}")
 
-    def request(self, payload: dict, timeout: float) -> dict | None:
-        data = json.dumps(payload).encode()
-        try:
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return None
-        return self._read(timeout)
+    def send(self, message: dict, fds=()):
+        socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
 
-    def _read(self, timeout: float) -> dict | None:
-        # a watchdog kills a worker that stops answering; the blocked read then sees EOF
-        timer = threading.Timer(timeout, self.kill)
-        timer.start()
+    def receive(self, timeout: float) -> dict | None:
+        self.control.settimeout(timeout)
         try:
-            header = self.proc.stdout.read(4)
-            if len(header) < 4:
-                return None
-            (size,) = struct.unpack(">I", header)
-            body = self.proc.stdout.read(size)
-            return json.loads(body) if len(body) == size else None
+            data = self.control.recv(1 << 16)
+            return json.loads(data) if data else None
         except (OSError, ValueError):
             return None
-        finally:
-            timer.cancel()
 
-    def kill(self):
+    def close(self):
         try:
             os.killpg(self.proc.pid, 9)
         except OSError:
             pass
+        self.proc.wait()
+        self.control.close()
+        self.log.close()
+
+
+class _Worker:
+    """The candidate's and the tests' fork servers of one worker slot, with their cgroups."""
+
+    def __init__(self, index: int, level: str, config: SandboxConfig, name: str):
+        self.config = config
+        self.work_root = tempfile.mkdtemp(prefix=f"sandbox-worker{index}-") if level == "process" else ""
+        self.limits: dict[str, cgroups.Cgroups | None] = {}
+        self.zygotes: dict[str, _Zygote] = {}
+        try:
+            for side in isolation.SIDES:
+                self.limits[side] = (cgroups.Cgroups(f"{name}-{side}", config.memory_mb, config.max_processes)
+                                     if cgroups.available() else None)
+                self.zygotes[side] = _Zygote(level, side, index, self.limits[side], self.work_root)
+        except BaseException:
+            self.close()
+            raise
+
+    def execute(self, code: str, request: dict, timeout: float) -> tuple[dict, bool]:
+        """Run one execution; (reply, healthy). The worker is unhealthy when a fork server stopped
+        answering or the execution's processes could not all be killed: it is then replaced."""
+        start = time.monotonic()
+        deadline = start + timeout
+        limits = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
+                  "max_processes": self.config.max_processes, "tmp_mb": self.config.tmp_mb}
+        c_host, c_child = socket.socketpair()
+        t_host, t_child = socket.socketpair()
+        c_peer, t_peer = socket.socketpair()
+        outputs = {name: os.memfd_create(f"sandbox-{name}") for name in ("c_out", "c_err", "t_out", "t_err")}
+        try:
+            self.zygotes["candidate"].send({"op": "run", "limits": limits},
+                                           [c_child.fileno(), c_peer.fileno(), outputs["c_out"], outputs["c_err"]])
+            self.zygotes["tests"].send({"op": "run", "limits": limits},
+                                       [t_child.fileno(), t_peer.fileno(), outputs["t_out"], outputs["t_err"]])
+        finally:
+            for s in (c_child, t_child, c_peer, t_peer):
+                s.close()
+        reported, messages, timed_out, tampered = {}, [], False, False
+        try:
+            _send_before(c_host, {"code": code}, deadline)
+            _send_before(t_host, request, deadline)
+            reported, messages, timed_out, tampered = _read_reports(t_host, deadline)
+        except socket.timeout:
+            timed_out = True
+        except OSError:
+            pass  # a child died early: what it reported counts, and what it did not is missing
+        finally:
+            c_host.close()
+            t_host.close()
+        healthy, setup_failed = True, False
+        for side, zygote in self.zygotes.items():
+            zygote.send({"op": "kill"})
+        for side, zygote in self.zygotes.items():
+            answer = zygote.receive(timeout=10)
+            if answer is None or answer.get("error"):
+                healthy = False
+                messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}")
+            elif answer.get("status") == SETUP_FAILED:
+                healthy, setup_failed = False, True
+        for limit in self.limits.values():
+            if limit is not None and not limit.empty():
+                healthy = False
+        cap = self.config.max_output_chars
+        stdout = _read_capped(outputs["c_out"], cap) + _read_capped(outputs["t_out"], cap)
+        stderr = "".join(messages) + _read_capped(outputs["c_err"], cap) + _read_capped(outputs["t_err"], cap)
+        for fd in outputs.values():
+            os.close(fd)
+        reply = count_outcomes(request["expected"], reported, timed_out)
+        reply.update(stdout=_cap(stdout, cap), stderr=_cap(stderr, cap)[-cap:], tampered=tampered,
+                     duration_s=time.monotonic() - start, runner="fast" if request["fast"] else "pytest")
+        if setup_failed:
+            reply.update(status="error", stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
+        return reply, healthy
 
     def close(self):
+        for zygote in self.zygotes.values():
+            zygote.close()
+        for limit in self.limits.values():
+            if limit is not None:
+                limit.close()
+        if self.work_root:
+            import shutil
+            shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+def _send_before(sock, message: dict, deadline: float):
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    wire.send_frame(sock, message)
+
+
+def _read_reports(sock, deadline: float):
+    """Outcome lines from the tests' process until it says it is done, the deadline passes or it ends."""
+    reported, messages, tampered, size, buffer = {}, [], False, 0, b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return reported, messages, True, tampered
+        sock.settimeout(left)
         try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self.proc.wait()
-        try:
-            self.proc.stdout.close()
-        except OSError:
-            pass
+            chunk = sock.recv(1 << 16)
+        except socket.timeout:
+            return reported, messages, True, tampered
+        if not chunk:
+            return reported, messages, False, tampered
+        size += len(chunk)
+        lines = (buffer + chunk).split(b"\n")
+        buffer = lines.pop()
+        for line in lines:
+            try:
+                record = json.loads(line)
+                test, outcome, message = str(record["t"]), str(record["o"]), str(record.get("m", ""))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if test == DONE:
+                return reported, messages, False, tampered
+            if test == PROTOCOL:
+                tampered = True
+            elif outcome in OUTCOMES:
+                reported.setdefault(test, outcome)  # the first report of a test wins
+            if message and len(messages) < 1000:
+                messages.append(f"{test}: {message}\n")
+        if size > MAX_REPORT_BYTES:
+            return reported, messages, False, tampered
+
+
+def _read_capped(fd: int, limit: int) -> str:
+    data = os.pread(fd, limit + 1, 0)
+    text = data[:limit].decode("utf-8", "replace")
+    return text + ("\n[output truncated]" if len(data) > limit else "")
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit + 20 else text[:limit] + "\n[output truncated]"
+
+
+# ---------------------------------------------------------------- the pool
+_SERIALS = itertools.count()
 
 
 class Sandbox:
     """Runs code against tests in isolated, warm workers. Thread-safe; use as a context manager or
-    call `close()`. `isolation` says which isolation is in force."""
+    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates."""
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
@@ -197,12 +364,15 @@ class Sandbox:
         self._workers: list[_Worker | None] = [None] * self.num_workers
         self._lock = threading.Lock()
         self.workers_restarted = 0
+        self.cgroups = cgroups.available()
+        self._serial = next(_SERIALS)  # names this sandbox's cgroups apart from other sandboxes of the process
         # Workers are started from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG)
         # fires when the *thread* that started it exits, e.g. a finished run_matrix pool thread.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
         self.isolation = self._start_first_worker(level)
+        self.isolation_description = isolation.describe(self.isolation, self.cgroups)
         log = logger.warning if self.isolation == "process" else logger.info
-        log("sandbox isolation: %s", isolation.describe(self.isolation))
+        log("sandbox isolation: %s", self.isolation_description)
         for i in range(self.num_workers):
             self._idle.put(i)
 
@@ -211,29 +381,25 @@ class Sandbox:
         """Run `code` (as module `solution`) against the pytest source `tests`."""
         start = time.monotonic()
         timeout = timeout_s or self.config.timeout_s
-        payload = {
-            "code": code,
-            "tests": add_solution_import(tests),
-            "timeout_s": timeout,
-            "memory_mb": self.config.memory_mb,
-            "max_file_mb": self.config.max_file_mb,
-            "max_processes": self.config.max_processes,
-            "max_output": self.config.max_output_chars,
-        }
+        tests = add_solution_import(tests)
+        try:
+            expected, fast = analyse_tests(tests)
+        except (SyntaxError, ValueError) as e:
+            return ExecutionResult(status="error", runner="none", stderr=f"test source does not parse: {e}",
+                                   duration_s=time.monotonic() - start)
+        request = {"tests": tests, "expected": expected, "fast": fast}
         index = self._idle.get()
         try:
             worker = self._worker(index)
-            reply = worker.request(payload, timeout=timeout + 30)
-            if reply is None:  # the worker died (killed by the code) or hung: replace it
+            reply, healthy = worker.execute(code, request, timeout)
+            if not healthy:  # a fork server stopped answering or processes survived: start afresh
                 self._replace(index)
-                return ExecutionResult(status="error", duration_s=time.monotonic() - start,
-                                       stderr="the sandbox worker died during this execution")
         except Exception as e:  # never raise on bad code; an infrastructure failure is reported
             self._replace(index)
-            return ExecutionResult(status="error", stderr=f"sandbox failure: {e}")
+            return ExecutionResult(status="error", stderr=f"sandbox failure: {e}", duration_s=time.monotonic() - start)
         finally:
             self._idle.put(index)
-        return result_from_reply(reply)
+        return ExecutionResult(**reply)
 
     def validate_tests_against_solution(self, tests: list[str], reference_solution: str) -> list[bool]:
         """For each test source, whether all of its tests pass on the reference solution (validity)."""
@@ -271,16 +437,28 @@ class Sandbox:
 
     # ------------------------------------------------------------ workers
     def _start_first_worker(self, level: str) -> str:
-        """Start worker 0 now, so that a level the kernel refuses is found at once, not as an error on
-        every execution. Under "auto" a level that fails to start (bubblewrap installed but user
-        namespaces refused, as in some containers) gives way to the next one, with a warning; a level
-        asked for by name raises. Returns the level in force."""
+        """Start worker 0 now and run one execution on it, so that a level the kernel refuses is found at
+        once, not as an error on every execution. Under "auto" a level that fails (bubblewrap installed but
+        user namespaces refused, as in some containers) gives way to the next one, with a warning; a level
+        asked for by name raises. The "process" level as root needs `allow_unisolated`. Returns the level."""
         while True:
+            if level == "process" and os.geteuid() == 0 and not self.config.allow_unisolated:
+                self._spawner.shutdown(wait=False)
+                raise RuntimeError(
+                    "sandbox isolation 'process' would run untrusted code as root with full access to this "
+                    "machine's files, network and processes; install bubblewrap (apt-get install bubblewrap), "
+                    "or accept that with SandboxConfig(allow_unisolated=True) (--allow-unisolated)")
             self.isolation = level
             try:
-                self._worker(0)
+                worker = self._worker(0)
+                reply, _ = worker.execute("def f():\n    return 1\n", {"tests": "from solution import f\n\n"
+                                          "def test_f():\n    assert f() == 1\n", "expected": ["test_f"],
+                                          "fast": True}, timeout=30)
+                if reply["status"] != "passed":
+                    raise RuntimeError(f"a trivial execution did not pass: {reply['stderr'][-1000:]}")
                 return level
             except (RuntimeError, OSError) as e:
+                self._replace(0, count=False)
                 weaker = [lv for lv in isolation.available_levels()
                           if isolation.LEVELS.index(lv) > isolation.LEVELS.index(level)]
                 if self.config.isolation != "auto" or not weaker:
@@ -291,14 +469,15 @@ class Sandbox:
 
     def _worker(self, index: int) -> _Worker:
         if self._workers[index] is None:
-            self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config).result()
+            name = f"sandbox{self._serial}-worker{index}"
+            self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config, name).result()
         return self._workers[index]  # type: ignore[return-value]
 
-    def _replace(self, index: int):
+    def _replace(self, index: int, count: bool = True):
         worker = self._workers[index]
         if worker is not None:
-            worker.kill()
             worker.close()
         self._workers[index] = None
-        with self._lock:
-            self.workers_restarted += 1
+        if count:
+            with self._lock:
+                self.workers_restarted += 1

@@ -1,4 +1,6 @@
 """Sandbox correctness: counts, runners, matrix, validity, and every reference solution passing."""
+import os
+
 import pytest
 
 from data.problems import load_humaneval, validate_problem
@@ -136,7 +138,7 @@ def test_each_available_isolation_level_runs_tests(level):
         detect_level(level)
     except RuntimeError:
         pytest.skip(f"isolation {level} not available here")
-    with Sandbox(SandboxConfig(num_workers=1, isolation=level)) as sb:
+    with Sandbox(SandboxConfig(num_workers=1, isolation=level, allow_unisolated=True)) as sb:
         assert sb.isolation == level
         r = sb.execute_tests(ADD, "def test_a():\n    assert add(1, 2) == 3\n\ndef test_b():\n    assert add(1, 2) == 0\n")
     assert r.test_outcomes == {"test_a": "passed", "test_b": "failed"}
@@ -146,14 +148,21 @@ def test_auto_falls_back_when_the_strongest_level_cannot_start(monkeypatch):
     levels = isolation.available_levels()
     if len(levels) < 2:
         pytest.skip("only one isolation level available here")
-    real = isolation.worker_command
+    real = isolation.container_command
 
     def refused(level, *args):  # as in a container that refuses user namespaces: the worker dies at once
         return (["false"], {}) if level == levels[0] else real(level, *args)
 
-    monkeypatch.setattr(isolation, "worker_command", refused)
+    monkeypatch.setattr(isolation, "container_command", refused)
     with Sandbox(SandboxConfig(num_workers=1)) as sb:
         assert sb.isolation == levels[1]
         assert sb.execute_tests(ADD, "def test_a():\n    assert add(1, 2) == 3\n").all_passed
     with pytest.raises(RuntimeError, match=f"isolation {levels[0]!r} failed to start"):
         Sandbox(SandboxConfig(num_workers=1, isolation=levels[0]))
+
+
+def test_process_level_as_root_needs_the_explicit_flag():
+    if os.geteuid() != 0:
+        pytest.skip("only refused as root")
+    with pytest.raises(RuntimeError, match="allow_unisolated=True"):
+        Sandbox(SandboxConfig(num_workers=1, isolation="process"))

@@ -1,0 +1,212 @@
+"""The candidate's side of an execution: a process that holds nothing that decides or reports an outcome.
+
+It loads the code as module `solution` from its own private folder and answers the tests' process over a
+socket: which names the module exports, attribute reads and writes, calls, and operators on its objects.
+Values go back as plain data (`wire.py`); any other object stays here and goes back as a handle, a number
+that names it in `Server.objects`. After a call, arguments the code changed in place go back too.
+
+Whatever runs here can only compute: it never sees a test, an expected value (beyond what a test passes as
+an argument) or the verdict, and its answers are plain values the tests compare themselves. What the tests
+may not learn about the code is refused here, where the reference solution runs too: dunder attributes
+(`__code__`, `__doc__`, `__globals__`, ...) are not read, so a test sees behaviour, not source.
+"""
+import importlib
+import operator
+import sys
+import traceback
+import types
+
+import wire
+
+MAX_TEXT = 2000  # characters of an exception message sent back
+
+OPERATORS = {
+    "len": len, "iter": iter, "next": next, "bool": bool, "str": str, "repr": repr, "int": int, "float": float,
+    "index": operator.index, "hash": hash, "contains": operator.contains, "getitem": operator.getitem,
+    "setitem": operator.setitem, "delitem": operator.delitem, "isinstance": isinstance, "issubclass": issubclass,
+    **{name: getattr(operator, name) for name in (
+        "eq", "ne", "lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+        "neg", "pos", "abs", "invert", "and_", "or_", "xor", "lshift", "rshift")},
+}
+PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)
+MUTABLE_TAGS = ("l", "t", "s", "d", "a")  # encodings that may hold something a call changes in place
+
+
+def describe_exception(exc: BaseException, encode) -> dict:
+    """An exception as data: its classes up to the first built-in one, its args when plain, its text."""
+    chain, base = [], "Exception"
+    for cls in type(exc).__mro__ if isinstance(exc, BaseException) else ():
+        if cls.__module__ == "builtins":
+            base = cls.__name__
+            break
+        chain.append([str(cls.__module__), str(cls.__qualname__)])
+    try:
+        args = encode(tuple(exc.args))
+    except BaseException:
+        args = None
+    try:
+        text = str(exc)[:MAX_TEXT]
+    except BaseException:
+        text = type(exc).__name__
+    return {"chain": chain, "base": base, "args": args, "text": text}
+
+
+def exception_class_info(cls: type) -> dict:
+    chain, base = [], "Exception"
+    for k in cls.__mro__:
+        if k.__module__ == "builtins":
+            base = k.__name__
+            break
+        chain.append([str(k.__module__), str(k.__qualname__)])
+    return {"chain": chain, "base": base}
+
+
+class Server:
+    def __init__(self, module, error):
+        self.module, self.error = module, error
+        self.objects = {0: module}  # handle -> object; 0 is the module
+
+    # ------------------------------------------------------------ values
+    def encode(self, value):
+        return wire.encode(value, self._other)
+
+    def _other(self, value):
+        """Subclasses of plain types cross as the plain type (a namedtuple as a tuple, an IntEnum as an int,
+        a Counter as a dict), NumPy scalars as Python numbers; anything else as a handle."""
+        for base in PLAIN_BASES:
+            if isinstance(value, base):
+                return self.encode(base(value))
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            return self.encode(value.item())
+        handle = len(self.objects)
+        self.objects[handle] = value
+        if isinstance(value, type) and issubclass(value, BaseException):
+            return ["h", handle, "x", exception_class_info(value)]
+        if isinstance(value, type):
+            return ["h", handle, "c", str(value.__qualname__)]
+        if isinstance(value, types.ModuleType):
+            return ["h", handle, "m", str(value.__name__)]
+        return ["h", handle, "f" if callable(value) else "o", type(value).__name__]
+
+    def decode(self, data):
+        return wire.decode(data, lambda h: self.objects[h[1]])
+
+    # ------------------------------------------------------------ requests
+    def answer(self, request) -> list:
+        op = request[0]
+        if op == "import":
+            if self.error is not None:
+                return ["raise", describe_exception(self.error, self.encode)]
+            return ["ok", None, self.exports(request[1])]
+        try:
+            if op == "getattr":
+                result = getattr(self.objects[request[1]], self._name(request[2]))
+            elif op == "setattr":
+                setattr(self.objects[request[1]], self._name(request[2]), self.decode(request[3]))
+                result = None
+            elif op == "delattr":
+                delattr(self.objects[request[1]], self._name(request[2]))
+                result = None
+            elif op == "call":
+                args = [self.decode(a) for a in request[2]]
+                kwargs = {k: self.decode(v) for k, v in request[3]}
+                result = self.objects[request[1]](*args, **kwargs)
+                changed = self.changed(request[2], args) + self.changed_kw(request[3], kwargs)
+                return self.reply(result, changed)
+            elif op == "op":
+                result = OPERATORS[request[1]](*[self.decode(a) for a in request[2]])
+            else:
+                return ["fail", f"unknown request {op!r}"]
+        except BaseException as e:  # the code's exception, SystemExit and KeyboardInterrupt included
+            return ["raise", describe_exception(e, self.encode)]
+        return self.reply(result)
+
+    def reply(self, result, changed=None) -> list:
+        try:
+            return ["ok", self.encode(result)] + ([changed] if changed is not None else [])
+        except BaseException as e:
+            return ["fail", f"the value could not cross the sandbox boundary ({type(e).__name__})"]
+
+    def changed(self, sent, args) -> list:
+        """[index, new value] for each argument the call changed in place."""
+        out = []
+        for i, (raw, arg) in enumerate(zip(sent, args)):
+            if type(raw) is list and raw[0] in MUTABLE_TAGS:
+                now = self.encode(arg)
+                if now != raw:
+                    out.append([i, now])
+        return out
+
+    def changed_kw(self, sent, kwargs) -> list:
+        out = []
+        for key, raw in sent:
+            if type(raw) is list and raw[0] in MUTABLE_TAGS:
+                now = self.encode(kwargs[key])
+                if now != raw:
+                    out.append([key, now])
+        return out
+
+    def exports(self, names) -> list:
+        """[name, value] for each of `names` that `from solution import *` would bind."""
+        namespace = vars(self.module)
+        public = namespace.get("__all__")
+        if not (isinstance(public, (list, tuple)) and all(isinstance(n, str) for n in public)):
+            public = [n for n in namespace if not n.startswith("_")]
+        public = set(public)
+        out = []
+        for name in names:
+            if type(name) is str and name in public and name in namespace:
+                try:
+                    out.append([name, self.encode(namespace[name])])
+                except BaseException:
+                    pass  # a value that cannot cross is simply not exported
+        return out
+
+    @staticmethod
+    def _name(name) -> str:
+        if type(name) is not str or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"{name!r} is not readable across the sandbox boundary")
+        return name
+
+    def serve(self, sock):
+        while True:
+            try:
+                request = wire.recv_frame(sock)
+            except (OSError, ValueError):
+                return
+            if request is None:
+                return
+            if type(request) is not list or not request:
+                reply = ["fail", "malformed request"]
+            else:
+                try:
+                    reply = self.answer(request)
+                except BaseException as e:  # a malformed request: wrong types, unknown handle
+                    reply = ["fail", f"malformed request ({type(e).__name__})"]
+            for stream in (sys.stdout, sys.stderr):  # output reaches the host even if we are killed next
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            try:
+                wire.send_frame(sock, reply)
+            except (OSError, ValueError, TypeError, RecursionError):
+                try:
+                    wire.send_frame(sock, ["fail", "the reply could not be sent"])
+                except (OSError, ValueError):
+                    return
+
+
+def main(host, peer, limits):
+    request = wire.recv_frame(host)
+    host.close()
+    with open("solution.py", "w") as f:
+        f.write(request["code"])
+    sys.argv = ["solution.py"]
+    module, error = None, None
+    try:
+        module = importlib.import_module("solution")
+    except BaseException as e:  # SystemExit too: the import failed
+        error = e
+        traceback.print_exc()
+    Server(module, error).serve(peer)
