@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 PASSED = "passed"
 OUTCOMES = ("passed", "failed", "error", "skipped")
 DONE, PROTOCOL = "__done__", "__protocol__"  # runner.py's last line, and its report of a protocol breach
-SETUP_FAILED = 70  # zygote.py's exit status for a child whose isolation could not be set up
+SETUP_FAILED = "sandbox: isolation failed"  # how zygote.py's child reports that on its stderr
 MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the rest counts as missing)
 
 
@@ -178,12 +178,11 @@ def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: boo
 class _Zygote:
     """One fork server in its container, and its control socket."""
 
-    def __init__(self, level: str, side: str, index: int, limits: cgroups.Cgroups | None, work_root: str):
+    def __init__(self, level: str, side: str, index: int, work_root: str):
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fds = limits.fds if limits else []
-        argv, env = isolation.container_command(level, side, index, theirs.fileno(), fds, work_root)
+        argv, env = isolation.container_command(level, side, index, theirs.fileno(), work_root)
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, env=env, pass_fds=[theirs.fileno(), *fds], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, env=env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
         theirs.close()
         hello = self.receive(timeout=60)
@@ -215,38 +214,48 @@ class _Zygote:
 
 
 class _Worker:
-    """The candidate's and the tests' fork servers of one worker slot, with their cgroups."""
+    """The candidate's and the tests' fork servers of one worker slot, with their cgroups: two pairs per side,
+    used in turn, so that an execution starts while the last one's processes are still being torn down
+    (killed, but the kernel's clean-up of their namespaces takes milliseconds) without sharing its limits."""
 
     def __init__(self, index: int, level: str, config: SandboxConfig, name: str):
         self.config = config
         self.work_root = tempfile.mkdtemp(prefix=f"sandbox-worker{index}-") if level == "process" else ""
-        self.limits: dict[str, cgroups.Cgroups | None] = {}
+        self.limits: dict[str, list[cgroups.Cgroups]] = {side: [] for side in isolation.SIDES}
         self.zygotes: dict[str, _Zygote] = {}
+        self.executions = 0
         try:
             for side in isolation.SIDES:
-                self.limits[side] = (cgroups.Cgroups(f"{name}-{side}", config.memory_mb, config.max_processes)
-                                     if cgroups.available() else None)
-                self.zygotes[side] = _Zygote(level, side, index, self.limits[side], self.work_root)
+                if cgroups.available():
+                    self.limits[side] = [cgroups.Cgroups(f"{name}-{side}{turn}", config.memory_mb,
+                                                         config.max_processes) for turn in (0, 1)]
+                self.zygotes[side] = _Zygote(level, side, index, self.work_root)
         except BaseException:
             self.close()
             raise
 
     def execute(self, code: str, request: dict, timeout: float) -> tuple[dict, bool]:
         """Run one execution; (reply, healthy). The worker is unhealthy when a fork server stopped
-        answering or the execution's processes could not all be killed: it is then replaced."""
+        answering, an execution's isolation could not be set up, or processes of an earlier execution
+        could not be killed: it is then replaced."""
         start = time.monotonic()
         deadline = start + timeout
-        limits = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
-                  "max_processes": self.config.max_processes, "tmp_mb": self.config.tmp_mb}
+        turn, self.executions = self.executions % 2, self.executions + 1
+        limits = {side: pair[turn] for side, pair in self.limits.items() if pair}
+        if not all(limit.empty() for limit in limits.values()):  # the execution before last left something
+            return dict(count_outcomes(request["expected"], {}, False), status="error",
+                        stderr="sandbox: processes of an earlier execution could not be killed"), False
+        settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
+                    "max_processes": self.config.max_processes, "tmp_mb": self.config.tmp_mb}
         c_host, c_child = socket.socketpair()
         t_host, t_child = socket.socketpair()
         c_peer, t_peer = socket.socketpair()
         outputs = {name: os.memfd_create(f"sandbox-{name}") for name in ("c_out", "c_err", "t_out", "t_err")}
         try:
-            self.zygotes["candidate"].send({"op": "run", "limits": limits},
-                                           [c_child.fileno(), c_peer.fileno(), outputs["c_out"], outputs["c_err"]])
-            self.zygotes["tests"].send({"op": "run", "limits": limits},
-                                       [t_child.fileno(), t_peer.fileno(), outputs["t_out"], outputs["t_err"]])
+            for side, fds in (("candidate", [c_child, c_peer, outputs["c_out"], outputs["c_err"]]),
+                              ("tests", [t_child, t_peer, outputs["t_out"], outputs["t_err"]])):
+                fds = [f if isinstance(f, int) else f.fileno() for f in fds]
+                self.zygotes[side].send({"op": "run", "limits": settings}, fds + (limits[side].fds if side in limits else []))
         finally:
             for s in (c_child, t_child, c_peer, t_peer):
                 s.close()
@@ -262,36 +271,33 @@ class _Worker:
         finally:
             c_host.close()
             t_host.close()
-        healthy, setup_failed = True, False
-        for side, zygote in self.zygotes.items():
+        healthy = True
+        for zygote in self.zygotes.values():
             zygote.send({"op": "kill"})
         for side, zygote in self.zygotes.items():
             answer = zygote.receive(timeout=10)
             if answer is None or answer.get("error"):
                 healthy = False
-                messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}")
-            elif answer.get("status") == SETUP_FAILED:
-                healthy, setup_failed = False, True
-        for limit in self.limits.values():
-            if limit is not None and not limit.empty():
-                healthy = False
+                messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}\n")
         cap = self.config.max_output_chars
+        errors = [_read_capped(outputs[name], cap) for name in ("c_err", "t_err")]
         stdout = _read_capped(outputs["c_out"], cap) + _read_capped(outputs["t_out"], cap)
-        stderr = "".join(messages) + _read_capped(outputs["c_err"], cap) + _read_capped(outputs["t_err"], cap)
+        stderr = "".join(messages) + "".join(errors)
         for fd in outputs.values():
             os.close(fd)
         reply = count_outcomes(request["expected"], reported, timed_out)
-        reply.update(stdout=_cap(stdout, cap), stderr=_cap(stderr, cap)[-cap:], tampered=tampered,
+        reply.update(stdout=_cap(stdout, cap), stderr=_cap(stderr, cap), tampered=tampered,
                      duration_s=time.monotonic() - start, runner="fast" if request["fast"] else "pytest")
-        if setup_failed:
+        if any(e.startswith(SETUP_FAILED) for e in errors):
+            healthy = False
             reply.update(status="error", stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
         return reply, healthy
 
     def close(self):
         for zygote in self.zygotes.values():
             zygote.close()
-        for limit in self.limits.values():
-            if limit is not None:
+        for pair in self.limits.values():
+            for limit in pair:
                 limit.close()
         if self.work_root:
             import shutil

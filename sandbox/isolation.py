@@ -203,11 +203,10 @@ def _required(requirement: str) -> str | None:
 
 
 # ---------------------------------------------------------------- commands
-def container_command(level: str, side: str, index: int, control_fd: int, cgroup_fds: list[int],
+def container_command(level: str, side: str, index: int, control_fd: int,
                       work_root: str = "") -> tuple[list[str], dict[str, str]]:
     """argv and environment that start the fork server of `side` for worker `index` at `level`."""
-    env = dict(ENV, SANDBOX_ROLE=side, SANDBOX_CONTROL_FD=str(control_fd),
-               SANDBOX_CGROUP_FDS=",".join(map(str, cgroup_fds)))
+    env = dict(ENV, SANDBOX_ROLE=side, SANDBOX_CONTROL_FD=str(control_fd))
     if side == "candidate":
         env["SANDBOX_PRELOAD"] = ",".join(PRELOAD)
     if level == "process":

@@ -77,11 +77,11 @@ def cases(func):
     return out
 
 
-def run_fast(reporter, expected, source):
+def run_fast(reporter, expected, tree):
     skip_types = (pytest.skip.Exception, pytest.xfail.Exception)
     namespace = {"__name__": "test_solution", "__file__": os.path.abspath(TESTS)}
     try:
-        exec(compile(source, os.path.abspath(TESTS), "exec"), namespace)
+        exec(compile(tree, os.path.abspath(TESTS), "exec"), namespace)
     except BaseException:
         message = "collection error: " + traceback.format_exc(limit=-3)
         for name in expected:
@@ -142,10 +142,11 @@ def main(host, peer, limits):
     with open(TESTS, "w") as f:
         f.write(source)
     sys.argv = ["pytest"]
-    channel = remote.install(peer, remote.star_names(ast.parse(source)))
+    tree = ast.parse(source)
+    channel = remote.install(peer, remote.star_names(tree))
     reporter = Reporter(host)
     if request["fast"]:
-        run_fast(reporter, request["expected"], source)
+        run_fast(reporter, request["expected"], tree)
     else:
         run_pytest(reporter, request["expected"])
     if channel.violated:

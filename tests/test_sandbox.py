@@ -1,11 +1,13 @@
-"""Sandbox correctness: counts, runners, matrix, validity, and every reference solution passing."""
+"""Sandbox correctness: counts, runners, matrix, validity, every reference solution passing, and what the tests
+can do with the candidate's module across the boundary between their processes."""
 import os
+import time
 
 import pytest
 
 from data.problems import load_humaneval, validate_problem
 from sandbox import Sandbox, SandboxConfig, isolation
-from sandbox.executor import add_solution_import
+from sandbox.executor import ExecutionResult, add_solution_import, count_outcomes
 from sandbox.isolation import LEVELS, detect_level
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -81,6 +83,136 @@ def test_pytest_fallback_for_fixtures_and_classes(sandbox):
     r = sandbox.execute_tests(ADD, tests)
     assert r.runner == "pytest"
     assert r.test_outcomes == {"test_fixture": "passed", "TestAdd::test_zero": "passed", "TestAdd::test_bad": "failed"}
+
+
+def test_generator_tests_and_colliding_case_ids_do_not_pass(sandbox):
+    tests = (
+        "import pytest\n\n"
+        "def test_gen():\n    yield\n    assert False\n\n"
+        "@pytest.mark.parametrize('x', ['1', 1])\n"  # both cases are named test_same[1]
+        "def test_same(x):\n    assert add(x, 1) == 2\n"
+    )
+    r = sandbox.execute_tests(ADD, tests)
+    assert r.runner == "fast"
+    assert r.total == 3 and r.passed == 1, r.test_outcomes
+    assert r.test_outcomes["test_gen"] == "failed" and not r.passed_test("test_same")
+
+
+def test_many_tests_are_counted_in_linear_time(sandbox):
+    tests = "".join(f"def test_{i}():\n    assert add({i}, 1) == {i + 1}\n" for i in range(3000))
+    r = sandbox.execute_tests(ADD, tests, timeout_s=30)
+    assert r.all_passed and r.total == 3000
+    assert all(r.passed_test(f"test_{i}") for i in range(3000))
+
+
+def test_counting_is_linear_in_the_number_of_tests():
+    n = 50_000  # quadratic counting would take minutes here
+    expected = [f"test_{i}" for i in range(n)]
+    reported = {f"test_{i}[{c}]": "passed" for i in range(n) for c in "ab"}
+    start = time.perf_counter()
+    result = ExecutionResult(**count_outcomes(expected, reported, timed_out=False))
+    assert result.total == 2 * n and all(result.passed_test(name) for name in expected)
+    assert time.perf_counter() - start < 5
+
+
+BOUNDARY_CODE = """
+from collections import namedtuple
+Point = namedtuple("Point", "x y")
+LIMIT = 10
+
+class EmptyError(ValueError):
+    pass
+
+class Stack:
+    def __init__(self):
+        self.items = []
+    def push(self, x):
+        self.items.append(x)
+    def pop(self):
+        if not self.items:
+            raise EmptyError("empty stack")
+        return self.items.pop()
+    def __len__(self):
+        return len(self.items)
+
+def helper(x):
+    return 2 * x
+
+def sort_in_place(xs, table=None):
+    xs.sort()
+    if table is not None:
+        table["sorted"] = True
+
+def squares(n):
+    for i in range(n):
+        yield i * i
+
+def point():
+    return Point(1, 2)
+
+def apply(f, x):
+    return f(x)
+
+def big():
+    return 10 ** 5000
+"""
+
+
+def test_the_candidates_module_across_the_boundary(sandbox):
+    tests = """
+import pytest
+import solution
+from solution import *
+
+def test_helpers_and_constants():
+    assert helper(3) == 6 and LIMIT == 10 and solution.LIMIT == 10
+
+def test_classes_and_methods():
+    s = Stack()
+    s.push(1)
+    s.push(2)
+    assert len(s) == 2 and s.pop() == 2 and s.items == [1]
+    assert isinstance(s, Stack) and not isinstance(3, Stack)
+
+def test_exceptions_keep_their_types():
+    with pytest.raises(EmptyError, match="empty stack"):
+        Stack().pop()
+    with pytest.raises(ValueError):
+        Stack().pop()
+    with pytest.raises(TypeError):
+        helper()
+
+def test_in_place_changes_come_back():
+    xs, table = [3, 1, 2], {}
+    inner = [[2], [1]]
+    sort_in_place(xs, table=table)
+    sort_in_place(inner)
+    assert xs == [1, 2, 3] and table == {"sorted": True} and inner == [[1], [2]]
+
+def test_generators_and_plain_subclasses():
+    assert list(squares(4)) == [0, 1, 4, 9] and sum(squares(3)) == 5
+    assert point() == (1, 2) and big() == 10 ** 5000
+
+def test_only_plain_values_go_over():
+    with pytest.raises(TypeError, match="plain values"):
+        apply(lambda x: x, 1)
+
+def test_the_code_itself_is_not_readable():
+    assert getattr(solution.helper, "__code__", None) is None
+    assert getattr(solution, "__file__", None) is None
+    with pytest.raises(AttributeError):
+        solution.helper._private
+"""
+    r = sandbox.execute_tests(BOUNDARY_CODE, tests)
+    assert r.all_passed, (r.test_outcomes, r.stderr)
+
+
+def test_a_crash_of_the_candidate_is_not_an_exception_a_test_expects(sandbox):
+    code = "import os\ndef f():\n    os._exit(0)\n"
+    tests = "import pytest\n\ndef test_a():\n    with pytest.raises(Exception):\n        f()\n"
+    r = sandbox.execute_tests(code, tests)
+    assert r.test_outcomes == {"test_a": "failed"}
+    assert "ended" in r.stderr
 
 
 def test_output_is_captured_and_capped():
