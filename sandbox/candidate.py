@@ -10,8 +10,9 @@ an argument) or the verdict, and its answers are plain values the tests compare 
 may not learn about the code is refused here, where the reference solution runs too: dunder attributes
 (`__code__`, `__doc__`, `__globals__`, ...) are not read, so a test sees behaviour, not source.
 """
-import importlib
+import linecache
 import operator
+import os
 import sys
 import traceback
 import types
@@ -169,9 +170,10 @@ class Server:
         return name
 
     def serve(self, sock):
+        reader = wire.FrameReader(sock)
         while True:
             try:
-                request = wire.recv_frame(sock)
+                request = reader.read()
             except (OSError, ValueError):
                 return
             if request is None:
@@ -198,15 +200,19 @@ class Server:
 
 
 def main(host, peer, limits):
-    request = wire.recv_frame(host)
+    request = wire.FrameReader(host).read()
     host.close()
-    with open("solution.py", "w") as f:
-        f.write(request["code"])
+    code = request["code"]
     sys.argv = ["solution.py"]
-    module, error = None, None
+    module, error = types.ModuleType("solution"), None
+    module.__file__ = os.path.abspath("solution.py")
+    sys.modules["solution"] = module
+    # tracebacks and `inspect` find the source here; no file is written (that alone cost ~0.5 ms, measured)
+    linecache.cache[module.__file__] = (len(code), None, code.splitlines(True), module.__file__)
     try:
-        module = importlib.import_module("solution")
+        exec(compile(code, module.__file__, "exec"), vars(module))
     except BaseException as e:  # SystemExit too: the import failed
         error = e
+        sys.modules.pop("solution", None)
         traceback.print_exc()
     Server(module, error).serve(peer)

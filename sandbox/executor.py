@@ -178,9 +178,9 @@ def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: boo
 class _Zygote:
     """One fork server in its container, and its control socket."""
 
-    def __init__(self, level: str, side: str, index: int, work_root: str):
+    def __init__(self, level: str, side: str, index: int, tmp_mb: int, work_root: str):
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv, env = isolation.container_command(level, side, index, theirs.fileno(), work_root)
+        argv, env = isolation.container_command(level, side, index, theirs.fileno(), tmp_mb, work_root)
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, env=env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
@@ -229,7 +229,7 @@ class _Worker:
                 if cgroups.available():
                     self.limits[side] = [cgroups.Cgroups(f"{name}-{side}{turn}", config.memory_mb,
                                                          config.max_processes) for turn in (0, 1)]
-                self.zygotes[side] = _Zygote(level, side, index, self.work_root)
+                self.zygotes[side] = _Zygote(level, side, index, config.tmp_mb, self.work_root)
         except BaseException:
             self.close()
             raise
@@ -246,7 +246,7 @@ class _Worker:
             return dict(count_outcomes(request["expected"], {}, False), status="error",
                         stderr="sandbox: processes of an earlier execution could not be killed"), False
         settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
-                    "max_processes": self.config.max_processes, "tmp_mb": self.config.tmp_mb}
+                    "max_processes": self.config.max_processes}
         c_host, c_child = socket.socketpair()
         t_host, t_child = socket.socketpair()
         c_peer, t_peer = socket.socketpair()

@@ -203,10 +203,10 @@ def _required(requirement: str) -> str | None:
 
 
 # ---------------------------------------------------------------- commands
-def container_command(level: str, side: str, index: int, control_fd: int,
+def container_command(level: str, side: str, index: int, control_fd: int, tmp_mb: int = 64,
                       work_root: str = "") -> tuple[list[str], dict[str, str]]:
     """argv and environment that start the fork server of `side` for worker `index` at `level`."""
-    env = dict(ENV, SANDBOX_ROLE=side, SANDBOX_CONTROL_FD=str(control_fd))
+    env = dict(ENV, SANDBOX_ROLE=side, SANDBOX_CONTROL_FD=str(control_fd), SANDBOX_TMP_MB=str(tmp_mb))
     if side == "candidate":
         env["SANDBOX_PRELOAD"] = ",".join(PRELOAD)
     if level == "process":

@@ -35,6 +35,7 @@ class Channel:
 
     def __init__(self, sock):
         self.sock = sock
+        self.reader = wire.FrameReader(sock)
         self.lock = threading.Lock()
         self.broken = ""  # why the channel can no longer be used
         self.violated = False  # the candidate's side answered out of protocol
@@ -46,9 +47,14 @@ class Channel:
                 raise BoundaryError(self.broken)
             try:
                 wire.send_frame(self.sock, message)
-                reply = wire.recv_frame(self.sock)
-            except (OSError, ValueError) as e:
-                reply = None if isinstance(e, OSError) else self._violation(f"unreadable reply ({e})")
+                reply = self.reader.read()
+            except wire.FrameTooLarge as e:
+                self.broken = str(e)
+                raise BoundaryError(self.broken) from None
+            except ValueError as e:
+                raise self._violation(f"unreadable reply ({e})") from None
+            except OSError:
+                reply = None
             if reply is None:
                 self.broken = "the candidate's process ended"
                 raise BoundaryError(self.broken)
@@ -252,6 +258,9 @@ for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
 
 
 # ---------------------------------------------------------------- `import solution`
+BUILTINS = frozenset(dir(builtins))
+
+
 def star_names(tree: ast.AST) -> list[str]:
     """Names `from solution import *` may bind for this test source: used, not defined by the source
     itself, not a builtin, not a test."""
@@ -269,7 +278,7 @@ def star_names(tree: ast.AST) -> list[str]:
             bound.add(node.name)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             bound.update(node.names)
-    names = used - bound - set(dir(builtins))
+    names = used - bound - BUILTINS
     return sorted(n for n in names if not n.lower().startswith("test"))
 
 

@@ -1,4 +1,5 @@
-"""What crosses a sandbox boundary: length-prefixed JSON frames, and plain values in a tagged encoding.
+"""What crosses a sandbox boundary: length-prefixed JSON frames (4-byte big-endian length, then UTF-8 JSON),
+and plain values in a tagged encoding.
 
 Plain values are None, bool, int, float, str and bytes, bytearray and complex, and lists, tuples, dicts, sets
 and frozensets of them. JSON carries None, booleans, numbers and strings as themselves; every other value is
@@ -29,29 +30,31 @@ def send_frame(sock, obj) -> None:
     sock.sendall(struct.pack(">I", len(data)) + data)
 
 
-def recv_frame(sock, limit: int = MAX_FRAME):
-    """The next frame's object; None at end of stream. ValueError on a frame that is too large or not JSON."""
-    header = _recv_exact(sock, 4)
-    if header is None:
-        return None
-    (size,) = struct.unpack(">I", header)
-    if size > limit:
-        raise ValueError(f"frame of {size} bytes exceeds the limit of {limit}")
-    body = _recv_exact(sock, size)
-    if body is None:
-        return None
-    return json.loads(body)
+class FrameTooLarge(ValueError):
+    pass
 
 
-def _recv_exact(sock, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+class FrameReader:
+    """Frames from a socket, read in large chunks (one system call for most frames)."""
+
+    def __init__(self, sock, limit: int = MAX_FRAME):
+        self.sock, self.limit, self.buffer = sock, limit, bytearray()
+
+    def read(self):
+        """The next frame's object; None at end of stream. ValueError on a frame too large or not JSON."""
+        while True:
+            if len(self.buffer) >= 4:
+                (size,) = struct.unpack_from(">I", self.buffer)
+                if size > self.limit:
+                    raise FrameTooLarge(f"a value of {size} bytes exceeds the limit of {self.limit}")
+                if len(self.buffer) >= 4 + size:
+                    body = bytes(self.buffer[4:4 + size])
+                    del self.buffer[:4 + size]
+                    return json.loads(body)
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            self.buffer += chunk
 
 
 # ---------------------------------------------------------------- values

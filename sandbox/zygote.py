@@ -1,20 +1,23 @@
 """Fork server inside the isolation: one per side (the candidate's code, the tests) of each sandbox worker.
 
 Started by `sandbox.executor` inside the container `sandbox/isolation.py` builds, with the side's code
-(`candidate.py` or `runner.py`) imported and nothing else. It never sees a request: on its control socket
-it receives only limits and file descriptors ("run"), forks one child per execution, and kills it when told
-("kill"). Code, tests, outcomes and output travel on sockets and memory files that only the child and the
-host hold, so no process that has seen an earlier request is the parent of a new execution.
+(`candidate.py` or `runner.py`) imported and nothing else. It never sees a request. It keeps one spare child
+forked and isolated ahead of time; on its control socket it receives only limits and file descriptors
+("run"), hands them to the spare, which becomes the execution, and kills it when told ("kill"; it answers
+at once and reaps the child later, while the kernel tears its namespaces down). Code, tests, outcomes and
+output travel on sockets and memory files that only the child and the host hold, so no process that has
+seen an earlier request is the parent of a new execution.
 
 Each child, before any untrusted byte arrives (where the level has namespaces):
 - is pid 1 of a new pid namespace (killing it ends every process the execution started, setsid() ones too),
   with a fresh /proc;
 - has a new mount namespace with a fresh, size-capped tmpfs on /tmp (its working folder) and /dev/shm,
   and a new IPC namespace (no SysV shared memory or semaphores survive it);
-- joins the side's memory and pids cgroups (where the host made them), so the limits bound the whole
-  execution; sets rlimits (address space, CPU time, file size, core dumps; process count without cgroups);
 - drops every capability (bounding and ambient sets too) and sets no_new_privs;
-- keeps only its sockets (host, peer) and its stdout/stderr memory files.
+- once its execution comes: joins the memory and pids cgroups the host passed with "run" (where it has
+  them), so the limits bound everything the execution starts; sets rlimits (address space, CPU time, file
+  size, core dumps; process count without cgroups); keeps only its sockets (host, peer) and its
+  stdout/stderr memory files.
 """
 import ctypes
 import fcntl
@@ -32,16 +35,28 @@ MODULE = {"candidate": "candidate", "tests": "runner"}.get(ROLE, "")  # what the
 NAMESPACED = os.environ.get("SANDBOX_NAMESPACED") == "1"
 CONTROL_FD = int(os.environ.get("SANDBOX_CONTROL_FD", "3"))
 WORK_ROOT = os.environ.get("SANDBOX_WORK_ROOT", "")  # process level: where each execution's folder goes
+TMP_MB = int(os.environ.get("SANDBOX_TMP_MB", "64"))  # size of each execution's tmpfs
 HOST_FD, PEER_FD = 3, 4  # the child's sockets, after it has closed everything else
 SETUP_FAILED = "sandbox: isolation failed"  # how a child whose isolation could not be set up begins its stderr
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 4, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _last_cap():
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 63
+
+
+LAST_CAP = _last_cap()
 
 
 def _check(result, what):
@@ -56,42 +71,59 @@ def _mount(source, target, fstype, flags, data=None):
 
 
 # ---------------------------------------------------------------- the child: isolation, then the side's code
-def isolate(limits, cgroup_fds):
-    """Everything that needs privileges (in our own user namespace) or must precede untrusted code."""
+def prepare():
+    """What needs privileges (in our own user namespace) and no request: done before one arrives."""
     os.setsid()
-    vm = _vm_size()  # before /proc is replaced
     if NAMESPACED:
+        # the container's mounts are private (bubblewrap's; `unshare --propagation private`): ours stay ours
         _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        tmp = f"size={limits['tmp_mb']}m,mode=700"
+        tmp = f"size={TMP_MB}m,mode=700"
         _mount("sandbox-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
         _mount("sandbox-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
         try:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         except OSError:  # the kernel refuses a new proc here: show none rather than the container's
             libc.umount2(b"/proc", MNT_DETACH)
-    for fd in cgroup_fds:
-        os.write(fd, b"0")  # "0": this process; its children follow it
-    _limit(resource.RLIMIT_AS, vm + (limits["memory_mb"] << 20))
-    _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
-    _limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
-    _limit(resource.RLIMIT_CORE, 0)
-    if not cgroup_fds:  # without a pids cgroup: per uid (a uid of its own when the host is root)
-        _limit(resource.RLIMIT_NPROC, limits["max_processes"])
-    if NAMESPACED:
-        for cap in range(64):
-            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: ignored
+        for cap in range(LAST_CAP + 1):
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop from the bounding set")
         _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
         _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
-def child_main(limits, fds, workdir):
-    """Runs in the forked child; never returns."""
+def confine(limits, cgroup_fds):
+    """The execution's limits. Joining a cgroup needs no capability: the host opened the file as root."""
+    for fd in cgroup_fds:
+        os.write(fd, b"0")  # "0": this process; its children follow it
+    _limit(resource.RLIMIT_AS, _vm_size() + (limits["memory_mb"] << 20))
+    _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
+    _limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
+    _limit(resource.RLIMIT_CORE, 0)
+    if not cgroup_fds:  # without a pids cgroup: per uid (a uid of its own when the host is root)
+        _limit(resource.RLIMIT_NPROC, limits["max_processes"])
+
+
+def spare_main(sock, workdir):
+    """The forked child: isolates itself, waits for its execution ("run"), then runs the side's code.
+    Never returns."""
+    try:
+        prepare()
+        problem = None
+    except BaseException:
+        problem = traceback.format_exc()
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+    except OSError:
+        os._exit(0)
+    if not msg:  # the fork server has gone
+        os._exit(0)
+    limits = json.loads(msg)
     host, peer, out, err, *cgroup_fds = fds
     try:
-        isolate(limits, cgroup_fds)
+        if problem:
+            raise RuntimeError(problem)
+        confine(limits, cgroup_fds)
         devnull = os.open(os.devnull, os.O_RDONLY)
         # move out of the way first: a received descriptor may already sit on one of the target numbers
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (devnull, out, err, host, peer)]
@@ -136,20 +168,25 @@ CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Server:
+    """Forks a spare child as soon as the last one is taken, so that the fork and the isolation of an
+    execution happen before its request arrives, while the host is busy with other things."""
+
     def __init__(self, control):
         self.control = control
+        self.spare = None  # (pid, socket, folder) of the child that waits for the next execution
         self.child = None  # the running execution's child
-        self.dying = {}  # pid -> its folder (process level), killed and not yet reaped
+        self.dying = {}  # pid -> its folder (process level): killed or running, not yet reaped
         self.error = None  # why the last "run" started nothing
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if NAMESPACED else -1
 
-    def run(self, limits, fds):
+    def fork_spare(self):
         workdir = "/tmp"
-        if not NAMESPACED:
+        if NAMESPACED:
+            _check(libc.unshare(CLONE_NEWPID), "unshare pid")  # the next child is pid 1 of a new namespace
+        else:
             import tempfile  # process level only: keeps the namespaced fork servers small
             workdir = tempfile.mkdtemp(dir=WORK_ROOT or None)
-        else:
-            _check(libc.unshare(CLONE_NEWPID), "unshare pid")  # the next child is pid 1 of a new namespace
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
         except OSError:
@@ -157,14 +194,27 @@ class Server:
             raise
         if pid == 0:
             self.control.close()
-            child_main(limits, fds, workdir)
+            ours.close()
+            spare_main(theirs, workdir)
         self._own_pidns()
-        self.child = pid
+        theirs.close()
+        self.spare = (pid, ours, workdir)
         self.dying[pid] = workdir
 
     def _own_pidns(self):
         if NAMESPACED:  # later children of ours: back in our own pid namespace
             _check(libc.setns(self.own_pidns, CLONE_NEWPID), "setns pid")
+
+    def run(self, limits, fds):
+        if self.spare is None:
+            self.fork_spare()
+        pid, sock, _ = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(sock, [json.dumps(limits).encode()], fds)
+        finally:
+            sock.close()
+        self.child = pid
 
     def kill(self):
         """Kill the execution's processes. Killing pid 1 of its namespace ends all of them; the kernel's
@@ -192,6 +242,11 @@ class Server:
     def serve(self):
         self.control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
         while True:
+            if self.spare is None and self.error is None:
+                try:
+                    self.fork_spare()
+                except OSError as e:
+                    self.error = f"{type(e).__name__}: {e}"
             msg, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 8)
             if not msg:
                 return

@@ -1,12 +1,13 @@
 """Sandbox correctness: counts, runners, matrix, validity, every reference solution passing, and what the tests
 can do with the candidate's module across the boundary between their processes."""
+import json
 import os
 import time
 
 import pytest
 
 from data.problems import load_humaneval, validate_problem
-from sandbox import Sandbox, SandboxConfig, isolation
+from sandbox import Sandbox, SandboxConfig, isolation, wire
 from sandbox.executor import ExecutionResult, add_solution_import, count_outcomes
 from sandbox.isolation import LEVELS, detect_level
 
@@ -113,6 +114,22 @@ def test_counting_is_linear_in_the_number_of_tests():
     result = ExecutionResult(**count_outcomes(expected, reported, timed_out=False))
     assert result.total == 2 * n and all(result.passed_test(name) for name in expected)
     assert time.perf_counter() - start < 5
+
+
+def test_plain_values_round_trip_and_nothing_else_is_decoded():
+    value = [None, True, 0, -1, 2**200, -(2**70), 1.5, -0.0, float("inf"), "é\ud800", b"\x00\xff", bytearray(b"ab"),
+             1 + 2j, (1, [2, {3: "x", (4, 5): frozenset({6})}]), {7, 8}, {}]
+    def refuse(v):
+        raise TypeError(type(v).__name__)
+    data = json.loads(json.dumps(wire.encode(value, refuse)))  # what a frame carries
+    back = wire.decode(data, lambda h: pytest.fail("no handle was sent"))
+    assert back == value and [type(v) for v in back] == [type(v) for v in value]
+    assert str(back[7]) == "-0.0" and back[4] == 2**200
+    with pytest.raises(TypeError):
+        wire.encode([object()], refuse)
+    for junk in ([], ["x", []], ["l", "not a list"], {"a": 1}, ["d", [[1]]], ["c", "1", 2], ["h", "1", "f", None]):
+        with pytest.raises((ValueError, TypeError)):
+            wire.decode(junk, lambda h: None)
 
 
 BOUNDARY_CODE = """
