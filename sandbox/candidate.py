@@ -33,26 +33,8 @@ PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, se
 MUTABLE_TAGS = ("l", "t", "s", "d", "a")  # encodings that may hold something a call changes in place
 
 
-def describe_exception(exc: BaseException, encode) -> dict:
-    """An exception as data: its classes up to the first built-in one, its args when plain, its text."""
-    chain, base = [], "Exception"
-    for cls in type(exc).__mro__ if isinstance(exc, BaseException) else ():
-        if cls.__module__ == "builtins":
-            base = cls.__name__
-            break
-        chain.append([str(cls.__module__), str(cls.__qualname__)])
-    try:
-        args = encode(tuple(exc.args))
-    except BaseException:
-        args = None
-    try:
-        text = str(exc)[:MAX_TEXT]
-    except BaseException:
-        text = type(exc).__name__
-    return {"chain": chain, "base": base, "args": args, "text": text}
-
-
 def exception_class_info(cls: type) -> dict:
+    """An exception class as data: its classes up to the first built-in one, and that one's name."""
     chain, base = [], "Exception"
     for k in cls.__mro__:
         if k.__module__ == "builtins":
@@ -60,6 +42,20 @@ def exception_class_info(cls: type) -> dict:
             break
         chain.append([str(k.__module__), str(k.__qualname__)])
     return {"chain": chain, "base": base}
+
+
+def describe_exception(exc: BaseException, encode) -> dict:
+    """An exception as data: its class, its args when they are plain, its text."""
+    info = exception_class_info(type(exc))
+    try:
+        info["args"] = encode(tuple(exc.args))
+    except BaseException:
+        info["args"] = None
+    try:
+        info["text"] = str(exc)[:MAX_TEXT]
+    except BaseException:
+        info["text"] = type(exc).__name__
+    return info
 
 
 class Server:
@@ -81,13 +77,11 @@ class Server:
             return self.encode(value.item())
         handle = len(self.objects)
         self.objects[handle] = value
-        if isinstance(value, type) and issubclass(value, BaseException):
+        if isinstance(value, type) and issubclass(value, BaseException):  # mirrored by a class over there
             return ["h", handle, "x", exception_class_info(value)]
-        if isinstance(value, type):
-            return ["h", handle, "c", str(value.__qualname__)]
-        if isinstance(value, types.ModuleType):
+        if isinstance(value, types.ModuleType):  # the same module over there, if it has it loaded
             return ["h", handle, "m", str(value.__name__)]
-        return ["h", handle, "f" if callable(value) else "o", type(value).__name__]
+        return ["h", handle, "o", None]
 
     def decode(self, data):
         return wire.decode(data, lambda h: self.objects[h[1]])

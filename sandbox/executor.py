@@ -213,6 +213,10 @@ class _Zygote:
         self.log.close()
 
 
+class _Stale(Exception):
+    """A worker that cannot take an execution: replace it and run the execution on a fresh one."""
+
+
 class _Worker:
     """The candidate's and the tests' fork servers of one worker slot, with their cgroups: two pairs per side,
     used in turn, so that an execution starts while the last one's processes are still being torn down
@@ -236,15 +240,14 @@ class _Worker:
 
     def execute(self, code: str, request: dict, timeout: float) -> tuple[dict, bool]:
         """Run one execution; (reply, healthy). The worker is unhealthy when a fork server stopped
-        answering, an execution's isolation could not be set up, or processes of an earlier execution
-        could not be killed: it is then replaced."""
+        answering or an execution's isolation could not be set up: it is then replaced. `_Stale` (before
+        anything ran): processes of an earlier execution could not be killed."""
         start = time.monotonic()
         deadline = start + timeout
         turn, self.executions = self.executions % 2, self.executions + 1
         limits = {side: pair[turn] for side, pair in self.limits.items() if pair}
-        if not all(limit.empty() for limit in limits.values()):  # the execution before last left something
-            return dict(count_outcomes(request["expected"], {}, False), status="error",
-                        stderr="sandbox: processes of an earlier execution could not be killed"), False
+        if not all(limit.empty() for limit in limits.values()):
+            raise _Stale("processes of the execution before last could not be killed")
         settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
                     "max_processes": self.config.max_processes}
         c_host, c_child = socket.socketpair()
@@ -396,9 +399,13 @@ class Sandbox:
         request = {"tests": tests, "expected": expected, "fast": fast}
         index = self._idle.get()
         try:
-            worker = self._worker(index)
-            reply, healthy = worker.execute(code, request, timeout)
-            if not healthy:  # a fork server stopped answering or processes survived: start afresh
+            try:
+                reply, healthy = self._worker(index).execute(code, request, timeout)
+            except _Stale as e:
+                logger.warning("sandbox worker %d replaced: %s", index, e)
+                self._replace(index)
+                reply, healthy = self._worker(index).execute(code, request, timeout)
+            if not healthy:  # a fork server stopped answering, or an execution could not be isolated
                 self._replace(index)
         except Exception as e:  # never raise on bad code; an infrastructure failure is reported
             self._replace(index)

@@ -225,8 +225,8 @@ def container_command(level: str, side: str, index: int, control_fd: int, tmp_mb
     if root:  # a uid of its own, no capabilities left in the initial namespace
         setpriv += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all"]
     setpriv += ["--pdeathsig", "KILL", "--"]
-    if level == "bwrap":
-        inner = setpriv + _bwrap_args(mounts, sources, env) + zygote
+    if level == "bwrap":  # bubblewrap dies with its parent by itself (--die-with-parent)
+        inner = (setpriv if root else []) + _bwrap_args(mounts, sources, env) + zygote
     else:
         script = _unshare_script(mounts, sources, f"{point}/root" if root else point, env, zygote)
         inner = setpriv + [_tool("unshare") or "unshare", "--user", f"--map-user={uid}", f"--map-group={gid}",

@@ -12,14 +12,17 @@ What a test gets back from the candidate's code is always a plain value built he
 - a process that died or broke the protocol raises `BoundaryError`, which is not an `Exception`, so that
   `pytest.raises(Exception)` cannot mistake a crash for the error it expects.
 
-`from solution import *` binds only the names the test source uses and does not define itself, never a
-builtin's name and never a `test*`/`Test*` name: the candidate can neither shadow `sum` or `abs` for the
-tests nor add or replace a test. Explicit imports (`from solution import helper`) reach any name.
+`from solution import *` binds only names the test source mentions and its module level does not bind
+itself, never a builtin's name and never a `test*`/`Test*` name: the candidate can neither shadow `sum`,
+`abs` or the test's own imports, nor add or replace a test. Explicit imports (`from solution import
+helper`) reach any name.
 """
 import ast
 import builtins
 import importlib.abc
 import importlib.util
+import keyword
+import re
 import sys
 import threading
 
@@ -89,7 +92,7 @@ class Channel:
             return self.exception_class(extra["chain"], extra["base"])
         if kind == "m" and type(extra) is str and extra in sys.modules:  # a module we have loaded too
             return sys.modules[extra]
-        return Remote(self, handle, str(kind), str(extra))
+        return Remote(self, handle)
 
     def exception_class(self, chain, base_name) -> type:
         """A class here for an exception class over there: a built-in one is itself; a class of a module
@@ -186,11 +189,11 @@ class Remote:
     arithmetic, `len`, `str`, `repr`, `bool`, `hash`, and comparisons with another `Remote` are forwarded;
     comparisons with anything else fall back to identity, so they are False."""
 
-    __slots__ = ("_channel", "_handle", "_kind", "_label")
+    __slots__ = ("_channel", "_handle")
 
-    def __init__(self, channel, handle, kind, label):
-        for name, value in (("_channel", channel), ("_handle", handle), ("_kind", kind), ("_label", label)):
-            object.__setattr__(self, name, value)
+    def __init__(self, channel, handle):
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_handle", handle)
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -255,31 +258,39 @@ for _name, _op in (("and", "and_"), ("or", "or_"), ("xor", "xor")):
     setattr(Remote, f"__r{_name}__", _binary(_op, reflected=True))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(Remote, f"__{_name}__", _comparison(_name))
+del _name, _op
 
 
 # ---------------------------------------------------------------- `import solution`
-BUILTINS = frozenset(dir(builtins))
+BUILTINS = frozenset(dir(builtins)) | frozenset(keyword.kwlist)
 
 
-def star_names(tree: ast.AST) -> list[str]:
-    """Names `from solution import *` may bind for this test source: used, not defined by the source
-    itself, not a builtin, not a test."""
-    used, bound = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+def star_names(source: str, tree: ast.Module) -> list[str]:
+    """Names `from solution import *` may bind for this test source: names it mentions, except those its
+    module level binds itself (an import, a def, an assignment: the candidate may not shadow them, before or
+    after), builtins' names and test names. Names local to a function are out of a global's reach anyway."""
+    mentioned = set(_IDENTIFIER.findall(source))
+    bound, todo = set(), list(tree.body)
+    while todo:  # module-level statements, into if/for/while/try/with blocks but not into defs or classes
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-        elif isinstance(node, ast.alias):
-            bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            bound.update(node.names)
-    names = used - bound - BUILTINS
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                todo.append(child)
+            elif isinstance(child, ast.alias):
+                bound.add((child.asname or child.name).split(".")[0])
+            elif isinstance(child, ast.excepthandler):
+                bound.add(child.name or "")
+                todo.extend(child.body)
+            else:
+                bound.update(n.id for n in ast.walk(child) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load))
+    names = mentioned - bound - BUILTINS
     return sorted(n for n in names if not n.lower().startswith("test"))
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

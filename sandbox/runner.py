@@ -110,8 +110,17 @@ def run_fast(reporter, expected, tree):
             except skip_types as e:
                 outcome, message = SKIPPED, f"skip/xfail counts as not passed: {e}"
             except BaseException as e:  # SystemExit, KeyboardInterrupt and BoundaryError are failures too
-                outcome, message = FAILED, "".join(traceback.format_exception_only(type(e), e))
+                outcome, message = FAILED, _failure(e)
             reporter.send(test_id, outcome, message)
+
+
+def _failure(exc: BaseException) -> str:
+    """The exception and the last line of the test source it passed through."""
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == os.path.abspath(TESTS):
+            where = f"line {line}: {linecache.getline(frame.f_code.co_filename, line).strip()}\n"
+    return where + "".join(traceback.format_exception_only(type(exc), exc))
 
 
 # ---------------------------------------------------------------- real pytest
@@ -147,7 +156,7 @@ def main(host, peer, limits):
             f.write(source)
     sys.argv = ["pytest"]
     tree = ast.parse(source)
-    channel = remote.install(peer, remote.star_names(tree))
+    channel = remote.install(peer, remote.star_names(source, tree))
     reporter = Reporter(host)
     if request["fast"]:
         run_fast(reporter, request["expected"], tree)

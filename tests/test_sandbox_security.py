@@ -465,6 +465,17 @@ def test_a_dead_fork_server_is_replaced(box):
     assert box.execute_tests("def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n").all_passed
 
 
+def test_a_worker_whose_clean_up_failed_is_replaced_before_its_next_execution(box, monkeypatch):
+    if not box.cgroups:
+        pytest.skip("no cgroup here: leftovers are found by the pid namespace alone")
+    failures = [1]  # the cgroups of the execution before last still hold a process, once
+    real = cgroups.Cgroups.empty
+    monkeypatch.setattr(cgroups.Cgroups, "empty", lambda self, wait_s=1.0: not failures.pop() if failures else real(self, wait_s))
+    restarts = box.workers_restarted
+    r = box.execute_tests("def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n")
+    assert r.all_passed and box.workers_restarted == restarts + 1
+
+
 @pytest.mark.parametrize("level", NAMESPACED)
 def test_works_with_the_project_and_interpreter_under_tmp(level, tmp_path):
     """A fresh clone and its virtual environment under /tmp: the view of each container is bound elsewhere."""
