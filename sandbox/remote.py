@@ -5,6 +5,11 @@ What a test gets back from the candidate's code is always a plain value built he
 `Remote` that names an object over there, so no object of the candidate's takes part in a comparison:
 - plain values compare as themselves; a `Remote` is never equal to a plain value (the candidate's `__eq__`
   is asked only when both sides are its objects);
+- operators never send a test's value to the candidate's code behind the test's back: arithmetic and
+  ordering on a `Remote` work only with another `Remote` (with a plain value they raise TypeError, so
+  `abs(f(x) - expected) < eps` fails for an object that is not a number instead of letting its `__sub__`,
+  which would see `expected`, decide), and `expected in f(x)` iterates the object here and compares each
+  item here (its `__contains__` is never asked);
 - functions and classes are called remotely, with plain values or `Remote`s as arguments (anything else,
   a lambda for instance, raises TypeError); arguments the call changed in place are changed here too;
 - an exception raised over there is raised here as the same built-in type, or as a class of the same name
@@ -12,19 +17,23 @@ What a test gets back from the candidate's code is always a plain value built he
 - a process that died or broke the protocol raises `BoundaryError`, which is not an `Exception`, so that
   `pytest.raises(Exception)` cannot mistake a crash for the error it expects.
 
-`from solution import *` binds only names the test source mentions and its module level does not bind
-itself, never a builtin's name and never a `test*`/`Test*` name: the candidate can neither shadow `sum`,
-`abs` or the test's own imports, nor add or replace a test. Explicit imports (`from solution import
-helper`) reach any name.
+`from solution import *` binds only names the test source uses (identifiers of its syntax tree, never its
+strings or comments) and its module level does not bind itself, never a builtin's name and never a
+`test*`/`Test*` name: the candidate can neither shadow `sum`, `abs` or the test's own imports, nor add or
+replace a test. The candidate's process first says which names it exports; only those of them the test
+uses are asked for, so it learns nothing of the test source it did not export. Explicit imports (`from
+solution import helper`) reach any name. A module of the candidate's (`solution.math`) is this process's
+module of that name when it has one loaded, else a placeholder: no module object of the candidate's
+process is reachable from here.
 """
 import ast
 import builtins
 import importlib.abc
 import importlib.util
 import keyword
-import re
 import sys
 import threading
+import types
 
 import wire
 
@@ -56,6 +65,8 @@ class Channel:
                 raise BoundaryError(self.broken) from None
             except ValueError as e:
                 raise self._violation(f"unreadable reply ({e})") from None
+            except RecursionError:  # JSON nested deeper than a reply needs
+                raise self._violation("unreadable reply (nested too deeply)") from None
             except OSError:
                 reply = None
             if reply is None:
@@ -90,8 +101,8 @@ class Channel:
         _, handle, kind, extra = data
         if kind == "x":
             return self.exception_class(extra["chain"], extra["base"])
-        if kind == "m" and type(extra) is str and extra in sys.modules:  # a module we have loaded too
-            return sys.modules[extra]
+        if kind == "m":  # the candidate's side never hands out its modules
+            return sys.modules.get(extra) if type(extra) is str and extra in sys.modules else _unavailable(str(extra))
         return Remote(self, handle)
 
     def exception_class(self, chain, base_name) -> type:
@@ -144,6 +155,16 @@ class Channel:
         return self.request(["op", name, [self.encode(x) for x in operands]])[0]
 
 
+def _unavailable(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    def __getattr__(attr):
+        raise ImportError(f"module {name!r} of the solution is not available in the tests' process")
+
+    module.__getattr__ = __getattr__
+    return module
+
+
 def _encode_other(value):
     if isinstance(value, Remote):
         return ["h", object.__getattribute__(value, "_handle"), "", None]
@@ -185,9 +206,10 @@ def _merged(old, new):
 
 # ---------------------------------------------------------------- remote objects
 class Remote:
-    """An object that stays in the candidate's process. Public attributes, calls, iteration, indexing,
-    arithmetic, `len`, `str`, `repr`, `bool`, `hash`, and comparisons with another `Remote` are forwarded;
-    comparisons with anything else fall back to identity, so they are False."""
+    """An object that stays in the candidate's process. Public attributes, calls, iteration, indexing, `len`,
+    `str`, `repr`, `bool`, `hash`, and arithmetic and comparisons with another `Remote` are forwarded.
+    Equality with anything else falls back to identity, so it is False; arithmetic and ordering with
+    anything else raise TypeError; `in` iterates here (see the module's docstring)."""
 
     __slots__ = ("_channel", "_handle")
 
@@ -239,6 +261,17 @@ def _binary(name, reflected=False):
     return method
 
 
+def _between_remotes(name, reflected=False):
+    """An operator forwarded only when both operands are the candidate's objects: with a test's value it
+    would let the candidate's code see that value and choose the result (`abs(f(x) - expected) < eps`)."""
+    def method(self, other):
+        if not isinstance(other, Remote):
+            raise TypeError(f"{name!r} between an object of the candidate's (not a plain value) and a value of the "
+                            "test's is not forwarded across the sandbox boundary: convert it first (float(), list())")
+        return self._channel.op(name, other, self) if reflected else self._channel.op(name, self, other)
+    return method
+
+
 def _comparison(name):
     def method(self, other):
         return self._channel.op(name, self, other) if isinstance(other, Remote) else NotImplemented
@@ -247,15 +280,16 @@ def _comparison(name):
 
 for _name in ("len", "iter", "next", "bool", "int", "float", "index", "neg", "pos", "abs", "invert"):
     setattr(Remote, f"__{_name}__", _unary(_name))
-for _name in ("getitem", "delitem", "contains"):
+for _name in ("getitem", "delitem"):  # the key is the test's, the item the candidate's answer
     setattr(Remote, f"__{_name}__", _binary(_name))
 Remote.__setitem__ = lambda self, key, value: self._channel.op("setitem", self, key, value)
+# no __contains__: `x in remote` falls back to __iter__, and each item is compared with x here
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "lshift", "rshift"):
-    setattr(Remote, f"__{_name}__", _binary(_name))
-    setattr(Remote, f"__r{_name}__", _binary(_name, reflected=True))
+    setattr(Remote, f"__{_name}__", _between_remotes(_name))
+    setattr(Remote, f"__r{_name}__", _between_remotes(_name, reflected=True))
 for _name, _op in (("and", "and_"), ("or", "or_"), ("xor", "xor")):
-    setattr(Remote, f"__{_name}__", _binary(_op))
-    setattr(Remote, f"__r{_name}__", _binary(_op, reflected=True))
+    setattr(Remote, f"__{_name}__", _between_remotes(_op))
+    setattr(Remote, f"__r{_name}__", _between_remotes(_op, reflected=True))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(Remote, f"__{_name}__", _comparison(_name))
 del _name, _op
@@ -265,11 +299,17 @@ del _name, _op
 BUILTINS = frozenset(dir(builtins)) | frozenset(keyword.kwlist)
 
 
-def star_names(source: str, tree: ast.Module) -> list[str]:
-    """Names `from solution import *` may bind for this test source: names it mentions, except those its
-    module level binds itself (an import, a def, an assignment: the candidate may not shadow them, before or
-    after), builtins' names and test names. Names local to a function are out of a global's reach anyway."""
-    mentioned = set(_IDENTIFIER.findall(source))
+def star_names(tree: ast.Module) -> list[str]:
+    """Names `from solution import *` may bind for this test module: the names it reads or writes as
+    variables anywhere (`ast.Name`, `global`/`nonlocal`; never a string, a comment or an attribute), except
+    those its module level binds itself (an import, a def, an assignment: the candidate may not shadow them,
+    before or after), builtins' names and test names."""
+    mentioned = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            mentioned.add(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            mentioned.update(node.names)
     bound, todo = set(), list(tree.body)
     while todo:  # module-level statements, into if/for/while/try/with blocks but not into defs or classes
         node = todo.pop()
@@ -290,9 +330,6 @@ def star_names(source: str, tree: ast.Module) -> list[str]:
     return sorted(n for n in names if not n.lower().startswith("test"))
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def __init__(self, channel, names):
         self.channel, self.names = channel, names
@@ -306,7 +343,12 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         channel = self.channel
         try:
-            exports = channel.request(["import", self.names])[1]
+            public = channel.request(["import"])[1]  # the names it exports; nothing of ours is sent
+            if type(public) is not list:
+                raise channel._violation("malformed list of exported names")
+            public = {n for n in public if type(n) is str}
+            wanted = [n for n in self.names if n in public]
+            exports = channel.request(["exports", wanted])[1] if wanted else []
         except BoundaryError as e:
             raise ImportError(f"the solution could not be imported: {e}") from None
         except BaseException as e:
@@ -315,7 +357,8 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             values = {str(name): channel.decode(value) for name, value in exports}
         except (ValueError, TypeError, KeyError, RecursionError) as e:
             raise ImportError(str(channel._violation(f"malformed exports ({type(e).__name__})"))) from None
-        values = {n: v for n, v in values.items() if n in self.names}
+        chosen = set(wanted)
+        values = {n: v for n, v in values.items() if n in chosen}
         module.__dict__.update(values)
         module.__all__ = sorted(values)
 

@@ -161,7 +161,7 @@ def main(host, peer, limits):
             f.write(source)
     sys.argv = ["pytest"]
     tree = ast.parse(source)
-    channel = remote.install(peer, remote.star_names(source, tree))
+    channel = remote.install(peer, remote.star_names(tree))
     reporter = Reporter(host)
     if request["fast"]:
         run_fast(reporter, request["expected"], tree)
