@@ -113,8 +113,10 @@ def _is_parametrize(dec) -> bool:
 
 
 def _param_names(dec) -> list[str] | None:
+    """The argument names of a parametrize decorator, given by position or as `argnames=`; None if unknown."""
+    node = dec.args[0] if dec.args else next((k.value for k in dec.keywords if k.arg == "argnames"), None)
     try:
-        names = ast.literal_eval(dec.args[0])
+        names = ast.literal_eval(node)
     except Exception:
         return None
     if isinstance(names, str):

@@ -57,19 +57,30 @@ def _case_id(values, index):
     return "-".join(parts)
 
 
+def _parametrize_arguments(mark):
+    """(argnames, argvalues) of a parametrize mark, given by position or by keyword."""
+    args, kwargs = tuple(mark.args), dict(mark.kwargs)
+    names = args[0] if args else kwargs["argnames"]
+    values = args[1] if len(args) > 1 else kwargs["argvalues"]
+    return names, values
+
+
 def cases(func):
-    """(id suffix, kwargs) for each parametrized case of a test function; one plain case if none."""
+    """(id suffix, kwargs) for each parametrized case of a test function; one plain case if none. Raises
+    (anything) on a mark it cannot read: the caller reports the test as an error."""
     axes = []
     for mark in reversed(getattr(func, "pytestmark", [])):
         if mark.name != "parametrize":
             continue
-        names = mark.args[0]
-        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        names, values = _parametrize_arguments(mark)
+        names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
         rows = []
-        for i, row in enumerate(mark.args[1]):
+        for i, row in enumerate(values):
             if hasattr(row, "values") and hasattr(row, "marks"):  # pytest.param(...)
                 row = row.values
             row = (row,) if len(names) == 1 else tuple(row)
+            if len(row) != len(names):
+                raise ValueError(f"parametrize: {len(names)} names but {len(row)} values in case {i}")
             rows.append((_case_id(row, i), dict(zip(names, row))))
         axes.append(rows)
     if not axes:
@@ -101,8 +112,13 @@ def run_fast(reporter, expected, tree):
         if inspect.isgeneratorfunction(func) or inspect.iscoroutinefunction(func):
             reporter.send(name, FAILED, "a generator or coroutine test never runs its body: not supported")
             continue
+        try:
+            func_cases = cases(func)
+        except BaseException as e:  # a mark that cannot be read: this test is an error, the others run
+            reporter.send(name, ERROR, "collection error: " + "".join(traceback.format_exception_only(type(e), e)))
+            continue
         seen = set()
-        for suffix, kwargs in cases(func):
+        for suffix, kwargs in func_cases:
             test_id = name + suffix
             for n in itertools.count():  # colliding ids get a counter, as in pytest: each case counts
                 if test_id not in seen:
