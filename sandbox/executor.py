@@ -45,10 +45,10 @@ class SandboxConfig:
     max_file_mb: int = 16  # largest single file it may write (RLIMIT_FSIZE)
     tmp_mb: int = 64  # size of each execution's private tmpfs (/tmp, and /dev/shm): bounds all files together
     max_processes: int = 32  # processes and threads of each side of an execution (pids cgroup, else RLIMIT_NPROC)
-    max_output_chars: int = 8192  # stdout/stderr kept per execution
+    max_output_chars: int = 8192  # output kept per execution of each process and stream (candidate/tests, stdout/stderr)
     num_workers: int = 0  # parallel workers; 0 = one per CPU core
     isolation: str = "auto"  # "auto" (strongest available), "bwrap", "unshare" or "process"
-    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation
+    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation (also: ADVCODE_ALLOW_UNISOLATED=1)
 
     def __post_init__(self):
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes < 1:
@@ -69,11 +69,11 @@ class ExecutionResult:
     timed_out: bool = False
     test_outcomes: dict[str, str] = field(default_factory=dict)  # test id -> passed/failed/error/skipped/missing
     duration_s: float = 0.0
-    stdout: str = ""  # the candidate's output, then the tests'
-    stderr: str = ""
+    stdout: str = ""  # the candidate's output, then the tests' (each capped on its own)
+    stderr: str = ""  # the tests' failure messages, then the candidate's errors, then the tests' own
     runner: str = ""  # "fast" (plain test functions) or "pytest"
-    tampered: bool = False  # the candidate's process broke the protocol with the tests' process
-    _cases: dict | None = field(default=None, init=False, repr=False, compare=False)
+    tampered: bool = False  # a process broke the protocol: the candidate's with the tests', or the tests' with the host
+    _cases = None  # passed_test's index, built on first use; not a field (kept out of asdict, repr and ==)
 
     @property
     def pass_rate(self) -> float:
@@ -153,18 +153,24 @@ def analyse_tests(source: str) -> tuple[list[str], bool]:
     return expected, fast
 
 
-def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool) -> dict:
-    """Every expected test must report; one that never reports has failed ("missing"). Linear in the tests."""
+def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool, broken: bool = False) -> dict:
+    """Every expected test must report; one that never reports has failed ("missing"). With `broken` (the
+    sandbox itself failed: a fork server died or an execution could not be isolated) every test that did
+    not pass is an error and so is the execution, as when nothing ran. Linear in the tests."""
     by_base: dict[str, dict[str, str]] = {}
     for test, outcome in reported.items():
         by_base.setdefault(test.split("[", 1)[0], {})[test] = outcome
     outcomes: dict[str, str] = {}
     for name in dict.fromkeys(expected):
         outcomes.update(by_base.get(name) or {name: "missing"})
+    if broken:
+        outcomes = {test: o if o == PASSED else "error" for test, o in outcomes.items()}
     passed = sum(o == PASSED for o in outcomes.values())
     errors = sum(o == "error" for o in outcomes.values())
     total = len(outcomes)
-    if timed_out:
+    if broken and passed < total:
+        status = "error"
+    elif timed_out:
         status = "timeout"
     elif total == 0:
         status = "error"
@@ -242,8 +248,9 @@ class _Worker:
 
     def execute(self, code: str, request: dict, timeout: float) -> tuple[dict, bool]:
         """Run one execution; (reply, healthy). The worker is unhealthy when a fork server stopped
-        answering or an execution's isolation could not be set up: it is then replaced. `_Stale` (before
-        anything ran): processes of an earlier execution could not be killed."""
+        answering or an execution's isolation could not be set up: it is then replaced, and the tests that
+        did not report are errors, not failures. `_Stale` (before anything ran): processes of an earlier
+        execution could not be killed. Whatever happens, the execution is killed and its descriptors closed."""
         start = time.monotonic()
         deadline = start + timeout
         turn, self.executions = self.executions % 2, self.executions + 1
@@ -252,51 +259,81 @@ class _Worker:
             raise _Stale("processes of the execution before last could not be killed")
         settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
                     "max_processes": self.config.max_processes}
-        c_host, c_child = socket.socketpair()
-        t_host, t_child = socket.socketpair()
-        c_peer, t_peer = socket.socketpair()
-        outputs = {name: os.memfd_create(f"sandbox-{name}") for name in ("c_out", "c_err", "t_out", "t_err")}
+        sockets: list[socket.socket] = []
+        outputs: dict[str, int] = {}
+        reported, messages, timed_out, tampered, healthy = {}, [], False, False, True
         try:
-            for side, fds in (("candidate", [c_child, c_peer, outputs["c_out"], outputs["c_err"]]),
-                              ("tests", [t_child, t_peer, outputs["t_out"], outputs["t_err"]])):
-                fds = [f if isinstance(f, int) else f.fileno() for f in fds]
-                self.zygotes[side].send({"op": "run", "limits": settings}, fds + (limits[side].fds if side in limits else []))
+            c_host, c_child = socket.socketpair()
+            sockets += [c_host, c_child]
+            t_host, t_child = socket.socketpair()
+            sockets += [t_host, t_child]
+            c_peer, t_peer = socket.socketpair()
+            sockets += [c_peer, t_peer]
+            for name in ("c_out", "c_err", "t_out", "t_err"):
+                outputs[name] = os.memfd_create(f"sandbox-{name}")
+            try:
+                for side, fds in (("candidate", [c_child, c_peer, outputs["c_out"], outputs["c_err"]]),
+                                  ("tests", [t_child, t_peer, outputs["t_out"], outputs["t_err"]])):
+                    fds = [f if isinstance(f, int) else f.fileno() for f in fds]
+                    self.zygotes[side].send({"op": "run", "limits": settings},
+                                            fds + (limits[side].fds if side in limits else []))
+            finally:
+                for s in (c_child, t_child, c_peer, t_peer):
+                    s.close()
+            try:
+                _send_before(c_host, {"code": code}, deadline)
+                _send_before(t_host, request, deadline)
+                reported, messages, timed_out, tampered = _read_reports(t_host, deadline)
+            except socket.timeout:
+                timed_out = True
+            except OSError:
+                pass  # a child died early: what it reported counts, and what it did not is missing
         finally:
-            for s in (c_child, t_child, c_peer, t_peer):
+            for s in sockets:
                 s.close()
-        reported, messages, timed_out, tampered = {}, [], False, False
-        try:
-            _send_before(c_host, {"code": code}, deadline)
-            _send_before(t_host, request, deadline)
-            reported, messages, timed_out, tampered = _read_reports(t_host, deadline)
-        except socket.timeout:
-            timed_out = True
-        except OSError:
-            pass  # a child died early: what it reported counts, and what it did not is missing
-        finally:
-            c_host.close()
-            t_host.close()
-        healthy = True
-        for zygote in self.zygotes.values():
-            zygote.send({"op": "kill"})
+            try:
+                healthy = self._kill(messages)
+                stdout, stderr, setup_failed = self._outputs(outputs, messages)
+            finally:
+                for fd in outputs.values():
+                    os.close(fd)
+        if setup_failed:
+            healthy = False
+        # a broken worker is not the code's or the tests' doing: no test may look failed because of it
+        reply = count_outcomes(request["expected"], reported, timed_out, broken=not healthy)
+        reply.update(stdout=stdout, stderr=stderr, tampered=tampered, duration_s=time.monotonic() - start,
+                     runner="fast" if request["fast"] else "pytest")
+        if setup_failed:
+            reply.update(stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
+        return reply, healthy
+
+    def _kill(self, messages: list[str]) -> bool:
+        """Tell both fork servers to kill their execution; False if one did not answer or reported a failure."""
+        healthy, told = True, []
         for side, zygote in self.zygotes.items():
-            answer = zygote.receive(timeout=10)
+            try:
+                zygote.send({"op": "kill"})
+                told.append(side)
+            except OSError as e:
+                healthy = False
+                messages.append(f"sandbox: the {side} fork server failed: {e}\n")
+        for side in told:
+            answer = self.zygotes[side].receive(timeout=10)
             if answer is None or answer.get("error"):
                 healthy = False
                 messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}\n")
+        return healthy
+
+    def _outputs(self, outputs: dict[str, int], messages: list[str]) -> tuple[str, str, bool]:
+        """stdout (the candidate's, then the tests'), stderr (the reports' messages, then the candidate's and
+        the tests' errors), each part capped on its own so that no side can push the other's out; and
+        whether an execution's isolation could not be set up."""
         cap = self.config.max_output_chars
-        errors = [_read_capped(outputs[name], cap) for name in ("c_err", "t_err")]
-        stdout = _read_capped(outputs["c_out"], cap) + _read_capped(outputs["t_out"], cap)
-        stderr = "".join(messages) + "".join(errors)
-        for fd in outputs.values():
-            os.close(fd)
-        reply = count_outcomes(request["expected"], reported, timed_out)
-        reply.update(stdout=_cap(stdout, cap), stderr=_cap(stderr, cap), tampered=tampered,
-                     duration_s=time.monotonic() - start, runner="fast" if request["fast"] else "pytest")
-        if any(e.startswith(SETUP_FAILED) for e in errors):
-            healthy = False
-            reply.update(status="error", stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
-        return reply, healthy
+        read = {n: _read_capped(outputs[n], cap) if n in outputs else "" for n in ("c_out", "c_err", "t_out", "t_err")}
+        setup_failed = any(read[n].startswith(SETUP_FAILED) for n in ("c_err", "t_err"))
+        stdout = read["c_out"] + read["t_out"]
+        stderr = _cap("".join(messages), cap) + read["c_err"] + read["t_err"]
+        return stdout, stderr, setup_failed
 
     def close(self):
         for zygote in self.zygotes.values():
@@ -316,7 +353,8 @@ def _send_before(sock, message: dict, deadline: float):
 
 def _read_reports(sock, deadline: float):
     """Outcome lines from the tests' process until it says it is done, the deadline passes or it ends.
-    Linear in what it sends, however it splits its lines."""
+    Linear in what it sends, however it splits its lines. A line that is not a report is skipped; one nested
+    too deeply to parse also marks the execution tampered."""
     reported, messages, tampered, buffer, size = {}, [], False, bytearray(), 0
     while True:
         left = deadline - time.monotonic()
@@ -341,6 +379,9 @@ def _read_reports(sock, deadline: float):
                 test, outcome, message = str(record["t"]), str(record["o"]), str(record.get("m", ""))
             except (ValueError, KeyError, TypeError):
                 test = outcome = message = ""
+            except RecursionError:  # nested deeper than any report: not the runner's line
+                test = outcome = message = ""
+                tampered = True
             if test == DONE:
                 return reported, messages, False, tampered
             if test == PROTOCOL:
