@@ -9,6 +9,7 @@ machine has cgroup v1 only); elsewhere `available()` is False and the limits are
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -86,13 +87,15 @@ class Cgroups:
             time.sleep(0.01)
 
     def close(self):
+        """Kill what is left and remove the cgroups; the shared parent folder goes with its last child (one
+        attempt each: another worker's cgroups keep it, and a crash's leftovers go at the next start)."""
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-        self.empty()
+        emptied = self.empty(wait_s=0.5)
         for folder in self.folders:
-            _rmdir(folder)
-            _rmdir(os.path.dirname(folder))  # the sandbox's folder, once its last worker is gone
+            if _rmdir(folder, attempts=20 if emptied else 1):
+                _rmdir(os.path.dirname(folder), attempts=1)
 
 
 def _write(folder: str, name: str, value: int):
@@ -100,16 +103,21 @@ def _write(folder: str, name: str, value: int):
         f.write(str(value))
 
 
-def _rmdir(folder: str):
-    for _ in range(50):  # the kernel may need a moment after the last process has gone
+def _rmdir(folder: str, attempts: int = 1) -> bool:
+    """Remove a cgroup folder; True once it is gone. Up to `attempts` tries, 5 ms apart (the kernel may need
+    a moment after the last process has gone); a folder with child cgroups is never waited for."""
+    for attempt in range(attempts):
         try:
             os.rmdir(folder)
-            return
+            return True
         except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.01)
-    logger.debug("could not remove cgroup %s", folder)
+            return True
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY or attempt == attempts - 1:
+                logger.debug("could not remove cgroup %s: %s", folder, e)
+                return False
+            time.sleep(0.005)
+    return False
 
 
 def _remove_stale(folder: str):
@@ -127,5 +135,5 @@ def _remove_stale(folder: str):
         path = os.path.join(folder, entry)
         for child in os.listdir(path) if os.path.isdir(path) else []:
             if os.path.isdir(os.path.join(path, child)):
-                _rmdir(os.path.join(path, child))
-        _rmdir(path)
+                _rmdir(os.path.join(path, child), attempts=1)
+        _rmdir(path, attempts=1)

@@ -406,6 +406,13 @@ def _cap(text: str, limit: int) -> str:
 
 # ---------------------------------------------------------------- the pool
 _SERIALS = itertools.count()
+_WORKER_SERIALS = itertools.count()  # every worker's cgroups get fresh names, replacements too
+ALLOW_UNISOLATED_ENV = "ADVCODE_ALLOW_UNISOLATED"  # =1: as allow_unisolated, for tools without the option
+
+
+def unisolated_allowed(config: SandboxConfig) -> bool:
+    """Whether the "process" level may run as root: `config.allow_unisolated`, else the environment."""
+    return config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"
 
 
 class Sandbox:
@@ -427,6 +434,10 @@ class Sandbox:
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
         self.isolation = self._start_first_worker(level)
         self.isolation_description = isolation.describe(self.isolation, self.cgroups)
+        if self.isolation == "process" and os.geteuid() == 0:
+            how = ("SandboxConfig.allow_unisolated" if self.config.allow_unisolated
+                   else f"{ALLOW_UNISOLATED_ENV}=1 in the environment")
+            self.isolation_description += f"; running as root, allowed by {how}"
         log = logger.warning if self.isolation == "process" else logger.info
         log("sandbox isolation: %s", self.isolation_description)
         for i in range(self.num_workers):
@@ -500,14 +511,17 @@ class Sandbox:
         """Start worker 0 now and run one execution on it, so that a level the kernel refuses is found at
         once, not as an error on every execution. Under "auto" a level that fails (bubblewrap installed but
         user namespaces refused, as in some containers) gives way to the next one, with a warning; a level
-        asked for by name raises. The "process" level as root needs `allow_unisolated`. Returns the level."""
+        asked for by name raises. The "process" level as root needs `allow_unisolated` (or the environment
+        variable ADVCODE_ALLOW_UNISOLATED=1). Returns the level."""
         while True:
-            if level == "process" and os.geteuid() == 0 and not self.config.allow_unisolated:
+            if level == "process" and os.geteuid() == 0 and not unisolated_allowed(self.config):
                 self._spawner.shutdown(wait=False)
                 raise RuntimeError(
                     "sandbox isolation 'process' would run untrusted code as root with full access to this "
                     "machine's files, network and processes; install bubblewrap (apt-get install bubblewrap), "
-                    "or accept that with SandboxConfig(allow_unisolated=True) (--allow-unisolated)")
+                    "or accept that: `run_training.py --allow-unisolated`, SandboxConfig(allow_unisolated=True) "
+                    f"from Python, or {ALLOW_UNISOLATED_ENV}=1 in the environment for any entry point "
+                    "(run_inference.py, python -m evaluation, bench/)")
             self.isolation = level
             try:
                 worker = self._worker(0)
@@ -529,7 +543,8 @@ class Sandbox:
 
     def _worker(self, index: int) -> _Worker:
         if self._workers[index] is None:
-            name = f"sandbox{self._serial}-worker{index}"
+            # a fresh name: a replacement never shares a cgroup with a process its predecessor could not kill
+            name = f"sandbox{self._serial}-worker{index}-{next(_WORKER_SERIALS)}"
             self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config, name).result()
         return self._workers[index]  # type: ignore[return-value]
 
