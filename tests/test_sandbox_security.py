@@ -6,12 +6,14 @@ can pass them without a forgery or a leak. Hostile sources assert inside the san
 so a passing execution means the sandbox held; host-side checks (no process left, no file written, no
 connection made) confirm what can be seen from outside.
 """
+import ast
 import os
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -152,6 +154,130 @@ def test_forgeries_on_the_pytest_path_and_with_shadowed_builtins(any_box):
     for attack in ("builtins replaced at import", "pytest patched at import", "its own test functions"):
         r = any_box.execute_tests(FORGERIES[attack], tests)
         assert r.runner == "pytest" and r.passed == 0 and r.total == 2, (attack, r.test_outcomes)
+
+
+OPERATOR_FORGERY = """
+class Anything:
+    # says yes to every operator a test could apply to it with its expected value
+    def __sub__(self, other):
+        return 0.0
+    __rsub__ = __add__ = __radd__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __mod__ = __sub__
+    def __abs__(self):
+        return 0.0
+    def __contains__(self, item):
+        return True
+    def __iter__(self):  # what `in` falls back to: yields only objects that are "equal" to everything
+        return iter([Anything(), Anything()])
+    def __eq__(self, other):
+        return True
+    def __lt__(self, other):
+        return True
+    __le__ = __gt__ = __ge__ = __lt__
+    __hash__ = None
+
+def f():
+    return Anything()
+"""
+
+
+def test_operators_on_the_candidates_objects_cannot_forge_a_comparison(any_box):
+    a = random.randrange(10**9, 10**10)
+    tests = (
+        f"def test_difference():\n    assert abs(f() - {a}) < 1e-6\n\n"  # HumanEval/4's form
+        f"def test_reflected():\n    assert abs({a} - f()) < 1e-6\n\n"
+        f"def test_contains():\n    assert {a} in f()\n\n"
+        f"def test_contains_a_list():\n    assert [{a}] in f()\n\n"
+        f"def test_ordering():\n    assert f() <= {a} <= f()\n\n"
+        f"def test_ratio():\n    assert f() / {a} == 0.0\n"
+    )
+    r = any_box.execute_tests(OPERATOR_FORGERY, tests)
+    assert r.total == 6 and r.passed == 0, r.test_outcomes
+
+
+def test_the_star_import_sends_nothing_of_the_test_source(any_box):
+    """The candidate reads every request that reaches its process (here by wrapping its server, and by
+    replacing the server class); the test source's strings, comments and own names must not be among them."""
+    code = (
+        "import sys\n"
+        "SEEN = []\n"
+        "_side = sys.modules['candidate']\n"
+        "_answer = _side.Server.answer\n"
+        "def _spy(self, request):\n    SEEN.append(repr(request))\n    return _answer(self, request)\n"
+        "_side.Server.answer = _spy\n"
+        "class Replacement(_side.Server):\n"
+        "    def __init__(self, *args):\n        SEEN.append('replaced')\n        super().__init__(*args)\n"
+        "_side.Server = Replacement\n"
+        "def seen():\n    return ' '.join(SEEN)\n"
+    )
+    marker = f"m{uuid.uuid4().hex[:12]}"
+    tests = (
+        f"# {marker}_in_a_comment\n"
+        f"NOTE = '{marker}_in_a_string'\n\n"
+        f"def test_nothing_leaked():\n    {marker}_a_local = 1\n    text = seen()\n"
+        f"    assert 'seen' in text and 'replaced' not in text\n"
+        f"    assert {marker!r} not in text, text\n"
+    )
+    r = any_box.execute_tests(code, tests)
+    assert r.all_passed, (r.test_outcomes, r.stderr)
+
+
+RAW_PROBE = """
+import json, sys
+import solution
+
+def raw(request):
+    '''A request written on the candidate's socket directly, and its reply as sent (nothing decoded).'''
+    channel = next(f for f in sys.meta_path if hasattr(f, 'channel')).channel
+    with channel.lock:
+        sys.modules['wire'].send_frame(channel.sock, request)
+        return channel.reader.read()
+
+def walk(start, *steps):
+    '''Attribute reads from handle `start`, each on the handle the last reply named; a 1-tuple picks an
+    entry of the dict the last reply encoded.'''
+    target, replies, reply = start, [], None
+    try:
+        for step in steps:
+            if isinstance(step, tuple):
+                target = dict((k, v) for k, v in reply[1][1])[step[0]][1]
+                continue
+            reply = raw(['getattr', target, step])
+            replies.append(reply)
+            if reply[0] != 'ok' or not isinstance(reply[1], list):
+                break
+            if reply[1][0] == 'h':
+                target = reply[1][1]
+    except Exception as e:
+        replies.append(repr(e))
+    return json.dumps(replies)
+
+def test_no_route_to_the_source():
+    squares = raw(['getattr', 0, 'squares'])[1][1]
+    generator = raw(['call', squares, [2], []])[1][1]
+    seen = [walk(0, 'typing', 'sys', 'modules', ('linecache',), 'cache'),
+            walk(0, 're', 'enum', 'sys', 'modules', ('linecache',), 'cache'),
+            walk(0, 'linecache', 'cache'),
+            walk(0, '__loader__'), walk(0, '__dict__'), walk(0, '__spec__'),
+            walk(squares, '__globals__'), walk(squares, '__code__', 'co_consts'),
+            walk(generator, 'gi_frame', 'f_locals'), walk(generator, 'gi_code', 'co_consts'),
+            walk(generator, 'gi_frame', 'f_globals', ('linecache',), 'cache'),
+            walk(0, 'List', 'copy_with')]
+    assert not any(SECRET in text or 'solution.py' in text for text in seen), seen
+"""
+
+
+def test_tests_cannot_read_the_code_through_raw_requests(any_box):
+    """A hostile test writes requests on the candidate's socket itself (its channel is in the tests' process),
+    bypassing every check of the tests' side, and tries routes from the module to the source or its
+    constants: frames, code objects, other modules, linecache."""
+    secret = uuid.uuid4().hex
+    code = (
+        "import typing, re, linecache\n"
+        "from typing import List\n"
+        f"def squares(n: int) -> List[int]:\n    key = {secret!r}\n    for i in range(n):\n        yield i\n"
+    )
+    r = any_box.execute_tests(code, f"SECRET = {secret!r}\n" + RAW_PROBE)
+    assert r.all_passed, (r.test_outcomes, r.stderr)
 
 
 def test_a_correct_candidate_still_passes(any_box):
@@ -465,15 +591,59 @@ def test_a_dead_fork_server_is_replaced(box):
     assert box.execute_tests("def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n").all_passed
 
 
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_messages_nested_too_deeply_are_tampering_and_leak_nothing(box):
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    box.execute_tests(*ok)  # the worker is started
+    before, restarts = open_descriptors(), box.workers_restarted
+    # the candidate's process answers with a frame nested too deeply to parse (its socket to the tests is fd 4)
+    deep_reply = ("import os, struct\n"
+                  "def f():\n    data = b'[' * 100000 + b']' * 100000\n"
+                  "    os.write(4, struct.pack('>I', len(data)) + data)\n    return 1\n")
+    r = box.execute_tests(deep_reply, "def test_a():\n    assert f() == 1\n\ndef test_b():\n    assert f() == 1\n")
+    assert r.tampered and r.passed == 0 and r.total == 2, (r.test_outcomes, r.stderr)
+    # the tests' process sends the host a report line nested too deeply (its socket to the host is fd 3)
+    deep_report = ("import os\n\ndef test_a():\n    os.write(3, b'[' * 100000 + b'\\n')\n\n"
+                   "def test_b():\n    assert f() == 1\n")
+    r = box.execute_tests(ok[0], deep_report)
+    assert r.tampered and r.test_outcomes == {"test_a": "passed", "test_b": "passed"}, (r.test_outcomes, r.stderr)
+    assert box.workers_restarted == restarts and box.execute_tests(*ok).all_passed
+    assert open_descriptors() == before  # sockets and output memory files of every execution closed
+
+
+def test_a_fork_server_dying_mid_execution_makes_errors_not_failures(box):
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    assert box.execute_tests(*ok).all_passed  # the worker is started
+    zygote = box._workers[0].zygotes["candidate"]
+    code = "import time\ndef f():\n    time.sleep(1.5)\n    return 1\n"
+    tests = "def test_a():\n    assert f() == 1\n\ndef test_b():\n    assert f() == 1\n"
+    killer = threading.Timer(0.5, lambda: os.killpg(zygote.proc.pid, 9))
+    killer.start()
+    try:
+        r = box.execute_tests(code, tests, timeout_s=10)
+    finally:
+        killer.join()
+    assert r.status == "error" and r.test_outcomes == {"test_a": "error", "test_b": "error"}, (r.test_outcomes, r.stderr)
+    assert box.execute_tests(*ok).all_passed
+
+
 def test_a_worker_whose_clean_up_failed_is_replaced_before_its_next_execution(box, monkeypatch):
     if not box.cgroups:
         pytest.skip("no cgroup here: leftovers are found by the pid namespace alone")
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    assert box.execute_tests(*ok).all_passed  # the worker is started
+    old = [folder for pair in box._workers[0].limits.values() for limit in pair for folder in limit.folders]
     failures = [1]  # the cgroups of the execution before last still hold a process, once
     real = cgroups.Cgroups.empty
     monkeypatch.setattr(cgroups.Cgroups, "empty", lambda self, wait_s=1.0: not failures.pop() if failures else real(self, wait_s))
     restarts = box.workers_restarted
-    r = box.execute_tests("def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n")
+    r = box.execute_tests(*ok)
     assert r.all_passed and box.workers_restarted == restarts + 1
+    new = [folder for pair in box._workers[0].limits.values() for limit in pair for folder in limit.folders]
+    assert not set(old) & set(new)  # the replacement's cgroups are its own: a leftover process does not follow it
 
 
 @pytest.mark.parametrize("level", NAMESPACED)
@@ -501,6 +671,39 @@ def test_works_with_the_project_and_interpreter_under_tmp(level, tmp_path):
     assert out.stdout.strip() == "passed", out.stderr[-2000:]
 
 
-def test_cgroups_are_used_where_the_machine_has_them(box):
-    assert box.cgroups == cgroups.available()
-    assert ("cgroup v1" in box.isolation_description) == box.cgroups
+CGROUP_PROBE = """
+def cgroup_lines():
+    # this process's cgroups in the memory and pids hierarchies: controller -> path
+    out = {}
+    for line in open('/proc/self/cgroup'):
+        _, names, path = line.rstrip().split(':', 2)
+        for name in names.split(','):
+            if name in ('memory', 'pids'):
+                out[name] = path
+    return out
+"""
+
+
+@pytest.mark.parametrize("level", NAMESPACED)
+def test_each_process_of_an_execution_is_in_its_execution_s_cgroups(level):
+    if not cgroups.available():
+        pytest.skip("no cgroup v1 memory and pids hierarchy writable here")
+    with start(level) as sb:
+        assert sb.cgroups and "cgroup v1" in sb.isolation_description
+        tests = CGROUP_PROBE.replace("def cgroup_lines", "def my_cgroup_lines") + (
+            "\ndef test_report():\n    print('CANDIDATE', repr(cgroup_lines()))\n"
+            "    print('TESTS', repr(my_cgroup_lines()))\n")
+        r = sb.execute_tests(CGROUP_PROBE, tests)
+        assert r.all_passed, (r.test_outcomes, r.stderr)
+        worker = sb._workers[0]
+        started = time.monotonic()
+        sb.close()
+        assert time.monotonic() - started < 1.5  # closing a worker does not wait on the shared parent cgroup
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("CANDIDATE ", "TESTS ")))
+    for side, label in (("candidate", "CANDIDATE"), ("tests", "TESTS")):
+        paths = ast.literal_eval(lines[label])
+        for i, controller in enumerate(cgroups.CONTROLLERS):  # executions use the side's two pairs in turn
+            own = ["/" + "/".join(limit.folders[i].split("/")[-2:]) for limit in worker.limits[side]]
+            assert any(paths[controller].endswith(o) for o in own), (side, controller, paths, own)
+        assert not any(os.path.exists(folder) for limit in worker.limits[side] for folder in limit.folders)
+
