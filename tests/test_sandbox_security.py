@@ -482,13 +482,15 @@ def test_memory_bomb_raises_memory_error(box):
 
 
 MANY_PROCESSES = """
-import os, select, time
+import ctypes, os, select, time
 
 def hold(blocks, size_mb, use_memfd):
     '''Start `blocks` processes that each take `size_mb` MiB; how many held it at once.'''
     read, write = os.pipe()
     for _ in range(blocks):
         if os.fork() == 0:
+            # the sandbox makes its processes non-dumpable, so /proc/self is not ours until we undo that
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
             with open('/proc/self/oom_score_adj', 'w') as f:
                 f.write('1000')  # the kernel picks these, not the parent
             if use_memfd:  # memory files of 8 MiB (the file-size limit is 16)
