@@ -138,8 +138,7 @@ def _system_site_dirs() -> list[str]:
 def _python_mounts() -> list[Mount]:
     """This interpreter, its shared library and its standard library, at /sandbox/python (PYTHONHOME),
     with the site-packages folder inside the standard library hidden."""
-    stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
-    platstdlib = os.path.realpath(sysconfig.get_path("platstdlib"))
+    stdlib, platstdlib = _stdlib_dirs()
     libdir = os.path.realpath(sysconfig.get_config_var("LIBDIR") or "/nonexistent")
     version = os.path.basename(stdlib)  # "python3.11"
     mounts = [Mount("ro", f"{PYTHON}/bin/python3", os.path.realpath(sys.executable))]
@@ -155,9 +154,17 @@ def _python_mounts() -> list[Mount]:
     return mounts
 
 
+def _stdlib_dirs() -> tuple[str, str]:
+    """The standard library and its platform-specific part (lib-dynload) of the base interpreter: in a
+    virtual environment sysconfig's own "platstdlib" is the environment's folder, which has no lib-dynload."""
+    base = {"base": sys.base_prefix, "installed_base": sys.base_prefix,
+            "platbase": sys.base_exec_prefix, "installed_platbase": sys.base_exec_prefix}
+    return tuple(os.path.realpath(sysconfig.get_path(name, vars=base)) for name in ("stdlib", "platstdlib"))
+
+
 def python_env() -> dict[str, str]:
-    platstdlib = os.path.realpath(sysconfig.get_path("platstdlib"))
-    home = PYTHON if platstdlib == os.path.realpath(sysconfig.get_path("stdlib")) else f"{PYTHON}:{PYTHON_EXEC}"
+    stdlib, platstdlib = _stdlib_dirs()
+    home = PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}"
     return {"PYTHONHOME": home, "LD_LIBRARY_PATH": f"{PYTHON}/lib"}
 
 
