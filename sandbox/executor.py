@@ -1,28 +1,39 @@
 """`Sandbox`: runs untrusted code against untrusted pytest tests and returns an `ExecutionResult`.
 
-A pool of warm workers (`sandbox/worker.py`), each a long-lived process inside the strongest isolation
-available (`sandbox/isolation.py`), forks once per execution. Outcomes are counted per test from the
-worker's own record of which tests were expected and which reported, never from exit codes or output.
-It never raises on bad code or tests: every call returns an `ExecutionResult`.
+Each worker is two fork servers (`sandbox/zygote.py`), each in a container of its own
+(`sandbox/isolation.py`): one for the candidate's code, one for the tests. Per execution both fork a fresh
+child; the host hands the code to the candidate's child and the tests to the tests' child directly, on
+sockets the fork servers pass on but never read, and connects the two children with a socket of their own.
+The tests call the candidate's functions across it with plain values only (`sandbox/remote.py`), so the
+process that runs the candidate's code holds nothing that decides or reports an outcome. The tests' child
+reports one line per test to the host; the host counts outcomes against the tests it expected from the
+source's syntax tree, never from exit codes or output. It never raises on bad code or tests.
 """
 from __future__ import annotations
 
+import ast
+import itertools
 import json
 import logging
 import os
 import queue
-import struct
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sandbox import isolation
+from sandbox import cgroups, isolation, wire
 
 logger = logging.getLogger(__name__)
 
 PASSED = "passed"
+OUTCOMES = ("passed", "failed", "error", "skipped")
+DONE, PROTOCOL = "__done__", "__protocol__"  # runner.py's last line, and its report of a protocol breach
+SETUP_FAILED = "sandbox: isolation failed"  # how zygote.py's child reports that on its stderr
+MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the rest counts as missing)
 
 
 @dataclass
@@ -30,13 +41,14 @@ class SandboxConfig:
     """Limits and pool size. Every limit here is enforced (see README 'Sandbox')."""
 
     timeout_s: float = 5.0  # wall-clock limit of one execution; every process it started is killed after
-    memory_mb: int = 512  # address-space limit of the execution (RLIMIT_AS above the worker's own)
+    memory_mb: int = 512  # memory of each side of an execution: all its processes together with a cgroup, else per process
     max_file_mb: int = 16  # largest single file it may write (RLIMIT_FSIZE)
-    tmp_mb: int = 64  # size of the worker's private tmpfs: bounds all files together (bwrap/unshare)
-    max_processes: int = 32  # processes and threads of the execution (RLIMIT_NPROC, per-worker uid)
-    max_output_chars: int = 8192  # stdout/stderr kept per execution
+    tmp_mb: int = 64  # size of each execution's private tmpfs (/tmp, and /dev/shm): bounds all files together
+    max_processes: int = 32  # processes and threads of each side of an execution (pids cgroup, else RLIMIT_NPROC)
+    max_output_chars: int = 8192  # output kept per execution of each process and stream (candidate/tests, stdout/stderr)
     num_workers: int = 0  # parallel workers; 0 = one per CPU core
     isolation: str = "auto"  # "auto" (strongest available), "bwrap", "unshare" or "process"
+    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation (also: ADVCODE_ALLOW_UNISOLATED=1)
 
     def __post_init__(self):
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes < 1:
@@ -57,10 +69,11 @@ class ExecutionResult:
     timed_out: bool = False
     test_outcomes: dict[str, str] = field(default_factory=dict)  # test id -> passed/failed/error/skipped/missing
     duration_s: float = 0.0
-    stdout: str = ""
-    stderr: str = ""
+    stdout: str = ""  # the candidate's output, then the tests' (each capped on its own)
+    stderr: str = ""  # the tests' failure messages, then the candidate's errors, then the tests' own
     runner: str = ""  # "fast" (plain test functions) or "pytest"
-    tampered: bool = False  # the code under test modified the harness; all remaining tests failed
+    tampered: bool = False  # a process broke the protocol: the candidate's with the tests', or the tests' with the host
+    _cases = None  # passed_test's index, built on first use; not a field (kept out of asdict, repr and ==)
 
     @property
     def pass_rate(self) -> float:
@@ -75,8 +88,15 @@ class ExecutionResult:
         return [name for name, outcome in self.test_outcomes.items() if outcome != PASSED]
 
     def passed_test(self, name: str) -> bool:
-        """Whether test `name` passed; a parametrized test passes when all of its cases do."""
-        cases = [o for t, o in self.test_outcomes.items() if t == name or t.startswith(name + "[")]
+        """Whether test `name` passed; a parametrized test passes when all of its cases do, and a `Test*`
+        class given by its name alone when all of its methods do."""
+        if self._cases is None:  # built once: asking for every test stays linear in their number
+            self._cases = {}
+            for test, outcome in self.test_outcomes.items():
+                base = test.split("[", 1)[0]
+                for key in {base, base.split("::", 1)[0]}:
+                    self._cases.setdefault(key, []).append(outcome)
+        cases = self._cases.get(name, [])
         return bool(cases) and all(o == PASSED for o in cases)
 
 
@@ -87,19 +107,70 @@ def add_solution_import(tests: str) -> str:
     return "from solution import *\n" + tests
 
 
-def result_from_reply(reply: dict) -> ExecutionResult:
-    """Count outcomes: every expected test must report; a test that never reports has failed."""
-    if "internal_error" in reply:
-        return ExecutionResult(status="error", stderr="sandbox worker error:\n" + reply["internal_error"])
+# ---------------------------------------------------------------- what the tests are
+def _is_parametrize(dec) -> bool:
+    return isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"
+
+
+def _param_names(dec) -> list[str] | None:
+    """The argument names of a parametrize decorator, given by position or as `argnames=`; None if unknown."""
+    node = dec.args[0] if dec.args else next((k.value for k in dec.keywords if k.arg == "argnames"), None)
+    try:
+        names = ast.literal_eval(node)
+    except Exception:
+        return None
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def analyse_tests(source: str) -> tuple[list[str], bool]:
+    """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
+    does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
+    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest."""
+    tree = ast.parse(source)
+    expected, fast = [], True
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            expected.append(node.name)
+            args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+            covered = []
+            for dec in node.decorator_list:
+                names = _param_names(dec) if _is_parametrize(dec) else None
+                if names is None:
+                    fast = False
+                    break
+                covered += names
+            if isinstance(node, ast.AsyncFunctionDef) or set(args) - set(covered) or node.args.vararg:
+                fast = False
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            fast = False
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
+                    expected.append(f"{node.name}::{item.name}")
+    if "fixture" in source or "pytest.param" in source:
+        fast = False
+    return expected, fast
+
+
+def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool, broken: bool = False) -> dict:
+    """Every expected test must report; one that never reports has failed ("missing"). With `broken` (the
+    sandbox itself failed: a fork server died or an execution could not be isolated) every test that did
+    not pass is an error and so is the execution, as when nothing ran. Linear in the tests."""
+    by_base: dict[str, dict[str, str]] = {}
+    for test, outcome in reported.items():
+        by_base.setdefault(test.split("[", 1)[0], {})[test] = outcome
     outcomes: dict[str, str] = {}
-    reported = reply["outcomes"]
-    for name in reply["expected"]:
-        cases = {t: o for t, o in reported.items() if t == name or t.startswith(name + "[")}
-        outcomes.update(cases or {name: "missing"})
+    for name in dict.fromkeys(expected):
+        outcomes.update(by_base.get(name) or {name: "missing"})
+    if broken:
+        outcomes = {test: o if o == PASSED else "error" for test, o in outcomes.items()}
     passed = sum(o == PASSED for o in outcomes.values())
     errors = sum(o == "error" for o in outcomes.values())
     total = len(outcomes)
-    if reply["timed_out"]:
+    if broken and passed < total:
+        status = "error"
+    elif timed_out:
         status = "timeout"
     elif total == 0:
         status = "error"
@@ -107,87 +178,246 @@ def result_from_reply(reply: dict) -> ExecutionResult:
         status = "passed"
     else:
         status = "error" if errors == total else "failed"
-    return ExecutionResult(
-        status=status,
-        passed=passed,
-        failed=total - passed - errors,
-        errors=errors,
-        total=total,
-        timed_out=reply["timed_out"],
-        test_outcomes=outcomes,
-        duration_s=reply.get("duration_s", 0.0),
-        stdout=reply.get("stdout", ""),
-        stderr=reply.get("stderr", ""),
-        runner=reply.get("runner", ""),
-        tampered=reply.get("tampered", False),
-    )
+    return dict(status=status, passed=passed, failed=total - passed - errors, errors=errors, total=total,
+                timed_out=timed_out, test_outcomes=outcomes)
 
 
-class _Worker:
-    """One warm worker process and its pipes."""
+# ---------------------------------------------------------------- a worker: two fork servers
+class _Zygote:
+    """One fork server in its container, and its control socket."""
 
-    def __init__(self, index: int, level: str, config: SandboxConfig):
-        argv, env = isolation.worker_command(level, index, config.tmp_mb)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )
-        hello = self._read(timeout=60)
+    def __init__(self, level: str, side: str, index: int, tmp_mb: int, work_root: str):
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv, env = isolation.container_command(level, side, index, theirs.fileno(), tmp_mb, work_root)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, env=env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
+        theirs.close()
+        hello = self.receive(timeout=60)
         if not hello or not hello.get("ready"):
-            self.kill()
+            self.log.seek(0)
+            why = self.log.read()[-2000:].decode(errors="replace").strip()
             self.close()
-            raise RuntimeError(f"sandbox worker failed to start with isolation {level!r}: {argv[:3]}...")
+            raise RuntimeError(f"the {side} fork server did not start at isolation {level!r}: {why or 'no message'}")
 
-    def request(self, payload: dict, timeout: float) -> dict | None:
-        data = json.dumps(payload).encode()
-        try:
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return None
-        return self._read(timeout)
+    def send(self, message: dict, fds=()):
+        socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
 
-    def _read(self, timeout: float) -> dict | None:
-        # a watchdog kills a worker that stops answering; the blocked read then sees EOF
-        timer = threading.Timer(timeout, self.kill)
-        timer.start()
+    def receive(self, timeout: float) -> dict | None:
+        self.control.settimeout(timeout)
         try:
-            header = self.proc.stdout.read(4)
-            if len(header) < 4:
-                return None
-            (size,) = struct.unpack(">I", header)
-            body = self.proc.stdout.read(size)
-            return json.loads(body) if len(body) == size else None
+            data = self.control.recv(1 << 16)
+            return json.loads(data) if data else None
         except (OSError, ValueError):
             return None
-        finally:
-            timer.cancel()
 
-    def kill(self):
+    def close(self):
         try:
             os.killpg(self.proc.pid, 9)
         except OSError:
             pass
+        self.proc.wait()
+        self.control.close()
+        self.log.close()
+
+
+class _Stale(Exception):
+    """A worker that cannot take an execution: replace it and run the execution on a fresh one."""
+
+
+class _Worker:
+    """The candidate's and the tests' fork servers of one worker slot, with their cgroups: two pairs per side,
+    used in turn, so that an execution starts while the last one's processes are still being torn down
+    (killed, but the kernel's clean-up of their namespaces takes milliseconds) without sharing its limits."""
+
+    def __init__(self, index: int, level: str, config: SandboxConfig, name: str):
+        self.config = config
+        self.work_root = tempfile.mkdtemp(prefix=f"sandbox-worker{index}-") if level == "process" else ""
+        self.limits: dict[str, list[cgroups.Cgroups]] = {side: [] for side in isolation.SIDES}
+        self.zygotes: dict[str, _Zygote] = {}
+        self.executions = 0
+        try:
+            for side in isolation.SIDES:
+                if cgroups.available():
+                    self.limits[side] = [cgroups.Cgroups(f"{name}-{side}{turn}", config.memory_mb,
+                                                         config.max_processes) for turn in (0, 1)]
+                self.zygotes[side] = _Zygote(level, side, index, config.tmp_mb, self.work_root)
+        except BaseException:
+            self.close()
+            raise
+
+    def execute(self, code: str, request: dict, timeout: float) -> tuple[dict, bool]:
+        """Run one execution; (reply, healthy). The worker is unhealthy when a fork server stopped
+        answering or an execution's isolation could not be set up: it is then replaced, and the tests that
+        did not report are errors, not failures. `_Stale` (before anything ran): processes of an earlier
+        execution could not be killed. Whatever happens, the execution is killed and its descriptors closed."""
+        start = time.monotonic()
+        deadline = start + timeout
+        turn, self.executions = self.executions % 2, self.executions + 1
+        limits = {side: pair[turn] for side, pair in self.limits.items() if pair}
+        if not all(limit.empty() for limit in limits.values()):
+            raise _Stale("processes of the execution before last could not be killed")
+        settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
+                    "max_processes": self.config.max_processes}
+        sockets: list[socket.socket] = []
+        outputs: dict[str, int] = {}
+        reported, messages, timed_out, tampered, healthy = {}, [], False, False, True
+        try:
+            c_host, c_child = socket.socketpair()
+            sockets += [c_host, c_child]
+            t_host, t_child = socket.socketpair()
+            sockets += [t_host, t_child]
+            c_peer, t_peer = socket.socketpair()
+            sockets += [c_peer, t_peer]
+            for name in ("c_out", "c_err", "t_out", "t_err"):
+                outputs[name] = os.memfd_create(f"sandbox-{name}")
+            try:
+                for side, fds in (("candidate", [c_child, c_peer, outputs["c_out"], outputs["c_err"]]),
+                                  ("tests", [t_child, t_peer, outputs["t_out"], outputs["t_err"]])):
+                    fds = [f if isinstance(f, int) else f.fileno() for f in fds]
+                    self.zygotes[side].send({"op": "run", "limits": settings},
+                                            fds + (limits[side].fds if side in limits else []))
+            finally:
+                for s in (c_child, t_child, c_peer, t_peer):
+                    s.close()
+            try:
+                _send_before(c_host, {"code": code}, deadline)
+                _send_before(t_host, request, deadline)
+                reported, messages, timed_out, tampered = _read_reports(t_host, deadline)
+            except socket.timeout:
+                timed_out = True
+            except OSError:
+                pass  # a child died early: what it reported counts, and what it did not is missing
+        finally:
+            for s in sockets:
+                s.close()
+            try:
+                healthy = self._kill(messages)
+                stdout, stderr, setup_failed = self._outputs(outputs, messages)
+            finally:
+                for fd in outputs.values():
+                    os.close(fd)
+        if setup_failed:
+            healthy = False
+        # a broken worker is not the code's or the tests' doing: no test may look failed because of it
+        reply = count_outcomes(request["expected"], reported, timed_out, broken=not healthy)
+        reply.update(stdout=stdout, stderr=stderr, tampered=tampered, duration_s=time.monotonic() - start,
+                     runner="fast" if request["fast"] else "pytest")
+        if setup_failed:
+            reply.update(stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
+        return reply, healthy
+
+    def _kill(self, messages: list[str]) -> bool:
+        """Tell both fork servers to kill their execution; False if one did not answer or reported a failure."""
+        healthy, told = True, []
+        for side, zygote in self.zygotes.items():
+            try:
+                zygote.send({"op": "kill"})
+                told.append(side)
+            except OSError as e:
+                healthy = False
+                messages.append(f"sandbox: the {side} fork server failed: {e}\n")
+        for side in told:
+            answer = self.zygotes[side].receive(timeout=10)
+            if answer is None or answer.get("error"):
+                healthy = False
+                messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}\n")
+        return healthy
+
+    def _outputs(self, outputs: dict[str, int], messages: list[str]) -> tuple[str, str, bool]:
+        """stdout (the candidate's, then the tests'), stderr (the reports' messages, then the candidate's and
+        the tests' errors), each part capped on its own so that no side can push the other's out; and
+        whether an execution's isolation could not be set up."""
+        cap = self.config.max_output_chars
+        read = {n: _read_capped(outputs[n], cap) if n in outputs else "" for n in ("c_out", "c_err", "t_out", "t_err")}
+        setup_failed = any(read[n].startswith(SETUP_FAILED) for n in ("c_err", "t_err"))
+        stdout = read["c_out"] + read["t_out"]
+        stderr = _cap("".join(messages), cap) + read["c_err"] + read["t_err"]
+        return stdout, stderr, setup_failed
 
     def close(self):
+        for zygote in self.zygotes.values():
+            zygote.close()
+        for pair in self.limits.values():
+            for limit in pair:
+                limit.close()
+        if self.work_root:
+            import shutil
+            shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+def _send_before(sock, message: dict, deadline: float):
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    wire.send_frame(sock, message)
+
+
+def _read_reports(sock, deadline: float):
+    """Outcome lines from the tests' process until it says it is done, the deadline passes or it ends.
+    Linear in what it sends, however it splits its lines. A line that is not a report is skipped; one nested
+    too deeply to parse also marks the execution tampered."""
+    reported, messages, tampered, buffer, size = {}, [], False, bytearray(), 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return reported, messages, True, tampered
+        sock.settimeout(left)
         try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self.proc.wait()
-        try:
-            self.proc.stdout.close()
-        except OSError:
-            pass
+            chunk = sock.recv(1 << 16)
+        except socket.timeout:
+            return reported, messages, True, tampered
+        if not chunk:
+            return reported, messages, False, tampered
+        searched = len(buffer)  # the part before has no newline
+        buffer += chunk
+        size += len(chunk)
+        if size > MAX_REPORT_BYTES:  # a flood: what it reported so far counts, the rest is missing
+            return reported, messages, False, tampered
+        start, end = 0, buffer.find(b"\n", searched)
+        while end >= 0:
+            try:
+                record = json.loads(buffer[start:end])
+                test, outcome, message = str(record["t"]), str(record["o"]), str(record.get("m", ""))
+            except (ValueError, KeyError, TypeError):
+                test = outcome = message = ""
+            except RecursionError:  # nested deeper than any report: not the runner's line
+                test = outcome = message = ""
+                tampered = True
+            if test == DONE:
+                return reported, messages, False, tampered
+            if test == PROTOCOL:
+                tampered = True
+            elif outcome in OUTCOMES:
+                reported.setdefault(test, outcome)  # the first report of a test wins
+            if message and len(messages) < 1000:
+                messages.append(f"{test}: {message}\n")
+            start, end = end + 1, buffer.find(b"\n", end + 1)
+        del buffer[:start]
+
+
+def _read_capped(fd: int, limit: int) -> str:
+    data = os.pread(fd, limit + 1, 0)
+    text = data[:limit].decode("utf-8", "replace")
+    return text + ("\n[output truncated]" if len(data) > limit else "")
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit + 20 else text[:limit] + "\n[output truncated]"
+
+
+# ---------------------------------------------------------------- the pool
+_SERIALS = itertools.count()
+_WORKER_SERIALS = itertools.count()  # every worker's cgroups get fresh names, replacements too
+ALLOW_UNISOLATED_ENV = "ADVCODE_ALLOW_UNISOLATED"  # =1: as allow_unisolated, for tools without the option
+
+
+def unisolated_allowed(config: SandboxConfig) -> bool:
+    """Whether the "process" level may run as root: `config.allow_unisolated`, else the environment."""
+    return config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"
 
 
 class Sandbox:
     """Runs code against tests in isolated, warm workers. Thread-safe; use as a context manager or
-    call `close()`. `isolation` says which isolation is in force."""
+    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates."""
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
@@ -197,12 +427,19 @@ class Sandbox:
         self._workers: list[_Worker | None] = [None] * self.num_workers
         self._lock = threading.Lock()
         self.workers_restarted = 0
+        self.cgroups = cgroups.available()
+        self._serial = next(_SERIALS)  # names this sandbox's cgroups apart from other sandboxes of the process
         # Workers are started from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG)
         # fires when the *thread* that started it exits, e.g. a finished run_matrix pool thread.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
         self.isolation = self._start_first_worker(level)
+        self.isolation_description = isolation.describe(self.isolation, self.cgroups)
+        if self.isolation == "process" and os.geteuid() == 0:
+            how = ("SandboxConfig.allow_unisolated" if self.config.allow_unisolated
+                   else f"{ALLOW_UNISOLATED_ENV}=1 in the environment")
+            self.isolation_description += f"; running as root, allowed by {how}"
         log = logger.warning if self.isolation == "process" else logger.info
-        log("sandbox isolation: %s", isolation.describe(self.isolation))
+        log("sandbox isolation: %s", self.isolation_description)
         for i in range(self.num_workers):
             self._idle.put(i)
 
@@ -211,29 +448,29 @@ class Sandbox:
         """Run `code` (as module `solution`) against the pytest source `tests`."""
         start = time.monotonic()
         timeout = timeout_s or self.config.timeout_s
-        payload = {
-            "code": code,
-            "tests": add_solution_import(tests),
-            "timeout_s": timeout,
-            "memory_mb": self.config.memory_mb,
-            "max_file_mb": self.config.max_file_mb,
-            "max_processes": self.config.max_processes,
-            "max_output": self.config.max_output_chars,
-        }
+        tests = add_solution_import(tests)
+        try:
+            expected, fast = analyse_tests(tests)
+        except (SyntaxError, ValueError) as e:
+            return ExecutionResult(status="error", runner="none", stderr=f"test source does not parse: {e}",
+                                   duration_s=time.monotonic() - start)
+        request = {"tests": tests, "expected": expected, "fast": fast}
         index = self._idle.get()
         try:
-            worker = self._worker(index)
-            reply = worker.request(payload, timeout=timeout + 30)
-            if reply is None:  # the worker died (killed by the code) or hung: replace it
+            try:
+                reply, healthy = self._worker(index).execute(code, request, timeout)
+            except _Stale as e:
+                logger.warning("sandbox worker %d replaced: %s", index, e)
                 self._replace(index)
-                return ExecutionResult(status="error", duration_s=time.monotonic() - start,
-                                       stderr="the sandbox worker died during this execution")
+                reply, healthy = self._worker(index).execute(code, request, timeout)
+            if not healthy:  # a fork server stopped answering, or an execution could not be isolated
+                self._replace(index)
         except Exception as e:  # never raise on bad code; an infrastructure failure is reported
             self._replace(index)
-            return ExecutionResult(status="error", stderr=f"sandbox failure: {e}")
+            return ExecutionResult(status="error", stderr=f"sandbox failure: {e}", duration_s=time.monotonic() - start)
         finally:
             self._idle.put(index)
-        return result_from_reply(reply)
+        return ExecutionResult(**reply)
 
     def validate_tests_against_solution(self, tests: list[str], reference_solution: str) -> list[bool]:
         """For each test source, whether all of its tests pass on the reference solution (validity)."""
@@ -271,16 +508,31 @@ class Sandbox:
 
     # ------------------------------------------------------------ workers
     def _start_first_worker(self, level: str) -> str:
-        """Start worker 0 now, so that a level the kernel refuses is found at once, not as an error on
-        every execution. Under "auto" a level that fails to start (bubblewrap installed but user
-        namespaces refused, as in some containers) gives way to the next one, with a warning; a level
-        asked for by name raises. Returns the level in force."""
+        """Start worker 0 now and run one execution on it, so that a level the kernel refuses is found at
+        once, not as an error on every execution. Under "auto" a level that fails (bubblewrap installed but
+        user namespaces refused, as in some containers) gives way to the next one, with a warning; a level
+        asked for by name raises. The "process" level as root needs `allow_unisolated` (or the environment
+        variable ADVCODE_ALLOW_UNISOLATED=1). Returns the level."""
         while True:
+            if level == "process" and os.geteuid() == 0 and not unisolated_allowed(self.config):
+                self._spawner.shutdown(wait=False)
+                raise RuntimeError(
+                    "sandbox isolation 'process' would run untrusted code as root with full access to this "
+                    "machine's files, network and processes; install bubblewrap (apt-get install bubblewrap), "
+                    "or accept that: `run_training.py --allow-unisolated`, SandboxConfig(allow_unisolated=True) "
+                    f"from Python, or {ALLOW_UNISOLATED_ENV}=1 in the environment for any entry point "
+                    "(run_inference.py, python -m evaluation, bench/)")
             self.isolation = level
             try:
-                self._worker(0)
+                worker = self._worker(0)
+                reply, _ = worker.execute("def f():\n    return 1\n", {"tests": "from solution import f\n\n"
+                                          "def test_f():\n    assert f() == 1\n", "expected": ["test_f"],
+                                          "fast": True}, timeout=30)
+                if reply["status"] != "passed":
+                    raise RuntimeError(f"a trivial execution did not pass: {reply['stderr'][-1000:]}")
                 return level
             except (RuntimeError, OSError) as e:
+                self._replace(0, count=False)
                 weaker = [lv for lv in isolation.available_levels()
                           if isolation.LEVELS.index(lv) > isolation.LEVELS.index(level)]
                 if self.config.isolation != "auto" or not weaker:
@@ -291,14 +543,16 @@ class Sandbox:
 
     def _worker(self, index: int) -> _Worker:
         if self._workers[index] is None:
-            self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config).result()
+            # a fresh name: a replacement never shares a cgroup with a process its predecessor could not kill
+            name = f"sandbox{self._serial}-worker{index}-{next(_WORKER_SERIALS)}"
+            self._workers[index] = self._spawner.submit(_Worker, index, self.isolation, self.config, name).result()
         return self._workers[index]  # type: ignore[return-value]
 
-    def _replace(self, index: int):
+    def _replace(self, index: int, count: bool = True):
         worker = self._workers[index]
         if worker is not None:
-            worker.kill()
             worker.close()
         self._workers[index] = None
-        with self._lock:
-            self.workers_restarted += 1
+        if count:
+            with self._lock:
+                self.workers_restarted += 1

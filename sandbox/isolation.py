@@ -1,35 +1,53 @@
-"""How a sandbox worker is started: the strongest isolation this machine allows.
+"""Where the sandbox's processes run: one container per side (the candidate's code, the tests) of each worker,
+at the strongest isolation level this machine allows. `Sandbox.isolation` names the level in force and
+`describe(level, cgroups)` says what it isolates; the sandbox logs it when it starts.
 
-Levels, strongest first (the chosen one is `Sandbox.isolation`, and is logged):
-
-- ``bwrap``: bubblewrap with new user, pid, network, ipc and uts namespaces; a minimal read-only root
-  (system libraries and the Python installation only: no home directories, no project files); a private,
-  size-capped tmpfs as the only writable place; a scrubbed environment; dies with its parent. Started as
-  root, we first drop to a uid of the worker's own (setpriv, no capabilities), so process limits hold and
-  two workers cannot signal each other; paths under a root-only directory (pyenv under /root) are staged
-  through a private mount namespace so the unprivileged uid can bind them.
-- ``unshare``: root without bubblewrap: new mount, pid and network namespaces (util-linux `unshare`),
-  a uid of the worker's own, private tmpfs over /tmp, /var/tmp and /dev/shm. The rest of the file system is
-  readable and writable wherever that uid's permissions allow (world-writable directories).
-- ``process``: neither: resource limits, a new session and a private directory only. No network or file
-  system isolation, and a `setsid()` grandchild can outlive its execution. A warning is logged.
+- ``bwrap``: bubblewrap. ``unshare``: the same container built with util-linux's `unshare`, `mount` and
+  `pivot_root` where bubblewrap is missing. Both give each container its own user, pid, network, IPC and
+  UTS namespaces and one file-system view, read-only: the system's libraries and programs (/usr, /lib, /bin,
+  with every site-packages and dist-packages folder in them hidden), this interpreter and its standard
+  library at /sandbox/python (so the project or interpreter may live anywhere, under /tmp too), the side's
+  allow-listed packages at /sandbox/site (the candidate: NumPy; the tests: pytest and what it needs), and
+  the sandbox's own code at /sandbox/code. Nothing else: no home folders, no project files, no datasets, no
+  package data of other installed packages, no host environment variables (the environment is a fixed,
+  minimal set, for the container's first process too). Started as root, each container first drops to a
+  uid of its own with no capabilities (setpriv): process limits then hold per container and no two
+  containers can signal each other. Inside, `zygote.py` gives every execution fresh namespaces, a fresh
+  tmpfs and the limits, and drops the capabilities the container granted it for that.
+- ``process``: neither tool: resource limits, a new session and a private folder per execution only. No
+  network, file-system or process isolation; refused as root unless `SandboxConfig.allow_unisolated` (or
+  ADVCODE_ALLOW_UNISOLATED=1 in the environment).
 """
 from __future__ import annotations
 
+import functools
+import glob
 import logging
 import os
 import shlex
 import shutil
 import site
 import sys
+import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-WORKER = Path(__file__).with_name("worker.py")
-SANDBOX_WORKER = "/sandbox/worker.py"
-BASE_UID = 61000  # workers run as BASE_UID + index when started by root
 LEVELS = ("bwrap", "unshare", "process")
+SIDES = ("candidate", "tests")
+PACKAGES = {"candidate": ("numpy",), "tests": ("pytest",)}  # importable besides the standard library
+# standard-library modules the candidate's fork server imports once, so executions need not (typing alone
+# costs a few milliseconds per execution otherwise); none of them reads anything of a request
+PRELOAD = ("typing", "math", "collections", "itertools", "functools", "re", "heapq", "bisect", "string")
+BASE_UID = 61000  # as root: side s of worker i runs as BASE_UID + 2 i + s
+CODE_DIR = Path(__file__).resolve().parent
+PYTHON = "/sandbox/python"  # this interpreter inside a container (PYTHONHOME)
+PYTHON_EXEC = "/sandbox/python-exec"  # its platform-specific library, where that lives elsewhere
+SYSTEM = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+TOOLS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -44,13 +62,17 @@ ENV = {
 }
 
 
+def _tool(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":" + TOOLS_PATH)
+
+
 def available_levels() -> list[str]:
     """The levels whose tools this machine has, strongest first (whether the kernel lets them start is
     only known by starting a worker: `Sandbox` does, and falls back under "auto")."""
     root = os.geteuid() == 0
     have = {
-        "bwrap": shutil.which("bwrap") is not None and (not root or _have("setpriv", "unshare", "mount")),
-        "unshare": root and _have("setpriv", "unshare", "mount"),
+        "bwrap": bool(_tool("bwrap")) and (not root or all(map(_tool, ("setpriv", "unshare", "mount")))),
+        "unshare": all(map(_tool, ("unshare", "setpriv", "mount", "umount", "pivot_root"))),
         "process": True,
     }
     return [level for level in LEVELS if have[level]]
@@ -67,105 +89,229 @@ def detect_level(requested: str = "auto") -> str:
     return requested
 
 
-def _have(*tools: str) -> bool:
-    return all(shutil.which(t) for t in tools)
-
-
-def python_paths() -> list[str]:
-    """Directories the sandboxed interpreter needs: its installation(s) and site-packages."""
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in site.getsitepackages() if os.path.isdir(p))
-    user_site = site.getusersitepackages()
-    if isinstance(user_site, str) and os.path.isdir(user_site):
-        paths.add(user_site)
-    # keep only the outermost of nested paths; system directories are bound whole anyway
-    system = ("/usr", "/lib", "/lib64", "/bin")
-    kept = sorted(p for p in paths if not any(p == s or p.startswith(s + "/") for s in system))
-    return [p for p in kept if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in kept)]
-
-
-def worker_command(level: str, index: int, tmp_mb: int) -> tuple[list[str], dict[str, str] | None]:
-    """argv and environment that start worker `index` at `level`."""
-    python = sys.executable
-    if level == "process":
-        env = dict(ENV, SANDBOX_WORK_ROOT=_process_work_root(index))
-        return [python, "-I", str(WORKER)], env
-
-    uid = str(BASE_UID + index)
-    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--"]
-    if level == "unshare":
-        inner = drop + [python, "-I", str(WORKER)]
-        private = [("/tmp", f"size={tmp_mb}m,mode=1777"), ("/var/tmp", "size=1m"), ("/dev/shm", "size=1m")]
-        script = _private_mounts_script(python_paths() + [str(WORKER.parent)], private) + "exec " + shlex.join(inner)
-        argv = ["unshare", "--mount", "--propagation", "private", "--net", "--pid", "--fork",
-                "--kill-child", "--mount-proc", "--", "sh", "-c", script]
-        return argv, dict(ENV, SANDBOX_OWN_PIDNS="1")
-
-    # bwrap
-    root = os.geteuid() == 0
-    binds = [(p, p) for p in python_paths()] + [(str(WORKER), SANDBOX_WORKER)]
-    stage = []
-    if root:
-        # stage every bind source under a private tmpfs: the dropped uid cannot traverse /root (mode 700)
-        stage.append("mount -t tmpfs -o size=1m,mode=755 sbx /mnt")
-        staged = []
-        for i, (src, dst) in enumerate(binds):
-            target = f"/mnt/{i}"
-            make = "mkdir -p" if os.path.isdir(src) else "touch"
-            stage.append(f"{make} {target} && mount --bind {shlex.quote(src)} {target}")
-            staged.append((target, dst))
-        binds = staged
-    bwrap = [
-        "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-        "--ro-bind", "/usr", "/usr", "--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64",
-        "--ro-bind-try", "/bin", "/bin", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-        "--ro-bind-try", "/etc/alternatives", "/etc/alternatives", "--ro-bind-try", "/etc/localtime", "/etc/localtime",
-        "--proc", "/proc", "--dev", "/dev", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
-    ]
-    for src, dst in binds:
-        bwrap += ["--ro-bind", src, dst]
-    for key, value in dict(ENV, SANDBOX_OWN_PIDNS="1").items():
-        bwrap += ["--setenv", key, value]
-    # the root bwrap builds is a writable tmpfs of unbounded size: make it read-only; /tmp stays writable
-    bwrap += ["--remount-ro", "/", "--chdir", "/tmp", "--", python, "-I", SANDBOX_WORKER]
-    if not root:
-        return bwrap, None
-    script = " && ".join(stage) + " && exec " + shlex.join(drop + bwrap)
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script], None
-
-
-def _private_mounts_script(paths: list[str], private: list[tuple[str, str]]) -> str:
-    """Shell steps (run as root in a private mount namespace) that mount empty tmpfs over the `private`
-    directories and over every closed ancestor of `paths` (e.g. /root, mode 700, which an unprivileged uid
-    cannot traverse), while keeping `paths` themselves reachable at their own locations: they are staged
-    under /mnt first and bound back afterwards (a virtualenv under /tmp survives the private /tmp)."""
-    closed = sorted({a for p in paths for a in _ancestors(p) if not os.stat(a).st_mode & 0o001})
-    closed = [a for a in closed if not any(a.startswith(b + "/") for b in closed)]  # outermost only
-    steps = ["mount -t tmpfs -o size=1m,mode=755 sbx /mnt"]
-    steps += [f"mkdir -p /mnt/{i} && mount --bind {shlex.quote(p)} /mnt/{i}" for i, p in enumerate(paths)]
-    steps += [f"mount -t tmpfs -o {opts} sbx {shlex.quote(d)}" for d, opts in private]
-    steps += [f"mount -t tmpfs -o size=1m,mode=755 sbx {shlex.quote(a)}" for a in closed]
-    steps += [f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/{i} {shlex.quote(p)}" for i, p in enumerate(paths)]
-    return " && ".join(steps) + " && "
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = Path(path).resolve().parts
-    return [str(Path(*parts[:i])) for i in range(2, len(parts))]
-
-
-def _process_work_root(index: int) -> str:
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix=f"sandbox-worker{index}-")
-    os.chmod(path, 0o700)
-    return path
-
-
-def describe(level: str) -> str:
-    """One line for logs and the README: what this level isolates."""
+def describe(level: str, cgroups: bool = False) -> str:
+    """One line for logs and the README: what this level isolates, and how the limits hold."""
+    limits = ("memory and process count bound each execution as a whole (cgroup v1)" if cgroups else
+              "memory limited per process and process count per uid only (no cgroup available)")
+    containers = ("own user/pid/net/IPC namespaces per container, fresh pid/mount/IPC namespaces and tmpfs per "
+                  "execution, read-only minimal root with allow-listed packages, no capabilities, no_new_privs")
     return {
-        "bwrap": "bubblewrap: own user/pid/net namespaces, read-only minimal root, private tmpfs, own uid",
-        "unshare": "unshare: own pid/net/mount namespaces, own uid, private /tmp; rest of the fs visible",
-        "process": "process only: rlimits and a new session; NO network or file-system isolation",
+        "bwrap": f"bubblewrap: {containers}; {limits}",
+        "unshare": f"unshare: {containers}; {limits}",
+        "process": f"process only: rlimits and a new session; NO network, file-system or process isolation; {limits}",
     }[level]
+
+
+# ---------------------------------------------------------------- the file-system view
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # "ro": bind `src` read-only at `dst`; "tmpfs": an empty read-only tmpfs; "symlink": `dst` -> `src`
+    dst: str
+    src: str = ""
+
+
+@functools.lru_cache(maxsize=None)
+def view(side: str) -> tuple[Mount, ...]:
+    """Everything a container of `side` sees, besides /proc, /dev and /tmp."""
+    mounts = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            mounts.append(Mount("symlink", path, os.readlink(path)))
+        elif os.path.isdir(path):
+            mounts.append(Mount("ro", path, path))
+    mounts += [Mount("ro", path, path) for path in SYSTEM_FILES if os.path.exists(path)]
+    mounts += [Mount("tmpfs", path) for path in _system_site_dirs()]
+    mounts += _python_mounts()
+    mounts += [Mount("ro", f"/sandbox/site/{name}", path) for name, path in sorted(package_items(PACKAGES[side]).items())]
+    mounts.append(Mount("ro", "/sandbox/code", str(CODE_DIR)))
+    return tuple(mounts)
+
+
+def _system_site_dirs() -> list[str]:
+    """site-packages and dist-packages folders inside the system folders a container binds."""
+    found = set(glob.glob("/usr/lib*/python3*/*-packages") + glob.glob("/usr/local/lib*/python3*/*-packages"))
+    found.update(site.getsitepackages())
+    real = {os.path.realpath(p) for p in found if os.path.isdir(p)}
+    return sorted(p for p in real if any(p.startswith(s + "/") for s in SYSTEM if not os.path.islink(s)))
+
+
+def _python_mounts() -> list[Mount]:
+    """This interpreter, its shared library and its standard library, at /sandbox/python (PYTHONHOME),
+    with the site-packages folder inside the standard library hidden."""
+    stdlib, platstdlib = _stdlib_dirs()
+    libdir = os.path.realpath(sysconfig.get_config_var("LIBDIR") or "/nonexistent")
+    version = os.path.basename(stdlib)  # "python3.11"
+    mounts = [Mount("ro", f"{PYTHON}/bin/python3", os.path.realpath(sys.executable))]
+    if os.path.dirname(stdlib) == libdir:  # pyenv, conda, python.org builds: the library sits beside it
+        mounts.append(Mount("ro", f"{PYTHON}/lib", libdir))
+    else:  # distribution builds: the library is in a system folder already
+        mounts.append(Mount("ro", f"{PYTHON}/lib/{version}", stdlib))
+    if platstdlib != stdlib:
+        mounts.append(Mount("ro", f"{PYTHON_EXEC}/lib/{os.path.basename(platstdlib)}", platstdlib))
+    for sub in ("site-packages", "dist-packages"):
+        if os.path.isdir(os.path.join(stdlib, sub)):
+            mounts.append(Mount("tmpfs", f"{PYTHON}/lib/{version}/{sub}"))
+    return mounts
+
+
+def _stdlib_dirs() -> tuple[str, str]:
+    """The standard library and its platform-specific part (lib-dynload) of the base interpreter: in a
+    virtual environment sysconfig's own "platstdlib" is the environment's folder, which has no lib-dynload."""
+    base = {"base": sys.base_prefix, "installed_base": sys.base_prefix,
+            "platbase": sys.base_exec_prefix, "installed_platbase": sys.base_exec_prefix}
+    return tuple(os.path.realpath(sysconfig.get_path(name, vars=base)) for name in ("stdlib", "platstdlib"))
+
+
+def python_env() -> dict[str, str]:
+    stdlib, platstdlib = _stdlib_dirs()
+    home = PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}"
+    return {"PYTHONHOME": home, "LD_LIBRARY_PATH": f"{PYTHON}/lib"}
+
+
+def package_items(names) -> dict[str, str]:
+    """Top-level files and folders (`numpy`, `numpy.libs`, `_pytest`, `py.py`, ...) of the installed
+    distributions `names` and the distributions they require, by name -> absolute path."""
+    from importlib import metadata
+
+    todo, seen, items = list(names), set(), {}
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for file in dist.files or []:
+            top = file.parts[0]
+            if top in ("..", "__pycache__") or top.endswith((".dist-info", ".egg-info", ".pth", ".data")):
+                continue
+            path = os.path.realpath(dist.locate_file(top))
+            if os.path.exists(path):
+                items[top] = path
+        todo += [req for req in map(_required, dist.requires or []) if req]
+    return items
+
+
+def _required(requirement: str) -> str | None:
+    """The distribution name of a requirement that applies here (markers evaluated), else None."""
+    try:
+        from packaging.requirements import Requirement
+
+        req = Requirement(requirement)
+        return req.name if req.marker is None or req.marker.evaluate({"extra": ""}) else None
+    except ImportError:
+        if "extra ==" in requirement:
+            return None
+        return requirement.split(";")[0].split("[")[0].strip(" <>=!~()").split(" ")[0] or None
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- commands
+def container_command(level: str, side: str, index: int, control_fd: int, tmp_mb: int = 64,
+                      work_root: str = "") -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start the fork server of `side` for worker `index` at `level`."""
+    env = dict(ENV, SANDBOX_ROLE=side, SANDBOX_CONTROL_FD=str(control_fd), SANDBOX_TMP_MB=str(tmp_mb))
+    if side == "candidate":
+        env["SANDBOX_PRELOAD"] = ",".join(PRELOAD)
+    if level == "process":
+        env["SANDBOX_WORK_ROOT"] = work_root
+        return [sys.executable, "-E", "-s", "-B", str(CODE_DIR / "zygote.py")], env
+
+    env.update(python_env(), SANDBOX_NAMESPACED="1", SANDBOX_SITE="/sandbox/site")
+    zygote = [f"{PYTHON}/bin/python3", "-S", "-B", "/sandbox/code/zygote.py"]
+    mounts = view(side)
+    root = os.geteuid() == 0
+    uid = BASE_UID + 2 * index + SIDES.index(side) if root else os.getuid()
+    gid = uid if root else os.getgid()
+    point = _stage_point([m.src for m in mounts if m.kind == "ro"])
+    stage, sources = _stage(mounts, point) if root else ("", [m.src for m in mounts])
+    setpriv = [_tool("setpriv") or "setpriv"]
+    if root:  # a uid of its own, no capabilities left in the initial namespace
+        setpriv += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all"]
+    setpriv += ["--pdeathsig", "KILL", "--"]
+    if level == "bwrap":  # bubblewrap dies with its parent by itself (--die-with-parent)
+        inner = (setpriv if root else []) + _bwrap_args(mounts, sources, env) + zygote
+    else:
+        script = _unshare_script(mounts, sources, f"{point}/root" if root else point, env, zygote)
+        inner = setpriv + [_tool("unshare") or "unshare", "--user", f"--map-user={uid}", f"--map-group={gid}",
+                           "--keep-caps", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
+                           "--", "/bin/sh", "-c", script]
+    launch = {"PATH": TOOLS_PATH, "LANG": "C.UTF-8"}  # all the host environment the tools see
+    if not root:
+        return inner, launch
+    # as root: bind every source under a private tmpfs first (the dropped uid cannot traverse /root, mode 700)
+    return [_tool("unshare") or "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            stage + "exec " + shlex.join(inner)], launch
+
+
+def _stage_point(sources: list[str]) -> str:
+    """An existing folder, outside every source, to mount private tmpfs on."""
+    for point in ("/mnt", "/media", "/srv", "/opt", "/boot"):
+        if os.path.isdir(point) and not any(s == point or s.startswith(point + "/") for s in sources):
+            return point
+    raise RuntimeError("no folder to build the sandbox's file-system view in (/mnt, /media, /srv, /opt)")
+
+
+def _stage(mounts, point: str) -> tuple[str, list[str]]:
+    steps = [f"mount -t tmpfs -o size=1m,mode=755 sandbox-stage {point}", f"mkdir {point}/root"]
+    sources = []
+    for i, m in enumerate(mounts):
+        if m.kind != "ro":
+            sources.append(m.src)
+            continue
+        target = f"{point}/{i}"
+        steps.append(f"{'mkdir' if os.path.isdir(m.src) else 'touch'} {target} && mount --bind {shlex.quote(m.src)} {target}")
+        sources.append(target)
+    return " && ".join(steps) + " && ", sources
+
+
+def _bwrap_args(mounts, sources, env) -> list[str]:
+    args = [_tool("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]  # for zygote.py; its children drop them
+    for m, src in zip(mounts, sources):
+        if m.kind == "ro":
+            args += ["--ro-bind", src, m.dst]
+        elif m.kind == "symlink":
+            args += ["--symlink", m.src, m.dst]
+        else:
+            args += ["--size", "4096", "--tmpfs", m.dst, "--remount-ro", m.dst]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", "4096", "--tmpfs", "/dev/shm", "--remount-ro", "/dev/shm",
+             "--remount-ro", "/dev", "--size", "4096", "--tmpfs", "/tmp", "--remount-ro", "/tmp"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return args + ["--remount-ro", "/", "--chdir", "/", "--"]
+
+
+def _unshare_script(mounts, sources, root: str, env, command) -> str:
+    """Shell steps, run as root of a new user namespace, that build the same view as `_bwrap_args`."""
+    q = shlex.quote
+    r = q(root)
+    steps = ["set -e", f"export PATH={TOOLS_PATH}", f"mount -t tmpfs -o size=1m,mode=755 sandbox-root {r}"]
+    for m, src in zip(mounts, sources):
+        dst = q(root + m.dst)
+        if m.kind == "ro":
+            if os.path.isdir(m.src):
+                steps.append(f"mkdir -p {dst}")
+            else:
+                steps.append(f"mkdir -p {q(os.path.dirname(root + m.dst))} && touch {dst}")
+            steps += [f"mount --bind {q(src)} {dst}", f"mount -o remount,bind,ro,nosuid {dst}"]
+        elif m.kind == "symlink":
+            steps.append(f"ln -s {q(m.src)} {dst}")
+        else:
+            steps.append(f"mount -t tmpfs -o ro,size=4k,mode=755 sandbox-hidden {dst}")
+    steps += [f"mkdir -p {r}/dev {r}/proc {r}/tmp", f"mount -t tmpfs -o size=64k,mode=755,nosuid sandbox-dev {r}/dev"]
+    for name in DEVICES:
+        steps += [f"touch {r}/dev/{name}", f"mount --bind /dev/{name} {r}/dev/{name}"]
+    steps += [f"ln -s /proc/self/fd {r}/dev/fd"] + [f"ln -s /proc/self/fd/{i} {r}/dev/{n}"
+                                                    for i, n in enumerate(("stdin", "stdout", "stderr"))]
+    steps += [f"mkdir {r}/dev/shm", f"mount -t tmpfs -o ro,size=4k sandbox-shm {r}/dev/shm",
+              f"mount -o remount,ro {r}/dev", f"mount -t proc -o nosuid,nodev,noexec proc {r}/proc",
+              f"mount -t tmpfs -o ro,size=4k sandbox-tmp {r}/tmp",
+              f"cd {r}", "mkdir .old", "pivot_root . .old", "umount -n -l /.old", "rmdir /.old",
+              "mount -n -o remount,ro /", "cd /"]  # -n: no /run/mount/utab here
+    steps.append("exec env -i " + " ".join(f"{k}={q(v)}" for k, v in env.items()) + " " + shlex.join(command))
+    return "\n".join(steps)

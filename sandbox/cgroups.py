@@ -1,0 +1,139 @@
+"""Limits that bound an execution as a whole: a memory and a pids cgroup (v1) per side of each worker.
+
+Every process an execution starts stays in its side's cgroups (each child of the fork server joins them
+first, through a `cgroup.procs` descriptor the host opened), so the memory limit counts all of them
+together, forks and memory files included, and the pids limit counts their processes and threads.
+Executions of a worker run one after another and end with all their processes killed, so the cgroups of a
+side hold one execution at a time. Needs root and the v1 memory and pids hierarchies (this project's CI
+machine has cgroup v1 only); elsewhere `available()` is False and the limits are per process (rlimits).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+
+logger = logging.getLogger(__name__)
+
+ROOT = "/sys/fs/cgroup"
+CONTROLLERS = ("memory", "pids")
+PREFIX = "advcode-sandbox-"
+
+
+def _own(controller: str) -> str | None:
+    """The folder of this process's cgroup in the v1 hierarchy of `controller`, if there is one."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, names, path = line.rstrip("\n").split(":", 2)
+                if controller in names.split(","):
+                    folder = os.path.join(ROOT, controller, path.lstrip("/"))
+                    return folder if os.path.isfile(os.path.join(folder, "cgroup.procs")) else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available() -> bool:
+    if os.geteuid() != 0:
+        return False
+    folders = [_own(c) for c in CONTROLLERS]
+    return all(folders) and all(os.access(f, os.W_OK) for f in folders)
+
+
+class Cgroups:
+    """The memory and pids cgroups of one side of one worker."""
+
+    def __init__(self, name: str, memory_mb: int, max_processes: int):
+        self.folders = []
+        for controller in CONTROLLERS:
+            parent = os.path.join(_own(controller), f"{PREFIX}{os.getpid()}")
+            _remove_stale(os.path.dirname(parent))
+            folder = os.path.join(parent, name)
+            os.makedirs(folder, exist_ok=True)
+            self.folders.append(folder)
+        memory, pids = self.folders
+        _write(memory, "memory.limit_in_bytes", memory_mb << 20)
+        if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):  # no escape into swap
+            _write(memory, "memory.memsw.limit_in_bytes", memory_mb << 20)
+        _write(pids, "pids.max", max_processes)
+        # opened here, by root: the kernel checks the opener's credentials when a process writes itself in
+        self.fds = [os.open(os.path.join(f, "cgroup.procs"), os.O_WRONLY) for f in self.folders]
+
+    def pids(self) -> list[int]:
+        """Host pids still in the cgroups (every process joins both, so the pids cgroup lists them all)."""
+        try:
+            with open(os.path.join(self.folders[1], "cgroup.procs")) as f:
+                return [int(line) for line in f if line.strip()]
+        except OSError:
+            return []
+
+    def empty(self, wait_s: float = 1.0) -> bool:
+        """Kill whatever is left in the cgroups; True once they are empty."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = self.pids()
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    def close(self):
+        """Kill what is left and remove the cgroups; the shared parent folder goes with its last child (one
+        attempt each: another worker's cgroups keep it, and a crash's leftovers go at the next start)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        emptied = self.empty(wait_s=0.5)
+        for folder in self.folders:
+            if _rmdir(folder, attempts=20 if emptied else 1):
+                _rmdir(os.path.dirname(folder), attempts=1)
+
+
+def _write(folder: str, name: str, value: int):
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(str(value))
+
+
+def _rmdir(folder: str, attempts: int = 1) -> bool:
+    """Remove a cgroup folder; True once it is gone. Up to `attempts` tries, 5 ms apart (the kernel may need
+    a moment after the last process has gone); a folder with child cgroups is never waited for."""
+    for attempt in range(attempts):
+        try:
+            os.rmdir(folder)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY or attempt == attempts - 1:
+                logger.debug("could not remove cgroup %s: %s", folder, e)
+                return False
+            time.sleep(0.005)
+    return False
+
+
+def _remove_stale(folder: str):
+    """Remove the cgroups of sandboxes whose process is gone (a crash leaves them behind)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(PREFIX) or not entry[len(PREFIX):].isdigit():
+            continue
+        pid = int(entry[len(PREFIX):])
+        if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(folder, entry)
+        for child in os.listdir(path) if os.path.isdir(path) else []:
+            if os.path.isdir(os.path.join(path, child)):
+                _rmdir(os.path.join(path, child), attempts=1)
+        _rmdir(path, attempts=1)

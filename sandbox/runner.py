@@ -1,0 +1,188 @@
+"""The tests' side of an execution: runs the test source against the candidate's module (`remote.py`) and
+reports one outcome per test to the host.
+
+Plain test functions (asserts, `pytest.raises`, `@pytest.mark.parametrize`) run in a small runner here;
+anything else (fixtures, classes, other marks) runs under real pytest in this process, with conftest files,
+ini files, plugin autoloading and output capture switched off (a passing test's output is kept). The host
+decides which tests were expected, from the source's syntax tree; a test that never reports has failed.
+This process never learns which code it is testing: the candidate's process answers it with plain values.
+"""
+import ast
+import inspect
+import itertools
+import json
+import linecache
+import os
+import sys
+import traceback
+
+import pytest  # imported once in the fork server, inherited by every execution
+
+import remote
+import wire
+
+TESTS = "test_solution.py"
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+DONE = "__done__"
+PROTOCOL = "__protocol__"  # the candidate's process broke the protocol (ExecutionResult.tampered)
+MAX_MESSAGE = 2000
+
+
+class Reporter:
+    """One JSON line per test outcome, on the socket to the host; messages for the first 1000 only (the host
+    keeps no more), so that 10,000 failing tests stay well under what the host reads."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.messages = 0
+
+    def send(self, test, outcome, message=""):
+        self.messages += bool(message)
+        if self.messages > 1000:
+            message = ""
+        if outcome == DONE:
+            for stream in (sys.stdout, sys.stderr):  # the host kills us once it reads DONE
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+        line = json.dumps({"t": test, "o": outcome, "m": message[-MAX_MESSAGE:]}) + "\n"
+        self.sock.sendall(line.encode())
+
+
+# ---------------------------------------------------------------- the fast runner
+def _case_id(values, index):
+    parts = [str(v) if isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) < 40 else f"v{index}"
+             for v in values]
+    return "-".join(parts)
+
+
+def _parametrize_arguments(mark):
+    """(argnames, argvalues) of a parametrize mark, given by position or by keyword."""
+    args, kwargs = tuple(mark.args), dict(mark.kwargs)
+    names = args[0] if args else kwargs["argnames"]
+    values = args[1] if len(args) > 1 else kwargs["argvalues"]
+    return names, values
+
+
+def cases(func):
+    """(id suffix, kwargs) for each parametrized case of a test function; one plain case if none. Raises
+    (anything) on a mark it cannot read: the caller reports the test as an error."""
+    axes = []
+    for mark in reversed(getattr(func, "pytestmark", [])):
+        if mark.name != "parametrize":
+            continue
+        names, values = _parametrize_arguments(mark)
+        names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
+        rows = []
+        for i, row in enumerate(values):
+            if hasattr(row, "values") and hasattr(row, "marks"):  # pytest.param(...)
+                row = row.values
+            row = (row,) if len(names) == 1 else tuple(row)
+            if len(row) != len(names):
+                raise ValueError(f"parametrize: {len(names)} names but {len(row)} values in case {i}")
+            rows.append((_case_id(row, i), dict(zip(names, row))))
+        axes.append(rows)
+    if not axes:
+        return [("", {})]
+    out = []
+    for combo in itertools.product(*axes):
+        kwargs = {}
+        for _, kw in combo:
+            kwargs.update(kw)
+        out.append(("[" + "-".join(case for case, _ in combo) + "]", kwargs))
+    return out
+
+
+def run_fast(reporter, expected, tree):
+    skip_types = (pytest.skip.Exception, pytest.xfail.Exception)
+    namespace = {"__name__": "test_solution", "__file__": os.path.abspath(TESTS)}
+    try:
+        exec(compile(tree, os.path.abspath(TESTS), "exec"), namespace)
+    except BaseException:
+        message = "collection error: " + traceback.format_exc(limit=-3)
+        for name in expected:
+            reporter.send(name, ERROR, message)
+        return
+    for name in expected:
+        func = namespace.get(name)
+        if not inspect.isfunction(func):
+            reporter.send(name, ERROR, "test function missing or replaced at import time")
+            continue
+        if inspect.isgeneratorfunction(func) or inspect.iscoroutinefunction(func):
+            reporter.send(name, FAILED, "a generator or coroutine test never runs its body: not supported")
+            continue
+        try:
+            func_cases = cases(func)
+        except BaseException as e:  # a mark that cannot be read: this test is an error, the others run
+            reporter.send(name, ERROR, "collection error: " + "".join(traceback.format_exception_only(type(e), e)))
+            continue
+        seen = set()
+        for suffix, kwargs in func_cases:
+            test_id = name + suffix
+            for n in itertools.count():  # colliding ids get a counter, as in pytest: each case counts
+                if test_id not in seen:
+                    break
+                test_id = f"{name}{suffix[:-1]}{n}]"
+            seen.add(test_id)
+            try:
+                func(**kwargs)
+                outcome, message = PASSED, ""
+            except skip_types as e:
+                outcome, message = SKIPPED, f"skip/xfail counts as not passed: {e}"
+            except BaseException as e:  # SystemExit, KeyboardInterrupt and BoundaryError are failures too
+                outcome, message = FAILED, _failure(e)
+            reporter.send(test_id, outcome, message)
+
+
+def _failure(exc: BaseException) -> str:
+    """The exception and the last line of the test source it passed through."""
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == os.path.abspath(TESTS):
+            where = f"line {line}: {linecache.getline(frame.f_code.co_filename, line).strip()}\n"
+    return where + "".join(traceback.format_exception_only(type(exc), exc))
+
+
+# ---------------------------------------------------------------- real pytest
+def run_pytest(reporter, expected):
+    class Plugin:  # pluggy passes hook arguments by name, so the parameter must be called `report`
+        def pytest_collectreport(self, report):
+            if report.failed:
+                for name in expected:
+                    reporter.send(name, ERROR, "collection error: " + str(report.longrepr)[-1500:])
+
+        def pytest_runtest_logreport(self, report):
+            name = report.nodeid.split("::", 1)[-1]
+            if report.when == "call" or (report.when == "setup" and not report.passed):
+                if report.passed and not hasattr(report, "wasxfail"):
+                    reporter.send(name, PASSED)
+                elif report.skipped or hasattr(report, "wasxfail"):
+                    reporter.send(name, SKIPPED, "skip/xfail counts as not passed")
+                else:
+                    reporter.send(name, ERROR if report.when == "setup" else FAILED, str(report.longrepr)[-1500:])
+
+    args = [TESTS, "-q", "-s", "-p", "no:cacheprovider", "-p", "no:stepwise", "--noconftest", "-c", os.devnull,
+            "--rootdir", os.getcwd(), "-o", "python_files=" + TESTS]
+    pytest.main(args, plugins=[Plugin()])
+
+
+def main(host, peer, limits):
+    request = wire.FrameReader(host).read()
+    source = request["tests"]
+    if request["fast"]:  # tracebacks find the source here; only pytest needs the file
+        linecache.cache[os.path.abspath(TESTS)] = (len(source), None, source.splitlines(True), TESTS)
+    else:
+        with open(TESTS, "w", errors="replace") as f:
+            f.write(source)
+    sys.argv = ["pytest"]
+    tree = ast.parse(source)
+    channel = remote.install(peer, remote.star_names(tree))
+    reporter = Reporter(host)
+    if request["fast"]:
+        run_fast(reporter, request["expected"], tree)
+    else:
+        run_pytest(reporter, request["expected"])
+    if channel.violated:
+        reporter.send(PROTOCOL, FAILED, channel.broken)
+    reporter.send(DONE, DONE)

@@ -1,0 +1,293 @@
+"""Fork server inside the isolation: one per side (the candidate's code, the tests) of each sandbox worker.
+
+Started by `sandbox.executor` inside the container `sandbox/isolation.py` builds, with the side's code
+(`candidate.py` or `runner.py`) imported and nothing else. It never sees a request. It keeps one spare child
+forked and isolated ahead of time; on its control socket it receives only limits and file descriptors
+("run"), hands them to the spare, which becomes the execution, and kills it when told ("kill"; it answers
+at once and reaps the child later, while the kernel tears its namespaces down). Code, tests, outcomes and
+output travel on sockets and memory files that only the child and the host hold, so no process that has
+seen an earlier request is the parent of a new execution.
+
+Each child, before any untrusted byte arrives (where the level has namespaces):
+- is pid 1 of a new pid namespace (killing it ends every process the execution started, setsid() ones too),
+  with a fresh /proc;
+- has a new mount namespace with a fresh, size-capped tmpfs on /tmp (its working folder) and /dev/shm,
+  and a new IPC namespace (no SysV shared memory or semaphores survive it);
+- drops every capability (bounding and ambient sets too) and sets no_new_privs;
+- once its execution comes: joins the memory and pids cgroups the host passed with "run" (where it has
+  them), so the limits bound everything the execution starts; sets rlimits (address space, CPU time, file
+  size, core dumps; process count without cgroups); keeps only its sockets (host, peer) and its
+  stdout/stderr memory files.
+"""
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import traceback
+
+ROLE = os.environ.get("SANDBOX_ROLE", "")  # "candidate" or "tests"
+MODULE = {"candidate": "candidate", "tests": "runner"}.get(ROLE, "")  # what the role runs
+NAMESPACED = os.environ.get("SANDBOX_NAMESPACED") == "1"
+CONTROL_FD = int(os.environ.get("SANDBOX_CONTROL_FD", "3"))
+WORK_ROOT = os.environ.get("SANDBOX_WORK_ROOT", "")  # process level: where each execution's folder goes
+TMP_MB = int(os.environ.get("SANDBOX_TMP_MB", "64"))  # size of each execution's tmpfs
+HOST_FD, PEER_FD = 3, 4  # the child's sockets, after it has closed everything else
+SETUP_FAILED = "sandbox: isolation failed"  # how a child whose isolation could not be set up begins its stderr
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MNT_DETACH = 2
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 4, 24, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _last_cap():
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 63
+
+
+LAST_CAP = _last_cap()
+
+
+def _check(result, what):
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+# ---------------------------------------------------------------- the child: isolation, then the side's code
+def prepare():
+    """What needs privileges (in our own user namespace) and no request: done before one arrives."""
+    os.setsid()
+    if NAMESPACED:
+        # the container's mounts are private (bubblewrap's; `unshare --propagation private`): ours stay ours
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        tmp = f"size={TMP_MB}m,mode=700"
+        _mount("sandbox-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
+        _mount("sandbox-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
+        try:
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError:  # the kernel refuses a new proc here: show none rather than the container's
+            libc.umount2(b"/proc", MNT_DETACH)
+        for cap in range(LAST_CAP + 1):
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop from the bounding set")
+        _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def confine(limits, cgroup_fds):
+    """The execution's limits. Joining a cgroup needs no capability: the host opened the file as root."""
+    for fd in cgroup_fds:
+        os.write(fd, b"0")  # "0": this process; its children follow it
+    _limit(resource.RLIMIT_AS, _vm_size() + (limits["memory_mb"] << 20))
+    _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
+    _limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
+    _limit(resource.RLIMIT_CORE, 0)
+    if not cgroup_fds:  # without a pids cgroup: per uid (a uid of its own when the host is root)
+        _limit(resource.RLIMIT_NPROC, limits["max_processes"])
+
+
+def spare_main(sock, workdir):
+    """The forked child: isolates itself, waits for its execution ("run"), then runs the side's code.
+    Never returns."""
+    try:
+        prepare()
+        problem = None
+    except BaseException:
+        problem = traceback.format_exc()
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+    except OSError:
+        os._exit(0)
+    if not msg:  # the fork server has gone
+        os._exit(0)
+    limits = json.loads(msg)
+    host, peer, out, err, *cgroup_fds = fds
+    try:
+        if problem:
+            raise RuntimeError(problem)
+        confine(limits, cgroup_fds)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        # move out of the way first: a received descriptor may already sit on one of the target numbers
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (devnull, out, err, host, peer)]
+        for src, dst in zip(high, (0, 1, 2, HOST_FD, PEER_FD)):
+            os.dup2(src, dst)
+        os.closerange(PEER_FD + 1, 1 << 16)
+        os.chdir(workdir)
+    except BaseException:
+        os.write(err, f"{SETUP_FAILED}:\n{traceback.format_exc()}".encode())
+        os._exit(1)
+    try:
+        role = sys.modules[MODULE]
+        sys.path[:] = [workdir] + [p for p in sys.path if p and not p.startswith(CODE_DIR)]
+        role.main(socket.socket(fileno=HOST_FD), socket.socket(fileno=PEER_FD), limits)
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(0)
+
+
+def _limit(kind, value):
+    soft, hard = resource.getrlimit(kind)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(kind, (value, value))
+
+
+def _vm_size():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ---------------------------------------------------------------- the fork server
+CODE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Server:
+    """Forks a spare child as soon as the last one is taken, so that the fork and the isolation of an
+    execution happen before its request arrives, while the host is busy with other things."""
+
+    def __init__(self, control):
+        self.control = control
+        self.spare = None  # (pid, socket, folder) of the child that waits for the next execution
+        self.child = None  # the running execution's child
+        self.dying = {}  # pid -> its folder (process level): killed or running, not yet reaped
+        self.error = None  # why the last "run" started nothing
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if NAMESPACED else -1
+
+    def fork_spare(self):
+        workdir = "/tmp"
+        if NAMESPACED:
+            _check(libc.unshare(CLONE_NEWPID), "unshare pid")  # the next child is pid 1 of a new namespace
+        else:
+            import tempfile  # process level only: keeps the namespaced fork servers small
+            workdir = tempfile.mkdtemp(dir=WORK_ROOT or None)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            self._own_pidns()
+            raise
+        if pid == 0:
+            self.control.close()
+            ours.close()
+            spare_main(theirs, workdir)
+        self._own_pidns()
+        theirs.close()
+        self.spare = (pid, ours, workdir)
+        self.dying[pid] = workdir
+
+    def _own_pidns(self):
+        if NAMESPACED:  # later children of ours: back in our own pid namespace
+            _check(libc.setns(self.own_pidns, CLONE_NEWPID), "setns pid")
+
+    def run(self, limits, fds):
+        if self.spare is None:
+            self.fork_spare()
+        pid, sock, _ = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(sock, [json.dumps(limits).encode()], fds)
+        finally:
+            sock.close()
+        self.child = pid
+
+    def kill(self):
+        """Kill the execution's processes. Killing pid 1 of its namespace ends all of them; the kernel's
+        clean-up of the namespaces takes a few milliseconds, so we reap later (`reap`) and answer now."""
+        pid, self.child = self.child, None
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL) if NAMESPACED else os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def reap(self):
+        while self.dying:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            workdir = self.dying.pop(pid, None)
+            if workdir and not NAMESPACED:
+                import shutil
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def serve(self):
+        self.control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+        while True:
+            if self.spare is None and self.error is None:
+                try:
+                    self.fork_spare()
+                except OSError as e:
+                    self.error = f"{type(e).__name__}: {e}"
+            msg, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 8)
+            if not msg:
+                return
+            self.reap()
+            command = json.loads(msg)
+            if command["op"] == "run":  # answered by the "kill" that ends the execution
+                try:
+                    self.run(command["limits"], fds)
+                except Exception as e:
+                    self.error = f"{type(e).__name__}: {e}"
+                for fd in fds:
+                    os.close(fd)
+                continue
+            self.kill()
+            self.control.send(json.dumps({"error": self.error}).encode())
+            self.error = None
+
+
+def main():
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # nothing of our uid may ptrace us or open our /proc files
+    site = os.environ.get("SANDBOX_SITE")
+    if site:
+        sys.path.append(site)
+    for name in [MODULE] + os.environ.get("SANDBOX_PRELOAD", "").split(","):
+        if name:
+            __import__(name)
+    # Every object so far stays out of the collector's way: a collection in a child would otherwise write
+    # to (and so copy) every page the child shares with us, ~15 ms per execution (measured here).
+    gc.freeze()
+    control = socket.socket(fileno=CONTROL_FD)
+    if NAMESPACED:
+        # Be pid 1 of a pid namespace our user namespace owns, so that each execution's namespace can be
+        # made with unshare() and undone with setns() (the container's own namespace is not ours to enter).
+        _check(libc.unshare(CLONE_NEWPID), "unshare pid")
+        pid = os.fork()
+        if pid:
+            control.close()
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    Server(control).serve()
+
+
+if __name__ == "__main__":
+    main()
