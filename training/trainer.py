@@ -535,13 +535,13 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     run_dir = Path(run_dir)
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
     checkpoint, fresh_logs = None, False
-    logged = (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
-    if resume == "latest" and manager.get_latest_checkpoint() is None:
-        logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
-        fresh_logs = True
-    elif resume == "latest":
-        checkpoint = resolve_checkpoint(run_dir, "latest")
-    elif resume is None and logged:
+    metrics_file = run_dir / "metrics.jsonl"
+    if resume == "latest":  # the run's own latest checkpoint, listed once
+        checkpoint = manager.get_latest_checkpoint()
+        if checkpoint is None:
+            logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
+            fresh_logs = True
+    elif resume is None and metrics_file.is_file() and metrics_file.stat().st_size > 0:
         raise ValueError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume, or choose "
                          "another --output-dir")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
