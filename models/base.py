@@ -8,15 +8,25 @@ Token layout shared by sampling and scoring (`build_token_batch`):
              ←— left-padded to P —→ ←— right-padded to R —→
 
 Position ids count real tokens only, so a row's log-probs do not depend on how much padding it got.
+
+Shared-prefix prefill (`prefill_shared_prefixes`): the samples of one prompt, and the prompts of one problem
+(the same problem text and greedy stages, then a different sampled stage), begin with the same tokens.
+`generate` would compute those tokens' keys and values once per row; `sample` computes them once per group
+(batch 1, no padding) and hands `generate` a cache that holds them for every row, so it prefills only the
+rows' differing ends. Causal attention makes a prefix's keys and values independent of what follows it,
+and positions count real tokens, so every row sees the same numbers up to float rounding.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from transformers import DynamicCache
 
 from models.loading import load_model, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
@@ -113,6 +123,80 @@ def build_token_batch(
     )
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def cache_argument(model) -> str:
+    """The name of the KV cache in `model`'s forward and `generate` and in its outputs: `cache` since
+    transformers 5.x renamed it, `past_key_values` before."""
+    base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own forward takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5,
+                            max_cost: float = 0.75) -> tuple[DynamicCache, int] | None:
+    """A KV cache for `generate` that holds, for each row, the part of its prompt it shares with its
+    neighbours, each shared part computed once. Returns `(cache, W)` or None when sharing does not pay.
+
+    Rows are the left-padded prompts of one `generate` call, P = the longest. Consecutive rows whose
+    common prefix covers at least `min_share` of a row form a group; a group's prefix (at most each
+    member's length - 1: `generate` must feed every row at least one token) runs once, at batch 1. The
+    cache is the first W = P - S columns of the padded batch, S the longest row end left outside its group's
+    prefix: row r holds its first len_r - S prompt tokens there, right-aligned as in the padded batch
+    (padding is masked out by the attention mask as usual). `generate(input_ids (N, P), attention_mask,
+    past_key_values=cache)` then prefills only the last S columns. Used when some group has two rows or more
+    and the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the
+    plain path."""
+    if not rows:
+        return None
+    groups: list[list[int]] = []  # row indices
+    shared: list[int] = []  # each group's common prefix length
+    for r, ids in enumerate(rows):
+        if groups:
+            common = common_prefix_length(rows[groups[-1][0]], ids)
+            if common >= min_share * max(len(ids), shared[-1]):  # the group's prefix stays long
+                groups[-1].append(r)
+                shared[-1] = min(common, shared[-1])
+                continue
+        groups.append([r])
+        shared.append(len(ids))
+    if all(len(g) == 1 for g in groups):  # nothing shared: the plain batched prefill
+        return None
+    shared = [min(c, min(len(rows[r]) for r in g) - 1) for g, c in zip(groups, shared)]  # leave one token to feed
+    P = max(len(ids) for ids in rows)
+    S = max(len(rows[r]) - c for g, c in zip(groups, shared) for r in g)
+    width = P - S  # W
+    if width <= 0 or sum(shared) + len(rows) * S > max_cost * len(rows) * P:
+        return None
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for g, c in zip(groups, shared):
+        if c <= 0:
+            continue
+        prefix = torch.tensor([rows[g[0]][:c]], device=model.device)  # (1, c)
+        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+        for layer_idx, layer in enumerate(out[cache_argument(model)].layers):
+            if len(layers) <= layer_idx:
+                k, v = layer.keys, layer.values  # (1, heads, c, head_dim)
+                layers.append((k.new_zeros(len(rows), k.shape[1], width, k.shape[3]),
+                               v.new_zeros(len(rows), v.shape[1], width, v.shape[3])))  # (N, heads, W, head_dim)
+            keys, values = layers[layer_idx]
+            for r in g:
+                n = len(rows[r]) - S  # this row's cached prompt tokens
+                if n > 0:
+                    keys[r, :, width - n:] = layer.keys[0, :, :n]
+                    values[r, :, width - n:] = layer.values[0, :, :n]
+    if not layers:
+        return None
+    return DynamicCache(layers, config=model.config), width
+
+
 def as_batch(problems, **per_problem) -> tuple[list, dict[str, list], bool]:
     """Normalise a call made for one problem or for a list of problems.
 
@@ -164,6 +248,8 @@ class LLMBase:
         else:
             self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.sampling = sampling or SamplingConfig()
+        # the weights `sample` runs (None: `model`); training sets a bf16 copy (`training.policy.generation_copy`)
+        self.sampling_model: torch.nn.Module | None = None
         self.prefill = prefill  # open the code block of code and tests replies in the prompt
         if system_prompt is not None:
             self.system_prompt = system_prompt
@@ -236,11 +322,15 @@ class LLMBase:
             fences = [prefix.count("```") for prefix in prefixes for _ in range(num_samples)]
             stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
+        model = self.sampling_model or self.model
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
-        with autocast(self.model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
+        with autocast(model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-            sequences = self.model.generate(**kwargs)  # (N, P + new)
+            cached = prefill_shared_prefixes(model, rows) if settings.share_prefix else None
+            if cached is not None:
+                kwargs[cache_argument(model)] = cached[0]  # generate prefills only the last P - W columns
+            sequences = model.generate(**kwargs)  # (N, P + new)
         new_tokens = sequences[:, batch.prompt_width :].tolist()  # (N, new)
         sampler = next((p for p in kwargs.get("logits_processor", [])
                         if isinstance(p, TopKFirstTopPLogitsProcessor) and p.sample), None)

@@ -30,6 +30,7 @@ class SamplingConfig:
     do_sample: bool = True  # False: greedy decoding
     stop_after_code_block: bool = True  # code and tests: end a sample when its first ``` block closes
     seed: int | None = None  # seeds this call's sampling without touching the global RNG; None: global RNG
+    share_prefix: bool = True  # prefill the prompt tokens that rows share once (`models.base.prefill_shared_prefixes`)
 
     def __post_init__(self):
         if self.do_sample and self.temperature <= 0:

@@ -13,7 +13,7 @@ from models import (
     TopKFirstTopPLogitsProcessor,
     build_token_batch,
 )
-from models.base import LLMBase
+from models.base import LLMBase, cache_argument
 from models.generator import CODE_PREFIX
 from models.sampling import CodeBlockStoppingCriteria
 from reasoning.stages import get_stage
@@ -90,6 +90,46 @@ def test_seed_is_deterministic_and_leaves_global_rng_alone(tiny_generator, examp
     c = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=8)
     assert [r.response_ids for r in a] == [r.response_ids for r in b]
     assert [r.response_ids for r in a] != [r.response_ids for r in c]
+
+
+def test_shared_prefix_prefill_samples_the_same_tokens_as_the_plain_path(tiny_generator, example_problems, monkeypatch):
+    """Samples of one prompt and prompts of one problem share their prefix: prefilled once, the rows draw the
+    very tokens (same seed, same RNG order) with the same sampler log-probs as when every row prefills alone."""
+    import models.base as base
+
+    calls, widths, real = count_generate_calls(monkeypatch, tiny_generator.model), [], base.prefill_shared_prefixes
+    monkeypatch.setattr(base, "prefill_shared_prefixes", lambda *a, **k: widths.append((out := real(*a, **k))[1]) or out)
+    chains = [{"understand": "Add the numbers."}, {"understand": "Sum a and b, then return it."}]
+    problems = [example_problems[0], example_problems[0], example_problems[1]]
+    out = {}
+    for share in (False, True):
+        stages = tiny_generator.generate_stage_output(problems[:2], "understand", {}, num_samples=3, max_new_tokens=8,
+                                                      seed=5, temperature=1.0, share_prefix=share)
+        codes = tiny_generator.generate_code(problems, chains + [{}], num_samples=2, max_new_tokens=8, seed=5,
+                                             temperature=1.0, share_prefix=share)
+        out[share] = [g for group in stages + codes for g in group]
+    assert [g.response_ids for g in out[True]] == [g.response_ids for g in out[False]]
+    for shared, plain in zip(out[True], out[False]):
+        torch.testing.assert_close(torch.tensor(shared.sampler_logprobs), torch.tensor(plain.sampler_logprobs),
+                                   atol=1e-4, rtol=0)
+    assert [cache_argument(tiny_generator.model) in c for c in calls] == [False, False, True, True]  # shared path ran
+    # the code call's rows differ after the chain: the cache holds the shared part, generate prefills the rest
+    assert len(widths) == 2 and 0 < widths[1] < calls[3]["input_ids"].shape[1] - 1
+
+
+def test_shared_prefixes_group_neighbours_and_skip_when_nothing_is_shared(tiny_generator):
+    from models.base import prefill_shared_prefixes
+
+    model = tiny_generator.model
+    a, b = list(range(100, 140)), list(range(200, 230))
+    cache, width = prefill_shared_prefixes(model, [a, a, a, b + [1], b + [2, 3]])
+    # groups {a, a, a} (39 shared, 1 to feed) and {b+[1], b+[2,3]} (30 shared): S = 32 - 30 = 2, W = 40 - 2
+    assert width == 38 and cache.get_seq_length() == 38
+    keys = cache.layers[0].keys  # (N, heads, W, head_dim)
+    assert keys[3, :, :38 - 29].abs().sum() == 0 and keys[3, :, 38 - 29:].abs().sum() > 0  # right-aligned
+    alone = model(input_ids=torch.tensor([b]), use_cache=True)
+    torch.testing.assert_close(keys[4, :, -30:], alone[cache_argument(model)].layers[0].keys[0])
+    assert prefill_shared_prefixes(model, [a, b, list(range(300, 335))]) is None  # no two rows share: plain path
 
 
 def test_response_cut_at_first_eos_padding_dropped(tiny_generator, example_problems, monkeypatch):

@@ -155,12 +155,17 @@ LORA = pytest.param(4, marks=pytest.mark.skipif(importlib.util.find_spec("peft")
                                                   reason="LoRA needs peft (pip install peft)"), id="lora")
 
 
-@pytest.mark.parametrize("lora_rank", [pytest.param(0, id="full"), LORA])
+BF16_SAMPLER = pytest.param(-1, id="bf16-sampler")  # last-layer training, frozen bf16: sampling runs a bf16 copy
+
+
+@pytest.mark.parametrize("lora_rank", [pytest.param(0, id="full"), BF16_SAMPLER, LORA])
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_problems, sandbox, random_rewards, tmp_path,
                                                                     lora_rank):
+    options = dict(frozen_dtype="bfloat16", train_last_layers=1) if lora_rank < 0 else dict(lora_rank=lora_rank)
+
     def trainer(run):
         return make_trainer(example_problems, sandbox, run_dir=tmp_path / run, manager=CheckpointManager(tmp_path / run),
-                            lora_rank=lora_rank)
+                            **options)
 
     straight = trainer("a")
     straight.train_full_pipeline()
@@ -308,8 +313,27 @@ def test_frozen_weights_in_bf16_and_trained_ones_in_fp32(example_problems, sandb
     diff = changed(before, weights(model))
     assert diff and all("layers.1." in k or k == "model.norm.weight" for k in diff), diff
     assert changed(reference_before, weights(reference)) == []  # the reference's own copies did not move
-    # sampled under bf16 autocast, scored under the same autocast: close, not identical
+    # sampled from the bf16 generation copy, scored by the fp32/bf16 training weights: close, not identical
     assert 0 <= metrics["ppo/sampler_logprob_gap"] < 0.1
+    sampler = trainer.generator.sampling_model
+    assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
+    assert sampler.model.embed_tokens.weight is model.model.embed_tokens.weight  # frozen bf16 weights shared
+    trained = dict(model.named_parameters())
+    for name, p in sampler.named_parameters():  # synced after the update: the trained weights, rounded to bf16
+        assert torch.equal(p, trained[name].to(torch.bfloat16)), name
+    assert trainer.discriminator.sampling_model is not None
+
+
+def test_generation_copy_follows_the_config(example_problems, sandbox):
+    """fp32 frozen weights (the tiny preset) or "off": sampling runs the training weights themselves."""
+    assert make_trainer(example_problems, sandbox).generator.sampling_model is None
+    assert make_trainer(example_problems, sandbox, train_last_layers=1, frozen_dtype="bfloat16",
+                        generation_dtype="off").generator.sampling_model is None
+    full = make_trainer(example_problems, sandbox, generation_dtype="bfloat16").generator  # all weights train
+    assert {p.dtype for p in full.sampling_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="generation_dtype must be"):
+        tiny_config(generation_dtype="int8")
 
 
 def test_heldout_problems_need_the_flag(example_problems, tmp_path):

@@ -39,11 +39,14 @@ from training.config import TrainingConfig
 from training.policy import (
     bottom_hidden_states,
     freeze,
+    generation_copy,
+    generation_dtype,
     is_lora,
     make_optimizer,
     prepare_policy,
     reference_logprobs,
     shares_bottom,
+    sync_generation_copy,
     top_blocks,
     trainable,
 )
@@ -136,6 +139,10 @@ class AdversarialTrainer:
             wrapper.model, self.references[role] = prepare_policy(wrapper.model, config,
                                                                   frozen if frozen != trained else None)
             self.trainable_names[role] = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
+            sampling = generation_dtype(config, trained, frozen)
+            if sampling is not None:  # sampling runs a copy in that dtype, synced after each update
+                wrapper.sampling_model = generation_copy(wrapper.model, self.trainable_names[role], sampling)
+            logger.info("%s samples with %s weights", role, sampling or "its training")
             self.optimizers[role] = make_optimizer(wrapper.model, config)
             freeze(wrapper.model)
         if self.run_dir:
@@ -285,10 +292,17 @@ class AdversarialTrainer:
         # gradients on by parameter name while the whole model is in place, then the top-only view
         with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo))
+        self._sync_sampler(role)
         out["ppo/no_signal_updates"] = 0
         return out
 
     # ------------------------------------------------------------------ helpers
+    def _sync_sampler(self, role: str) -> None:
+        """The role's generation copy (if any) takes its training weights (after an update or a load)."""
+        wrapper = self.wrappers[role]
+        if wrapper.sampling_model is not None:
+            sync_generation_copy(wrapper.sampling_model, wrapper.model, self.trainable_names[role])
+
     def next_problems(self) -> list[Problem]:
         """The next step's problems: `problems_per_step` distinct training problems drawn from a seeded
         generator (its state is in `TrainerState`, so a resume draws the same ones), a problem whose last
@@ -423,7 +437,9 @@ class AdversarialTrainer:
                 load_adapters(model, getattr(ckpt, f"{role}_adapter_dir"), ckpt.path)
             else:
                 folder = getattr(ckpt, f"{role}_dir")
-                trained = AutoModelForCausalLM.from_pretrained(folder, dtype=next(model.parameters()).dtype)
+                # read in fp32, which holds every saved dtype exactly: fp32 trained weights beside bf16 frozen
+                # ones must not pass through bf16 (loading in the first parameter's dtype rounded them)
+                trained = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
                 missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
                 if unexpected or missing:
                     raise CheckpointError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
@@ -431,6 +447,7 @@ class AdversarialTrainer:
             state = ckpt.optimizer_state(role)
             if state is not None:
                 self.optimizers[role].load_state_dict(state)
+            self._sync_sampler(role)
         fields_ = {f for f in TrainerState.__dataclass_fields__}
         self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in fields_})
         if start_stage is not None:
