@@ -28,6 +28,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -88,6 +89,7 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=["demo", "learn"], help="presets whose step shape to time")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every variant")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Unfeasible length constraints")  # EOS suppressed on purpose
 
     torch.manual_seed(0)
     fp32, tokenizer = load_model(args.model, device="cpu", dtype="float32")

@@ -28,7 +28,7 @@ import torch
 
 from transformers import DynamicCache
 
-from models.loading import load_model, resolve_device, resolve_dtype
+from models.loading import contiguous_head_input, load_model, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
 from models.sampling import TopKFirstTopPLogitsProcessor
 from training.ppo import autocast, logprobs_from_logits
@@ -242,6 +242,7 @@ class LLMBase:
                 self.model.to(resolve_device(device))
             if dtype != "auto":
                 self.model.to(resolve_dtype(dtype, self.model.device))
+            contiguous_head_input(self.model)
             self.tokenizer.padding_side = "left"
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token

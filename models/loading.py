@@ -368,6 +368,21 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def contiguous_head_input(model) -> None:
+    """Make the output layer's input contiguous before it runs (a forward pre-hook; once per model).
+
+    A causal LM computes only the last logits (`logits_to_keep`): `hidden[:, -k:]`, a strided view. In a bf16
+    model nothing copies that view (an fp32-to-bf16 autocast cast would), and `matmul` cannot fold a strided
+    (B, k, H) input into one matrix product: it expands the (H, V) weight to (B, H, V) and runs a batched
+    product, copying the whole output layer B times. For the default model at batch 8 that is 2.2 GB written
+    and ~5 s at every `generate` call's prefill on 2 CPU cores. A contiguous input takes the single product."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+    head._contiguous_input = True
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
     """Load `(model, tokenizer)` by name (see the module docstring), on `device`, in `dtype`, in eval mode.
 
@@ -398,6 +413,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
         if gguf_file:
             forget_gguf_quantizer(model)
     model = model.to(device).eval()
+    contiguous_head_input(model)
     logger.info("loaded model %r on %s in %s (%.1f M parameters)", name, device, torch_dtype,
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model, _prepare_tokenizer(tokenizer)

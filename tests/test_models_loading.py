@@ -181,3 +181,24 @@ def test_local_folder_loads(tiny_pair, tmp_path):
     loaded, _ = load_model(str(tmp_path), device="cpu", dtype="float32")
     ids = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_output_layer_gets_a_contiguous_input_in_bf16(tiny_pair):
+    """`logits_to_keep` hands the output layer a strided view; in bf16 (no autocast copy) matmul would
+    expand the whole weight per row (`contiguous_head_input`). Every loaded model gets the hook, once."""
+    import copy
+
+    from models.loading import contiguous_head_input
+
+    model = copy.deepcopy(tiny_pair[0]).to(torch.bfloat16)
+    seen = []
+    contiguous_head_input(model)
+    contiguous_head_input(model)  # idempotent
+    head = model.get_output_embeddings()
+    assert len(head._forward_pre_hooks) == 1
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), logits_to_keep=1).logits
+    assert seen == [True] and logits.shape[:2] == (2, 1)
+    loaded, _ = load_model("tiny", device="cpu", dtype="float32")
+    assert len(loaded.get_output_embeddings()._forward_pre_hooks) == 1

@@ -33,7 +33,8 @@ class RewardConfig:
     disc_validity_coef: float = 0.1  # discriminator: weight of |valid tests| / max(tau, |tests|)
     disc_format_coef: float = 0.10  # discriminator: weight of well-formed test output
     validity_floor: int = 8  # tau: a few trivial tests cannot earn the validity term
-    scale_by_validity: bool = True  # multiply discrimination and mutation score by the suite's valid fraction
+    scale_by_validity: bool = True  # multiply discrimination and mutation score by 1 - |invalid tests| / max(invalid_floor, |tests|)
+    invalid_floor: int = 8  # each invalid test costs 1/max(this, |tests|) of a suite's credit; 1: the valid fraction (learn run 2)
 
     def __post_init__(self):
         check_numbers(self)
@@ -41,8 +42,8 @@ class RewardConfig:
             total = sum(v for k, v in asdict(self).items() if k.startswith(name) and k.endswith("_coef"))
             if abs(total - 1.0) > 1e-6:
                 raise ValueError(f"the {name}_*_coef reward weights must sum to 1 (they sum to {total})")
-        if self.validity_floor < 1:
-            raise ValueError("validity_floor (tau) must be >= 1")
+        if self.validity_floor < 1 or self.invalid_floor < 1:
+            raise ValueError("validity_floor (tau) and invalid_floor must be >= 1")
 
 
 @dataclass

@@ -27,10 +27,13 @@ C = the codes that are well formed, M = mutants of the reference solution that f
               + disc_validity_coef       · |V_j| / max(τ, |T_j|)
               + disc_format_coef         · format_ok(j)
 
-    s_j = |V_j| / |T_j| (the suite's valid fraction) with `scale_by_validity`, else 1. An invalid test is a
-    false alarm: it fails a correct solution. Without the scale a suite gains kills by adding tests whether or
-    not they are right, and a run learned exactly that (more tests per suite, a lower valid-test rate on
-    held-out problems: README 'Training'); with it, every invalid test costs a share of the suite's credit.
+    s_j = 1 − |T_j \\ V_j| / max(φ, |T_j|) with `scale_by_validity`, else 1; φ = `invalid_floor`. An invalid
+    test is a false alarm: it fails a correct solution. Without the scale a suite gains kills by adding tests
+    whether or not they are right, and a run learned exactly that (more tests per suite, a lower valid-test
+    rate on held-out problems: README 'Training'). With φ = 1 (s_j = the valid fraction |V_j| / |T_j|) an
+    invalid test costs a small suite more than a large one (1/2 of a 2-test suite's credit, 1/8 of an 8-test
+    one's), and the next run learned to write fewer tests, which killed fewer mutants; with φ = 8 each
+    invalid test costs the same 1/8 of the credit in any suite of up to 8 tests.
 
 The mutation score is discrimination measured on known-wrong codes: when every generator code is right
 (or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the
@@ -311,8 +314,8 @@ def compute_discriminator_reward(
 ) -> np.ndarray:
     """(m,) r_disc(j) = s_j · (disc_discrimination_coef · discrimination(j) + disc_mutation_coef · mutation_score(j))
     + disc_validity_coef · |V_j| / max(τ, |T_j|) + disc_format_coef · format_ok(j), in [0, 1],
-    τ = `config.validity_floor`, s_j = valid_frac(j) when `config.scale_by_validity` else 1; mutant_passes
-    (K, T) as in `discriminator_terms`.
+    τ = `config.validity_floor`, s_j = 1 − (|T_j| − |V_j|) / max(φ, |T_j|) when `config.scale_by_validity`
+    else 1, φ = `config.invalid_floor`; mutant_passes (K, T) as in `discriminator_terms`.
 
     passes (n, T), valid (T,), sample_ids (T,) as in `TestMatrix`; format_ok (m,) per discriminator
     sample; code_format_ok (n,) per generator code (None: all well formed). discrimination(j) is the share
@@ -321,7 +324,8 @@ def compute_discriminator_reward(
     so copies cannot lift a sample over the floor τ."""
     terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys,
                                 mutant_passes)
-    scale = terms["valid_frac"] if config.scale_by_validity else 1.0
+    invalid = terms["num_tests"] - terms["num_valid"]  # (m,)
+    scale = 1.0 - invalid / np.maximum(config.invalid_floor, terms["num_tests"]) if config.scale_by_validity else 1.0
     return (scale * (config.disc_discrimination_coef * terms["discrimination"]
                      + config.disc_mutation_coef * terms["mutation_score"])
             + config.disc_validity_coef * terms["validity"]
