@@ -19,7 +19,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from data.problems import Problem, ProblemFormatError, load_problem_set, problem_from_dict
-from inference.inference_engine import InferenceConfig
+from inference.config import InferenceConfig
 from training.config import field_docs
 
 PROG = "run_inference.py"
@@ -31,12 +31,12 @@ def parse_args(argv=None):
     models = parser.add_argument_group("models (one of --checkpoint or --model)")
     source = models.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH",
-                        help="a checkpoint folder, a run folder with --which, or runs/NAME/best | runs/NAME/latest")
+                        help="a checkpoint folder, a run folder (its best checkpoint, or --which), or runs/NAME/best | runs/NAME/latest")
     source.add_argument("--model", metavar="NAME",
                         help="an untrained base instead: default (Qwen2.5-Coder-0.5B-Instruct), smollm2-135m, tiny, a Hugging Face "
                              "id or a local folder (default: default, when --checkpoint is not given)")
     models.add_argument("--which", choices=["best", "latest"], default=None,
-                        help="with a run folder for --checkpoint: its best or its latest checkpoint")
+                        help="with a run folder for --checkpoint: its best (the default) or its latest checkpoint")
     models.add_argument("--discriminator-model", metavar="NAME", default="same",
                         help="with --model: the discriminator; 'same' shares the generator's weights, 'none' "
                              "means no discriminator (no ranking tests) (default: same)")
@@ -177,6 +177,8 @@ def main(argv=None) -> int:
             engine = InferenceEngine(name, disc, args.device, args.dtype, config=config)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if engine.checkpoint is not None:  # a run folder means its best checkpoint: say which one that was
+        print(f"{PROG}: checkpoint {engine.checkpoint}", file=sys.stderr)
     results = []
     try:
         with engine, tqdm(total=len(problems), desc="solving", unit="problem", disable=len(problems) < 2) as bar:

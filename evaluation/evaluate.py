@@ -252,8 +252,8 @@ def load_models(spec: str, device: str, use_discriminator: bool):
     path = Path(spec)
     alias = path.name in ("best", "latest") and (path.parent / "checkpoints").is_dir()
     if alias or (path / "manifest.json").exists() or (path / "checkpoints").is_dir():
-        which = "best" if (path / "checkpoints").is_dir() else None
-        ckpt = load_checkpoint(resolve_checkpoint(path, which))
+        ckpt = load_checkpoint(resolve_checkpoint(path, run_folder="best"))
+        logger.info("%s: checkpoint %s", spec, ckpt.path)
         generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
         discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
         return generator, discriminator, ckpt.trainer_state

@@ -32,7 +32,7 @@ DEFAULT_KEYS = (
     "validation/score",
     "ppo/kl_ref",
 )
-BOOKKEEPING = ("step", "stage", "phase", "role")  # per-row fields that are not metrics
+BOOKKEEPING = ("step", "position", "stage", "phase", "role")  # per-row fields that are not metrics
 MAX_FALLBACK_PANELS = 8  # panels drawn when none of DEFAULT_KEYS is present
 
 
@@ -94,12 +94,24 @@ def summarize_metrics(rows: Sequence[dict]) -> dict:
         {"run": {key: mean}, "stages": {stage: {key: mean}}}
 
     A mean is over the rows that have the key with a finite number (bools, strings and NaN are skipped;
-    the bookkeeping fields step/stage/role are not metrics). Stages appear in the order the run reached
-    them; rows without a stage count in "run" only."""
+    the bookkeeping fields step/position/stage/role are not metrics). Stages appear in the order the run
+    reached them; rows without a stage count in "run" only. A stage run again (`--resume --start-stage`:
+    the rows return to a stage after another, or their schedule `position` goes back) is its own entry,
+    "<stage> (run 2)", so two runs of a stage are never averaged together."""
     by_stage: dict[str, list[dict]] = {}
+    runs: dict[str, int] = {}
+    current, last_position = None, None
     for row in rows:
-        if isinstance(row.get("stage"), str):
-            by_stage.setdefault(row["stage"], []).append(row)
+        stage, position = row.get("stage"), row.get("position")
+        if not isinstance(stage, str):
+            continue
+        went_back = isinstance(position, int) and isinstance(last_position, int) and position < last_position
+        if stage != current or went_back:
+            runs[stage] = runs.get(stage, 0) + 1
+            current = stage
+        last_position = position
+        label = stage if runs[stage] == 1 else f"{stage} (run {runs[stage]})"
+        by_stage.setdefault(label, []).append(row)
     return {"run": _means(rows), "stages": {stage: _means(stage_rows) for stage, stage_rows in by_stage.items()}}
 
 

@@ -5,17 +5,16 @@
         result = engine.solve_problem(problem, num_candidates=4, max_attempts=2)
         print(result.chain["algorithm"], result.code, result.passed)
 """
-from inference.inference_engine import (
-    Candidate,
-    InferenceConfig,
-    InferenceEngine,
-    InferenceResult,
-    describe_test,
-    dual_agreement,
-    repair_feedback,
-)
-
 __all__ = [
     "Candidate", "InferenceConfig", "InferenceEngine", "InferenceResult", "describe_test", "dual_agreement",
     "repair_feedback",
 ]
+
+
+def __getattr__(name: str):
+    """The engine (torch, transformers) is imported on first use, so `inference.config` stays light."""
+    if name in __all__:
+        from inference import inference_engine
+
+        return getattr(inference_engine, name)
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")

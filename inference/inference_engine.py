@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from data.problems import Problem
+from inference.config import InferenceConfig
 from models import LLMDiscriminator, LLMGenerator, load_model
 from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain
@@ -43,31 +44,6 @@ logger = logging.getLogger(__name__)
 
 FEEDBACK_TESTS = 8  # failing tests shown to the generator per repair (as in training)
 PROBLEM_TESTS = -1  # results-cache column of the problem's own tests
-
-
-@dataclass
-class InferenceConfig:
-    """How problems are solved. `solve_problem` / `solve_batch` can override the first two per call."""
-
-    num_candidates: int = 1  # codes per problem; >1 samples them and ranks by dual agreement with the tests
-    max_attempts: int = 1  # code attempts; >1 repairs the chosen code from the discriminator tests it fails
-    num_test_suites: int = 4  # discriminator test suites per problem (written only to rank or repair)
-    temperature: float = 0.7  # sampling temperature when sampling (several candidates or test suites)
-    top_p: float = 0.95  # nucleus sampling mass when sampling
-    stage_tokens: int = 0  # max new tokens of each reasoning stage (0 = the stage's own budget)
-    code_tokens: int = 0  # max new tokens of the code (0 = the generator's default, 320)
-    test_tokens: int = 0  # max new tokens of a test suite (0 = the discriminator's default, 320)
-    shared_chain: bool = False  # candidates share one greedy chain and differ only in the code (faster)
-    repair_with_problem_tests: bool = False  # rank and repair with the problem's own tests too (leaks them)
-    seed: int = 0  # seeds each sampling call (reproducible answers); -1 uses the global RNG
-
-    def __post_init__(self):
-        if self.num_candidates < 1 or self.max_attempts < 1 or self.num_test_suites < 1:
-            raise ValueError("num_candidates, max_attempts and num_test_suites must be >= 1")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-        if min(self.stage_tokens, self.code_tokens, self.test_tokens) < 0:
-            raise ValueError("token budgets must be >= 0 (0 = the default budget)")
 
 
 @dataclass
@@ -212,10 +188,10 @@ class InferenceEngine:
     def from_checkpoint(cls, path, which: str | None = None, device="auto", dtype="auto",
                         sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
                         verify: bool = True) -> InferenceEngine:
-        """Both trained models from a checkpoint folder, or a run folder and `which` ("best" or "latest",
-        also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
+        """Both trained models from a checkpoint folder, or a run folder and `which` ("best", the default, or
+        "latest"; also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
         Raises `CheckpointError` with a one-line reason."""
-        ckpt = load_checkpoint(resolve_checkpoint(path, which), verify=verify)
+        ckpt = load_checkpoint(resolve_checkpoint(path, which, run_folder="best"), verify=verify)
         for folder in (ckpt.generator_dir, ckpt.discriminator_dir):
             if not (folder / "tokenizer_config.json").is_file():
                 raise CheckpointError(f"{folder} has no tokenizer (tokenizer_config.json): save it with the model")

@@ -323,7 +323,7 @@ class LLMBase:
             fences = [prefix.count("```") for prefix in prefixes for _ in range(num_samples)]
             stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
-        model = self.sampling_model or self.model
+        model = self.model if self.sampling_model is None else self.sampling_model
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
         with autocast(model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
             if settings.seed is not None:

@@ -343,8 +343,10 @@ def test_killed_save_never_lists_and_is_cleaned_up(tmp_path, models_pair):
     assert resolve_checkpoint(tmp_path, "latest") == first
     assert load_checkpoint(first).step == 1
 
-    save(manager, 3, models_pair)  # the next save sweeps the leftover away
+    (tmp_path / "checkpoints" / ".best.json.4242.tmp").write_text("{")  # a pointer write cut short
+    save(manager, 3, models_pair)  # the next save sweeps the leftovers away
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
     assert [c.step for c in manager.list_checkpoints()] == [1, 3]
 
 
@@ -384,3 +386,35 @@ def test_peft_model_is_saved_merged_and_with_adapters(tmp_path, monkeypatch):
     assert torch.equal(base.lm_head.weight, before)  # the live model is untouched
     merged = AutoModelForCausalLM.from_pretrained(ckpt.generator_dir)
     assert torch.equal(merged.lm_head.weight, before + 1.0)
+
+
+def test_run_folder_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
+    from training.checkpoint_manager import RunFolderBusy, lock_run_folder
+
+    held = lock_run_folder(tmp_path / "run")
+    assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(RunFolderBusy, match=rf"in use by another trainer \(pid {os.getpid()}\)"):
+        lock_run_folder(tmp_path / "run")
+    held.close()
+    lock_run_folder(tmp_path / "run").close()  # free again
+    # a holder killed by SIGKILL leaves no stale lock: the kernel drops it with the process
+    script = (f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r}); "
+              f"from training.checkpoint_manager import lock_run_folder; "
+              f"lock = lock_run_folder({str(tmp_path / 'run')!r}); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    lock_run_folder(tmp_path / "run").close()
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path, models_pair, caplog):
+    manager = CheckpointManager(tmp_path, keep_last=None)
+    assert manager.latest_verified_checkpoint() is None
+    first, second = save(manager, 1, models_pair), save(manager, 2, models_pair)
+    assert manager.latest_verified_checkpoint() == second
+    flip_byte(second / "generator/model.safetensors")
+    with caplog.at_level("WARNING"):
+        assert manager.latest_verified_checkpoint() == first
+    assert f"resuming from {first}" in caplog.text and f"instead of the damaged {second}" in caplog.text
+    flip_byte(first / "trainer_state.json")
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* verifies; the latest: .*step-000002"):
+        manager.latest_verified_checkpoint()

@@ -65,7 +65,8 @@ def test_from_checkpoint_folder_and_run_folder(tiny_run, tiny_pair, sandbox):
     saved = dict(tiny_pair[0].named_parameters())
     for spec, which, expected in ((tiny_run / "checkpoints" / "step-000002", None, "step-000002"),
                                   (tiny_run, "best", "step-000001"), (tiny_run, "latest", "step-000002"),
-                                  (f"{tiny_run}/best", None, "step-000001")):
+                                  (f"{tiny_run}/best", None, "step-000001"),
+                                  (tiny_run, None, "step-000001")):  # a run folder means its best, as in evaluation
         e = InferenceEngine.from_checkpoint(spec, which=which, device="cpu", dtype="float32", sandbox=sandbox)
         assert e.checkpoint.name == expected
         gen = dict(e.generator.model.named_parameters())
@@ -78,8 +79,8 @@ def test_from_checkpoint_folder_and_run_folder(tiny_run, tiny_pair, sandbox):
 def test_bad_checkpoints_raise_one_line_errors(tiny_run, tmp_path, sandbox):
     with pytest.raises(CheckpointError, match="does not exist"):
         InferenceEngine.from_checkpoint(tmp_path / "missing")
-    with pytest.raises(CheckpointError, match="run folder"):
-        InferenceEngine.from_checkpoint(tiny_run)  # a run folder needs best/latest
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        InferenceEngine.from_checkpoint(tmp_path)  # neither a checkpoint nor a run folder
     broken = tmp_path / "broken"
     shutil.copytree(tiny_run / "checkpoints" / "step-000001", broken)
     with open(broken / "generator" / "model.safetensors", "r+b") as f:
@@ -250,10 +251,20 @@ def run_cli(*args, timeout=180):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_cli_reads_its_arguments_without_importing_torch():
+    """`--help` and bad arguments answer at once: torch and transformers load only after the checks."""
+    code = ("import sys; sys.argv = ['run_inference.py', '--help']; import run_inference\n"
+            "try:\n    run_inference.parse_args()\nexcept SystemExit:\n    pass\n"
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("[]"), out.stderr[-2000:]
+
+
 def test_cli_json_batch(tiny_run):
-    out = run_cli("--checkpoint", tiny_run, "--which", "best", "--problems-file", "examples", "--limit", 2,
+    out = run_cli("--checkpoint", tiny_run, "--problems-file", "examples", "--limit", 2,
                   "--execute", "--json", "--device", "cpu", "--num-candidates", 2, *CLI_BUDGET)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"checkpoint {tiny_run}/checkpoints/step-000001" in out.stderr  # the run folder's best, said
     data = json.loads(out.stdout)
     assert data["checkpoint"].endswith("step-000001") and data["summary"]["problems"] == 2
     for r in data["results"]:

@@ -63,6 +63,19 @@ def test_summarize_metrics_per_stage_and_whole_run():
     assert summarize_metrics([{"step": 1, "x/y": 2}]) == {"run": {"x/y": 2.0}, "stages": {}}
 
 
+def test_a_stage_run_again_is_summarized_apart():
+    rows = [{"step": 0, "position": 0, "stage": "understand", "x": 1.0},
+            {"step": 1, "position": 1, "stage": "understand", "x": 3.0},
+            {"step": 2, "position": 2, "stage": "edge_cases", "x": 5.0},
+            {"step": 3, "position": 0, "stage": "understand", "x": 7.0},  # --resume --start-stage understand
+            {"step": 4, "position": 1, "stage": "understand", "x": 9.0},
+            {"step": 5, "position": 0, "stage": "understand", "x": 11.0}]  # the same stage again: position back
+    stages = summarize_metrics(rows)["stages"]
+    assert list(stages) == ["understand", "edge_cases", "understand (run 2)", "understand (run 3)"]
+    assert stages["understand"]["x"] == 2.0 and stages["understand (run 2)"]["x"] == 8.0
+    assert "position" not in stages["understand"]  # bookkeeping, not a metric
+
+
 def test_plottable_keys_skip_missing_ones():
     assert plottable_keys(ROWS) == ["generator/reward_mean", "discriminator/reward_mean",
                                     "discriminator/valid_test_rate", "generator/pass_rate", "ppo/kl_ref"]

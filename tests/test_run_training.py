@@ -63,6 +63,20 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
         assert "error" in last and words in last and "Traceback" not in r.stderr
 
 
+def test_a_second_trainer_on_a_locked_run_folder_is_refused(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from training.checkpoint_manager import lock_run_folder
+
+    held = lock_run_folder(tmp_path / "run")  # as a live trainer holds it
+    try:
+        r = run("--preset", "tiny", "--output-dir", str(tmp_path / "run"))
+    finally:
+        held.close()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"in use by another trainer (pid {os.getpid()})" in r.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing else written
+
+
 def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
     r = run("--preset", "tiny", "--stages", "understand,edge_cases", "--output-dir", str(tmp_path), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -192,6 +192,37 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_prob
     assert rows("a") == rows("b")
 
 
+def test_a_stage_run_again_gets_new_checkpoint_names_and_log_rows(example_problems, sandbox, random_rewards, tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=None)
+    first = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=manager)
+    first.train_full_pipeline()
+    names = [c.name for c in manager.list_checkpoints()]
+    again = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=manager)
+    again.load_checkpoint(manager.get_latest_checkpoint(), start_stage="understand")
+    again.train_full_pipeline()
+    after = [c.name for c in manager.list_checkpoints()]
+    assert after[:len(names)] == names and len(after) == 2 * len(names) == len(set(after))  # none overwritten
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(2 * len(first.schedule)))  # one row per step taken
+    assert list(again.summary()["stages"]) == ["understand", "edge_cases", "understand (run 2)", "edge_cases (run 2)"]
+
+
+def test_public_phase_methods_run_and_advance_the_schedule(example_problems, sandbox, random_rewards):
+    trainer = make_trainer(example_problems, sandbox)  # tiny: N = 1, K = 1 per stage
+    assert [(e.phase, e.role) for e in trainer.schedule[:4]] == [
+        ("discriminator", "discriminator"), ("generator", "generator"),
+        ("alternating", "discriminator"), ("alternating", "generator")]
+    rows = trainer.train_discriminator_epoch("understand")
+    assert trainer.state.position == 1 and [r["role"] for r in rows] == ["discriminator"]
+    trainer.train_generator_epoch("understand")
+    rows = trainer.train_alternating(1, "understand")
+    assert trainer.state.position == 4 and [r["position"] for r in rows] == [2, 3]
+    rows = trainer.train_generator_epoch("understand", steps=1)  # the schedule is at edge_cases: an extra step
+    assert trainer.state.position == 4 and trainer.state.global_step == 5 and rows[0]["position"] == 4
+    trainer.train_stage("edge_cases")
+    assert trainer.state.position == len(trainer.schedule) == 8 and trainer.state.global_step == 9
+
+
 def test_incompatible_checkpoint_is_refused(example_problems, sandbox, tmp_path):
     from training.checkpoint_manager import CheckpointError
 

@@ -47,6 +47,7 @@ ROLES = ("generator", "discriminator")
 REQUIRED_FILES = (TRAINER_STATE, RNG_STATE, "generator/config.json", "discriminator/config.json")
 POINTERS = ("best", "latest")  # aliases, stored as <alias>.json in the checkpoints folder
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"  # in the run folder: `lock_run_folder`
 GENERATOR_REWARD_COEF = 0.7  # best checkpoint score (README 'Checkpoints and resume')
 TEST_VALIDITY_COEF = 0.3
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -217,6 +218,26 @@ class CheckpointManager:
         infos = self.list_checkpoints()
         return infos[-1].path if infos else None
 
+    def latest_verified_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose every file verifies (size and sha256), what a resume continues from.
+        A damaged newer one is skipped with a warning naming it and the one used; CheckpointError when
+        checkpoints exist and none verifies; None when there is none."""
+        damaged: list[str] = []
+        for info in reversed(self.list_checkpoints()):
+            try:
+                _check_files(info.path, _read_manifest(info.path), hash_files=True)
+            except CheckpointError as e:
+                logger.warning("checkpoint %s is damaged: %s", info.path, e)
+                damaged.append(f"{info.path} ({e})")
+                continue
+            if damaged:
+                logger.warning("resuming from %s, the newest checkpoint that verifies, instead of the damaged %s",
+                               info.path, damaged[0])
+            return info.path
+        if damaged:
+            raise CheckpointError(f"no checkpoint in {self.checkpoints_dir} verifies; the latest: {damaged[0]}")
+        return None
+
     def get_best_checkpoint(self) -> Path | None:
         """The checkpoint with the highest `checkpoint_score` (ties: the newer); None if none is eligible."""
         best = _best(self.list_checkpoints())
@@ -251,15 +272,50 @@ class CheckpointManager:
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary folders left by crashed saves (there is one writer per run folder)."""
-        for path in self.checkpoints_dir.glob(f"{TMP_PREFIX}*"):
+        """Delete temporary folders and pointer files left by crashed saves (there is one writer per run
+        folder: `lock_run_folder`)."""
+        for path in [*self.checkpoints_dir.glob(f"{TMP_PREFIX}*"), *self.checkpoints_dir.glob(".*.tmp")]:
             logger.info("removing %s, left by an interrupted save", path)
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
-def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir: str | Path):
+    """An exclusive lock on `<run_dir>/.lock`, held while the returned file stays open. The kernel drops it
+    when the holder exits, however it exits, so a crash leaves no stale lock. A second trainer on the same
+    folder gets `RunFolderBusy` naming the holder's pid. Returns None where `fcntl` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderBusy(f"{run_dir} is in use by another trainer (pid {holder}); wait for it to end or "
+                            "choose another --output-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:
     """A checkpoint folder from a checkpoint folder, or from a run folder (or its checkpoints/ folder) and
-    `which` = "best" or "latest", also spelled `runs/x/best`. Raises CheckpointError with a one-line reason."""
+    `which` = "best" or "latest", also spelled `runs/x/best`. `run_folder` ("best" or "latest"): what a run
+    folder given without `which` means (None: it is refused). Raises CheckpointError with a one-line reason."""
     path = Path(path)
     if which is None and path.name in POINTERS and not (path / MANIFEST).is_file():
         path, which = path.parent, path.name
@@ -268,9 +324,11 @@ def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
             return path
         if not path.exists():
             raise CheckpointError(f"{path} does not exist")
-        if (path / CHECKPOINTS_DIR).is_dir():
+        if not (path / CHECKPOINTS_DIR).is_dir():
+            raise CheckpointError(f"{path} is not a checkpoint: no {MANIFEST}")
+        if run_folder is None:
             raise CheckpointError(f"{path} is a run folder, not a checkpoint: use {path}/latest or {path}/best")
-        raise CheckpointError(f"{path} is not a checkpoint: no {MANIFEST}")
+        which = run_folder
     if which not in POINTERS:
         raise CheckpointError(f"unknown checkpoint alias {which!r}: use 'best' or 'latest'")
     ckpt_dir = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path

@@ -33,7 +33,8 @@ C = the codes that are well formed, M = mutants of the reference solution that f
     rate on held-out problems: README 'Training'). With φ = 1 (s_j = the valid fraction |V_j| / |T_j|) an
     invalid test costs a small suite more than a large one (1/2 of a 2-test suite's credit, 1/8 of an 8-test
     one's), and the next run learned to write fewer tests, which killed fewer mutants; with φ = 8 each
-    invalid test costs the same 1/8 of the credit in any suite of up to 8 tests.
+    invalid test costs the same 1/8 of the credit in any suite of up to 8 tests, but a run with it wrote
+    fewer tests as well and killed fewer mutants still (README 'Training'), so φ = 1 stays the default.
 
 The mutation score is discrimination measured on known-wrong codes: when every generator code is right
 (or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the

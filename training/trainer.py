@@ -128,6 +128,7 @@ class AdversarialTrainer:
         self.state = TrainerState()
         self.mutants: dict[str, list[str]] = {}  # problem id -> mutant sources (`mutants_for`)
         self.stopped_early = False  # `max_minutes` ran out
+        self._bar = None  # the stage's progress bar while `train_stage` runs
         self._started = time.monotonic()
 
         # trainable parameters, frozen references, optimizers; then everything frozen until its update
@@ -169,23 +170,25 @@ class AdversarialTrainer:
         return bool(self.config.max_minutes) and time.monotonic() - self._started >= 60 * self.config.max_minutes
 
     def train_stage(self, stage: str) -> dict:
-        """N + N + K steps at `stage` (the entries of the schedule not yet done), then a checkpoint."""
+        """N + N + K steps at `stage` (the entries of the schedule not yet done), through the public phase
+        methods below, then a checkpoint."""
         entries = [e for e in self.schedule if e.stage == stage and e.index >= self.state.position]
         if entries and entries[0].index == min(e.index for e in self.schedule if e.stage == stage):
             self.state.chain_cache = {}  # prefixes come from the generator as it is at the stage's start
         rows = []
-        for entry in tqdm(entries, desc=f"stage {stage}", unit="step", leave=False):
-            save_every = self.config.save_every and (entry.index + 1) % self.config.save_every == 0
-            checkpoint_due = bool(self.checkpoints) and (entry is entries[-1] or save_every)
-            rows.append(self.step(entry.role, stage, entry.phase, validate=checkpoint_due))
-            self.state.position = entry.index + 1
-            if self.time_is_up() and entry is not entries[-1]:
-                logger.warning("max_minutes (%.1f) is up at schedule position %d: checkpointing and stopping; "
-                               "resume with --resume", self.config.max_minutes, self.state.position)
-                self.stopped_early = True
-                break
-            if self.checkpoints and self.config.save_every and self.state.position % self.config.save_every == 0:
-                self.save_checkpoint()
+        with tqdm(total=len(entries), desc=f"stage {stage}", unit="step", leave=False) as self._bar:
+            while not self.stopped_early:
+                following = [e for e in entries if e.index >= self.state.position]
+                if not following:
+                    break
+                phase = following[0].phase
+                if phase == "alternating":  # the rounds left (one may be half done after a resume)
+                    rows += self.train_alternating(sum(e.role == "generator" for e in following), stage)
+                else:
+                    count = next((i for i, e in enumerate(following) if e.phase != phase), len(following))
+                    method = self.train_discriminator_epoch if phase == "discriminator" else self.train_generator_epoch
+                    rows += method(stage, count)
+        self._bar = None
         if rows:
             self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
             if self.checkpoints:
@@ -195,16 +198,58 @@ class AdversarialTrainer:
         return self.state.stage_metrics.get(stage, {})
 
     def train_discriminator_epoch(self, stage: str, steps: int | None = None) -> list[dict]:
-        """`steps` (default N) discriminator steps at `stage`; the generator stays frozen."""
-        return [self.step("discriminator", stage, "discriminator") for _ in range(steps or self.config.n_steps)]
+        """`steps` (default N) discriminator steps at `stage`; the generator stays frozen. When they are the
+        schedule's next entries they advance its position (with the checkpoints the schedule asks for);
+        called elsewhere in the schedule they are extra steps and the position stays."""
+        return self._run_phase(stage, "discriminator", steps or self.config.n_steps)
 
     def train_generator_epoch(self, stage: str, steps: int | None = None) -> list[dict]:
-        """`steps` (default N) generator steps at `stage`; the discriminator stays frozen."""
-        return [self.step("generator", stage, "generator") for _ in range(steps or self.config.n_steps)]
+        """`steps` (default N) generator steps at `stage`; the discriminator stays frozen. The schedule
+        position as in `train_discriminator_epoch`."""
+        return self._run_phase(stage, "generator", steps or self.config.n_steps)
 
     def train_alternating(self, k: int, stage: str) -> list[dict]:
-        """K rapid alternations at `stage`: one discriminator step, then one generator step."""
-        return [self.step(role, stage, "alternating") for _ in range(k) for role in ROLES]
+        """K rapid alternations at `stage`: one discriminator step, then one generator step (a round the
+        schedule left half done ends with its generator step). The schedule position as in
+        `train_discriminator_epoch`."""
+        return self._run_phase(stage, "alternating", 2 * k)
+
+    def _run_phase(self, stage: str, phase: str, count: int) -> list[dict]:
+        """`count` steps of `phase` at `stage`: the schedule's next entries when they are of that stage and
+        phase (alternating: up to the k-th generator step), else extra steps outside the schedule."""
+        following = [e for e in self.schedule if e.index >= self.state.position]
+        run = []
+        for entry in following:
+            if entry.stage != stage or entry.phase != phase or len(run) == count:
+                break
+            run.append(entry)
+            if phase == "alternating" and sum(e.role == "generator" for e in run) == count // 2:
+                break
+        if not run:  # off the schedule: extra steps, the position stays
+            roles = [r for _ in range(count // 2) for r in ROLES] if phase == "alternating" else [phase] * count
+            return [self.step(role, stage, phase) for role in roles]
+        return self._run_entries(run)
+
+    def _run_entries(self, entries: list[ScheduleEntry]) -> list[dict]:
+        """Schedule entries in order: a step each, the position advanced after it, validation before the
+        stage's last step's checkpoint, `--save-every` checkpoints, and a clean stop when `max_minutes` is up."""
+        rows = []
+        for entry in entries:
+            last = entry.index == max(e.index for e in self.schedule if e.stage == entry.stage)
+            save_every = self.config.save_every and (entry.index + 1) % self.config.save_every == 0
+            rows.append(self.step(entry.role, entry.stage, entry.phase,
+                                  validate=bool(self.checkpoints) and (last or bool(save_every))))
+            self.state.position = entry.index + 1
+            if self._bar is not None:
+                self._bar.update(1)
+            if self.time_is_up() and not last:
+                logger.warning("max_minutes (%.1f) is up at schedule position %d: checkpointing and stopping; "
+                               "resume with --resume", self.config.max_minutes, self.state.position)
+                self.stopped_early = True
+                break
+            if self.checkpoints and save_every and not (last and self._bar is not None):
+                self.save_checkpoint()  # (inside `train_stage`, the stage's last one is its end-of-stage save)
+        return rows
 
     # ------------------------------------------------------------------ one step
     def step(self, role: str, stage: str, phase: str = "", validate: bool = False) -> dict:
@@ -226,7 +271,7 @@ class AdversarialTrainer:
         metrics["time/update_s"] = time.perf_counter() - t
         metrics["time/step_s"] = time.perf_counter() - start
         metrics.update(rollout_metrics(rollouts))
-        metrics.update({"step": step, "stage": stage, "phase": phase, "role": role,
+        metrics.update({"step": step, "position": self.state.position, "stage": stage, "phase": phase, "role": role,
                         "problems": [p.id for p in problems]})
         if validate or (self.checkpoints and self.time_is_up()):
             metrics.update(self.validate())
@@ -410,8 +455,10 @@ class AdversarialTrainer:
         metrics["test_validity"] = metrics.get("discriminator/valid_test_rate", 0.0)
         state = {**asdict(self.state), "stage": self.state.last_metrics.get("stage"), "metrics": metrics,
                  "config": self.config.to_dict(), "training_problems": sorted(content_hash(p) for p in self.problems)}
+        # named by steps taken, which never go back (a stage run again gets new names; the schedule
+        # position is in the state)
         return self.checkpoints.save_checkpoint(
-            self.state.position, self.generator.model, self.discriminator.model,
+            self.state.global_step, self.generator.model, self.discriminator.model,
             self.optimizers["generator"], self.optimizers["discriminator"], state,
             self.generator.tokenizer, self.discriminator.tokenizer,
         )
@@ -537,9 +584,10 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
                  start_stage: str | None = None) -> dict:
     """What `run_training.py` does: load the problems, build the trainer with a checkpoint manager in
     `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
-    train the whole pipeline. Returns the run's summary."""
-    from data.problems import load_problem_set, validate_problem_set
-    from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
+    train the whole pipeline. Returns the run's summary. The run folder is locked for the whole call
+    (`lock_run_folder`: a second trainer on it is refused, naming this one's pid)."""
+    from data.problems import load_problem_set
+    from training.checkpoint_manager import lock_run_folder
 
     if start_stage is not None and start_stage not in config.stages:
         raise ValueError(f"--start-stage {start_stage!r} is not one of the run's stages {config.stages}")
@@ -549,12 +597,24 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     if seen and not config.allow_heldout_training:
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
-    run_dir = Path(run_dir)
+    lock = lock_run_folder(run_dir)
+    try:
+        return _run_training(config, Path(run_dir), problems, resume, start_stage)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem], resume: str | None,
+                  start_stage: str | None) -> dict:
+    from data.problems import validate_problem_set
+    from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
+
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
     checkpoint, fresh_logs = None, False
     metrics_file = run_dir / "metrics.jsonl"
-    if resume == "latest":  # the run's own latest checkpoint, listed once
-        checkpoint = manager.get_latest_checkpoint()
+    if resume == "latest":  # the run's own newest checkpoint that verifies, listed once
+        checkpoint = manager.latest_verified_checkpoint()
         if checkpoint is None:
             logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
             fresh_logs = True
