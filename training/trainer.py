@@ -181,13 +181,15 @@ class AdversarialTrainer:
                 following = [e for e in entries if e.index >= self.state.position]
                 if not following:
                     break
-                phase = following[0].phase
+                phase, before = following[0].phase, self.state.position
                 if phase == "alternating":  # the rounds left (one may be half done after a resume)
                     rows += self.train_alternating(sum(e.role == "generator" for e in following), stage)
                 else:
                     count = next((i for i, e in enumerate(following) if e.phase != phase), len(following))
                     method = self.train_discriminator_epoch if phase == "discriminator" else self.train_generator_epoch
                     rows += method(stage, count)
+                if self.state.position == before:  # nothing ran (cannot happen with `build_schedule`'s entries)
+                    break
         self._bar = None
         if rows:
             self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
