@@ -151,7 +151,7 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     cache is the first W = P - S columns of the padded batch, S the longest row end left outside its group's
     prefix: row r holds its first len_r - S prompt tokens there, right-aligned as in the padded batch
     (padding is masked out by the attention mask as usual). `generate(input_ids (N, P), attention_mask,
-    past_key_values=cache)` then prefills only the last S columns. Used when some group has two rows or more
+    cache=cache)` (`cache_argument`) then prefills only the last S columns. Used when some group has two rows or more
     and the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the
     plain path."""
     if not rows:
@@ -176,7 +176,8 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     if width <= 0 or sum(shared) + len(rows) * S > max_cost * len(rows) * P:
         return None
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for g, c in zip(groups, shared):
+    for g in groups:
+        c = max(len(rows[r]) - S for r in g)  # only what the group's rows keep in the cache
         if c <= 0:
             continue
         prefix = torch.tensor([rows[g[0]][:c]], device=model.device)  # (1, c)
