@@ -200,11 +200,11 @@ def generation_copy(model: torch.nn.Module, trained: set[str] | None, dtype: tor
     only the trained blocks: ~60 M parameters of the default model's 494 M). `sync_generation_copy` brings
     it up to date after each update.
 
-    Why: a model whose trained weights are fp32 and frozen ones bf16 runs under autocast, which casts the
-    fp32 weights to bf16 again at every forward, i.e. at every decoded token; an all-fp32 model decodes
-    2.7-3.9x slower than bf16 on a CPU with native bf16 (README 'Models'). The PPO old log-probs still come
-    from the training weights, so the sampler's rounding is only the small gap `ppo/sampler_logprob_gap`
-    measures (README 'How it works')."""
+    Why: the training weights decode at fp32 speed where they are all fp32 (3.1-3.4x slower than bf16 here,
+    README 'Rollout speed'), and a mixed model (frozen bf16, trained fp32) runs under autocast, which casts
+    the trained weights again at every decoded token (measured here: about as fast as the copy, since they are
+    an eighth of the weights). The PPO old log-probs still come from the training weights, so the sampler's
+    rounding is only the small gap `ppo/sampler_logprob_gap` measures (README 'How it works')."""
     shared = {id(p): p for n, p in model.named_parameters()
               if trained is not None and n not in trained and p.dtype == dtype}
     out = copy.deepcopy(model, memo=dict(shared))
