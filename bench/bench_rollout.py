@@ -13,7 +13,7 @@ Variants, interleaved within each repeat (load from other processes hits every o
     fp32 plain          all weights fp32, transformers `generate` as is (the reference of the speedup)
     fp32 shared         the same weights, the shared prompt prefix prefilled once (`prefill_shared_prefixes`)
     mixed plain         frozen weights bf16, the trained last layers fp32, under bf16 autocast (learn run 2)
-    bf16 copy plain     sampling from the bf16 generation copy (`training.policy.generation_copy`)
+    bf16 copy plain     sampling from the bf16 generation copy (`training.policy.frozen_copy`)
     bf16 copy shared    both: the default of the demo and learn presets
 
 The last line reads `rollout speedup X.XX`: bf16 copy shared over fp32 plain at the last shape, same run.
@@ -42,7 +42,7 @@ from data.problems import load_problem_set  # noqa: E402
 from models import LLMDiscriminator, LLMGenerator, SamplingConfig  # noqa: E402
 from models.loading import load_model  # noqa: E402
 from training.config import preset_config  # noqa: E402
-from training.policy import _cast_frozen, generation_copy, trainable_names  # noqa: E402
+from training.policy import _cast_frozen, frozen_copy, trainable_names  # noqa: E402
 from training.rollout import sample_discriminator, sample_generator  # noqa: E402
 
 STAGE = "algorithm"
@@ -97,7 +97,7 @@ def main():
     trained = trainable_names(fp32, config.train_last_layers)
     mixed = copy.deepcopy(fp32)  # the learn preset's model: frozen weights bf16, the trained layers fp32
     _cast_frozen(mixed, trained, torch.bfloat16)
-    bf16 = generation_copy(mixed, trained, torch.bfloat16)
+    bf16 = frozen_copy(mixed, trained, torch.bfloat16)
     models = {"fp32": fp32, "mixed": mixed, "bf16 copy": bf16}
     generator, discriminator = LLMGenerator((mixed, tokenizer)), LLMDiscriminator((mixed, tokenizer))
     weight_gb = sum(p.numel() * p.element_size() for p in bf16.parameters()) / 1e9

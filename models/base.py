@@ -250,7 +250,7 @@ class LLMBase:
         else:
             self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.sampling = sampling or SamplingConfig()
-        # the weights `sample` runs (None: `model`); training sets a bf16 copy (`training.policy.generation_copy`)
+        # the weights `sample` runs (None: `model`); training sets a bf16 copy (`training.policy.frozen_copy`)
         self.sampling_model: torch.nn.Module | None = None
         self.prefill = prefill  # open the code block of code and tests replies in the prompt
         if system_prompt is not None:

@@ -156,15 +156,7 @@ def prepare_policy(model: torch.nn.Module, config: TrainingConfig,
         return model, None
     names = trainable_names(model, config.train_last_layers)
     _cast_frozen(model, names, frozen_dtype)
-    reference = None
-    if config.ppo.kl_coef > 0:
-        shared = {id(p): p for n, p in model.named_parameters() if names is not None and n not in names}
-        reference = copy.deepcopy(model, memo=dict(shared))  # copies only what trains
-        if frozen_dtype is not None:
-            for p in reference.parameters():
-                if id(p) not in shared:
-                    p.data = p.data.to(frozen_dtype)
-        freeze(reference)
+    reference = frozen_copy(model, names, frozen_dtype) if config.ppo.kl_coef > 0 else None  # copies what trains
     unfreeze(model, names)
     return model, reference
 
@@ -180,7 +172,7 @@ def _cast_frozen(model: torch.nn.Module, trained: set[str] | None, dtype: torch.
 
 
 def generation_dtype(config: TrainingConfig, trained: torch.dtype, frozen: torch.dtype) -> torch.dtype | None:
-    """The dtype of the weights sampling runs, None for the training weights themselves (`generation_copy`).
+    """The dtype of the weights sampling runs, None for the training weights themselves (`frozen_copy`).
     "auto": the frozen weights' dtype when that is lower than the trained one (bf16 frozen weights: a GPU or
     a CPU with native bf16, `frozen_dtype` "auto"), else None; never with LoRA."""
     from models.loading import resolve_dtype
@@ -194,30 +186,34 @@ def generation_dtype(config: TrainingConfig, trained: torch.dtype, frozen: torch
     return None if dtype == trained else dtype
 
 
-def generation_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.dtype) -> torch.nn.Module:
-    """A frozen copy of `model` in `dtype` that sampling runs (`LLMBase.sampling_model`): the parameters that
-    do not train and already have `dtype` are shared, the others copied and cast (with `train_last_layers`
-    only the trained blocks: ~60 M parameters of the default model's 494 M). `sync_generation_copy` brings
-    it up to date after each update.
+def frozen_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A frozen copy of `model` that shares the parameters outside `trained` (None: all train, nothing is
+    shared) and copies the rest, cast to `dtype` (None: as they are); a shared parameter must already have
+    `dtype`. Two uses: the KL reference (`prepare_policy`: the initial trained weights) and the generation
+    copy sampling runs (`LLMBase.sampling_model`, in bf16; with `train_last_layers` only the trained blocks
+    are copied: ~60 M parameters of the default model's 494 M), which `sync_generation_copy` brings up to
+    date after each update.
 
-    Why: the training weights decode at fp32 speed where they are all fp32 (3.1-3.4x slower than bf16 here,
-    README 'Rollout speed'), and a mixed model (frozen bf16, trained fp32) runs under autocast, which casts
-    the trained weights again at every decoded token (measured here: about as fast as the copy, since they are
-    an eighth of the weights). The PPO old log-probs still come from the training weights, so the sampler's
-    rounding is only the small gap `ppo/sampler_logprob_gap` measures (README 'How it works')."""
+    Why a generation copy: the training weights decode at fp32 speed where they are all fp32 (3.1-3.4x slower
+    than bf16 here, README 'Rollout speed'), and a mixed model (frozen bf16, trained fp32) runs under autocast,
+    which casts the trained weights again at every decoded token (measured here: about as fast as the copy,
+    since they are an eighth of the weights). The PPO old log-probs still come from the training weights, so
+    the sampler's rounding is only the small gap `ppo/sampler_logprob_gap` measures (README 'How it works')."""
     shared = {id(p): p for n, p in model.named_parameters()
-              if trained is not None and n not in trained and p.dtype == dtype}
+              if trained is not None and n not in trained and dtype in (None, p.dtype)}
     out = copy.deepcopy(model, memo=dict(shared))
-    for p in out.parameters():
-        if id(p) not in shared and p.is_floating_point():
-            p.data = p.data.to(dtype)
+    if dtype is not None:
+        for p in out.parameters():
+            if id(p) not in shared and p.is_floating_point():
+                p.data = p.data.to(dtype)
     freeze(out)
     return out
 
 
 @torch.no_grad()
 def sync_generation_copy(sampler: torch.nn.Module, model: torch.nn.Module, trained: set[str] | None) -> None:
-    """Copy `model`'s `trained` parameters (None: all) into its `generation_copy`, cast to the copy's dtype."""
+    """Copy `model`'s `trained` parameters (None: all) into its generation copy (`frozen_copy`), cast to the
+    copy's dtype."""
     params = dict(sampler.named_parameters())
     for name, p in model.named_parameters():
         if (trained is None or name in trained) and params[name] is not p:
