@@ -465,15 +465,16 @@ class AdversarialTrainer:
             self.generator.tokenizer, self.discriminator.tokenizer,
         )
 
-    def load_checkpoint(self, path: str | Path, start_stage: str | None = None) -> None:
+    def load_checkpoint(self, path: str | Path, start_stage: str | None = None, verify: bool = True) -> None:
         """Continue from a checkpoint exactly: trained weights, optimizer states, schedule position, the
         chain cache and RNG states. The frozen references stay the initial weights (built from the config).
-        `start_stage` restarts at the beginning of that stage instead of the saved position."""
+        `start_stage` restarts at the beginning of that stage instead of the saved position. `verify`: hash
+        every file first (`load_checkpoint`; sizes are always checked); False for a checkpoint just verified."""
         from transformers import AutoModelForCausalLM
 
         from training.checkpoint_manager import CheckpointError, load_adapters, load_checkpoint, restore_rng_state
 
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, verify=verify)
         saved = ckpt.trainer_state.get("config", {})
         for key in ("generator_model", "discriminator_model", "stages", "n_steps", "k_alternations",
                     "train_last_layers", "lora_rank", "lora_alpha", "lora_targets"):
@@ -613,10 +614,11 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
 
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
-    checkpoint, fresh_logs = None, False
+    checkpoint, fresh_logs, verified = None, False, False
     metrics_file = run_dir / "metrics.jsonl"
     if resume == "latest":  # the run's own newest checkpoint that verifies, listed once
         checkpoint = manager.latest_verified_checkpoint()
+        verified = checkpoint is not None  # every file hashed just now: not again when loading
         if checkpoint is None:
             logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
             fresh_logs = True
@@ -642,7 +644,7 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
         if fresh_logs:
             trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
         if checkpoint is not None:
-            trainer.load_checkpoint(checkpoint, start_stage)
+            trainer.load_checkpoint(checkpoint, start_stage, verify=not verified)
         elif start_stage is not None:
             trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
         return trainer.train_full_pipeline()
