@@ -626,7 +626,7 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
         raise ValueError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume, or choose "
                          "another --output-dir")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
-        checkpoint = resolve_checkpoint(resume, "latest" if (Path(resume) / "checkpoints").is_dir() else None)
+        checkpoint = resolve_checkpoint(resume, run_folder="latest")
     sandbox = Sandbox(config.sandbox)
     problems, rejected = validate_problem_set(problems, sandbox)
     if not problems:
