@@ -18,6 +18,9 @@ strings, imports, decorators, annotations or default arguments:
 
 `nonequivalent_mutants` runs mutants of a problem's reference solution against its ground-truth tests and
 keeps those the tests kill: a mutant no ground-truth test fails is treated as equivalent to the reference.
+With `hardest=True` it keeps the subtlest of them instead of a spread: those that fail the fewest
+ground-truth tests (training's mutation reward uses these: a spread of 8 is mostly killed by any 3 tests,
+so it stops telling a strong suite from a weak one).
 """
 from __future__ import annotations
 
@@ -209,31 +212,39 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
 # ---- with a sandbox: keep the mutants that the ground-truth tests kill ---------------------------------
 
 
-def _cache_path(problem: Problem, limit: int, seed: int) -> Path:
+def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool) -> Path:
     from models.loading import cache_dir
 
-    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION])
+    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION] + (["hardest"] if hardest else []))
     return cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
-def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, seed: int = 0) -> list[Mutant]:
+def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, seed: int = 0,
+                          hardest: bool = False) -> list[Mutant]:
     """At most `limit` mutants of the reference solution that fail at least one of `problem.tests`
-    (all when limit <= 0), spread over operators as in `make_mutants`.
+    (all when limit <= 0): spread over operators as in `make_mutants`, or with `hardest` the ones that fail
+    the smallest share of the ground-truth tests (ties broken by `seed`), in source order.
 
-    Up to 4 × limit candidates run in the sandbox; one that passes every ground-truth test is dropped as
-    (probably) equivalent to the reference. The answer is cached on disk under the model cache folder
-    (`mutants/`), keyed by reference, tests, limit, seed and MUTATOR_VERSION, so a second call runs nothing."""
-    path = _cache_path(problem, limit, seed)
+    Up to 4 × limit candidates (8 × limit with `hardest`) run in the sandbox; one that passes every
+    ground-truth test is dropped as (probably) equivalent to the reference. The answer is cached on disk
+    under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest` and
+    MUTATOR_VERSION, so a second call runs nothing."""
+    path = _cache_path(problem, limit, seed, hardest)
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    candidates = make_mutants(problem.reference_solution, limit=4 * limit, seed=seed)
+    candidates = make_mutants(problem.reference_solution, limit=(8 if hardest else 4) * limit, seed=seed)
     rows = sandbox.run_matrix([m.source for m in candidates], [problem.tests]) if candidates else []
-    killed = [m for m, row in zip(candidates, rows) if not row[0].all_passed]
-    chosen = _spread(killed, limit, seed)
-    logger.info("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d",
-                problem.id, len(killed), len(candidates), len(chosen))
+    killed = [(m, row[0]) for m, row in zip(candidates, rows) if not row[0].all_passed]
+    if hardest:
+        tiebreak = random.Random(seed).sample(range(len(killed)), len(killed))
+        ranked = sorted(range(len(killed)), key=lambda i: (1 - killed[i][1].pass_rate, tiebreak[i]))
+        chosen = [killed[i][0] for i in sorted(ranked if limit <= 0 else ranked[:limit])]
+    else:
+        chosen = _spread([m for m, _ in killed], limit, seed)
+    logger.info("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
+                problem.id, len(killed), len(candidates), len(chosen), " (the hardest)" if hardest else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"id": problem.id, "mutants": [dataclasses.asdict(m) for m in chosen]}))

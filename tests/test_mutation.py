@@ -180,3 +180,15 @@ def test_nonequivalent_mutants_limit_keeps_a_spread_subset(sandbox, monkeypatch,
     assert len({m.operator for m in mutants}) == 2  # two operators, not the two constants
     assert {m.description for m in mutants} <= KILLED
     assert nonequivalent_mutants(CLAMP, NoSandbox(), limit=2, seed=0) == mutants
+
+
+def test_hardest_mutants_are_those_failing_the_fewest_ground_truth_tests(sandbox, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
+    # `return None` fails both tests; the other three killed mutants fail only test_negative
+    hard = nonequivalent_mutants(CLAMP, sandbox, limit=3, hardest=True)
+    assert {m.description for m in hard} == KILLED - {"line 1: return None at the top of clamp()"}
+    assert hard == sorted(hard, key=lambda m: m.line)  # source order
+    assert nonequivalent_mutants(CLAMP, NoSandbox(), limit=3, hardest=True) == hard  # cached under its own key
+    assert len(list((tmp_path / "mutants").glob("*.json"))) == 1
+    spread = nonequivalent_mutants(CLAMP, sandbox, limit=3)
+    assert "line 1: return None at the top of clamp()" in {m.description for m in spread}  # one per operator

@@ -284,16 +284,18 @@ def test_mutation_score_is_discrimination_on_the_mutants():
     mutants = np.array([[F, F, T], [T, F, T], [T, T, F]])
     terms = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8, mutant_passes=mutants)
     assert terms["mutation_score"].tolist() == [1 / 3, 1 / 3]  # m0 by sample 0, m2 by sample 1
-    cfg = RewardConfig(scale_by_validity=False)  # 0.5 discrimination, 0.3 mutation, 0.1 validity, 0.1 format
+    weights = dict(disc_discrimination_coef=0.5, disc_mutation_coef=0.3, disc_validity_coef=0.1, disc_format_coef=0.1)
+    cfg = RewardConfig(scale_by_validity=False, **weights)
     r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), cfg, mutant_passes=mutants)
     # sample 0: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125; sample 1: 0.3/3 + 0.1 * 1/8 + 0.1 = 0.2125
     np.testing.assert_allclose(r, [0.2125, 0.2125])
     # scaled by validity (the default, invalid_floor 1: the valid fraction): sample 0 has one invalid test of
     # two, sample 1 none: sample 0: 0.5 · 0.3/3 + 0.1 · 1/8 + 0.1 = 0.1625; sample 1 unchanged
-    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), RewardConfig(), mutant_passes=mutants)
+    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), RewardConfig(**weights),
+                                     mutant_passes=mutants)
     np.testing.assert_allclose(r, [0.1625, 0.2125])
     # invalid_floor 8: the invalid test costs 1/max(8, 2) of the credit: (1 - 1/8) · 0.3/3 + 0.1 · 1/8 + 0.1 = 0.2
-    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), RewardConfig(invalid_floor=8),
+    r = compute_discriminator_reward(passes, valid, sample_ids, np.array([T, T]), RewardConfig(invalid_floor=8, **weights),
                                      mutant_passes=mutants)
     np.testing.assert_allclose(r, [0.2, 0.2125])
     none = discriminator_terms(passes, valid, sample_ids, np.array([T, T]), 8)  # no mutants: the term is 0

@@ -28,8 +28,8 @@ class RewardConfig:
 
     gen_pass_coef: float = 0.9  # generator: weight of the pass rate on valid + ground-truth tests
     gen_format_coef: float = 0.1  # generator: weight of well-formed code (parses, defines the entry point)
-    disc_discrimination_coef: float = 0.5  # discriminator: weight of the share of codes caught by valid tests
-    disc_mutation_coef: float = 0.3  # discriminator: weight of the share of the reference's mutants its valid tests kill
+    disc_discrimination_coef: float = 0.4  # discriminator: weight of the share of codes caught by valid tests
+    disc_mutation_coef: float = 0.4  # discriminator: weight of the share of the reference's mutants its valid tests kill
     disc_validity_coef: float = 0.1  # discriminator: weight of |valid tests| / max(tau, |tests|)
     disc_format_coef: float = 0.10  # discriminator: weight of well-formed test output
     validity_floor: int = 8  # tau: a few trivial tests cannot earn the validity term
@@ -101,6 +101,7 @@ class TrainingConfig:
     group_size: int = 4  # generator samples (stage text + code) per problem and step: the group of its advantages
     num_test_samples: int = 4  # discriminator samples (critique + tests) per problem and step
     mutants_per_problem: int = 8  # mutants of each reference solution for the discriminator's mutation score (0 = off)
+    hard_mutants: bool = True  # those mutants are the ones that fail the fewest ground-truth tests, not a spread over operators
     temperature: float = 0.7  # sampling temperature of both models
     stage_tokens: int = 0  # max new tokens of a reasoning stage or critique (0 = the stage's own budget)
     code_tokens: int = 0  # max new tokens of the final code (0 = the generator's default, 320)

@@ -20,7 +20,7 @@ Generator, per code i (V = valid tests of all samples, deduplicated by key; GT =
 
 Discriminator, per sample j (T_j = its tests deduplicated by key, V_j ⊆ T_j the valid ones,
 C = the codes that are well formed, M = mutants of the reference solution that fail a ground-truth test,
-`evaluation.mutation`):
+`evaluation.mutation`, in training the hardest of them: `TrainingConfig.hard_mutants`):
 
     r_disc(j) = s_j · (disc_discrimination_coef · |{i ∈ C : i fails some t ∈ V_j}| / |C|
                      + disc_mutation_coef       · |{μ ∈ M : μ fails some t ∈ V_j}| / |M|)   (mutation score)
@@ -38,7 +38,8 @@ C = the codes that are well formed, M = mutants of the reference solution that f
 
 The mutation score is discrimination measured on known-wrong codes: when every generator code is right
 (or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the
-mutants still can. A problem without mutants gives every sample 0 for it (no signal, no bias).
+mutants still can, the subtle ones (that fail few ground-truth tests) best: a spread of easy mutants is
+killed whole by most 3-test suites. A problem without mutants gives every sample 0 for it (no signal, no bias).
 
 Format failures (decided by the caller's sanitizer/parser, passed in as `format_ok`):
   * a code that failed to parse or lacks the entry point scores exactly 0 (its pass rate is not counted:

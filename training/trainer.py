@@ -365,12 +365,14 @@ class AdversarialTrainer:
         return [self.train_problems[i] for i in chosen]
 
     def mutants_for(self, problem: Problem) -> list[str]:
-        """Non-equivalent mutants of the problem's reference (made once, cached in memory and on disk)."""
+        """Non-equivalent mutants of the problem's reference, the hardest ones with `config.hard_mutants`
+        (made once, cached in memory and on disk)."""
         if problem.id not in self.mutants:
             from evaluation.mutation import nonequivalent_mutants
 
-            limit = self.config.mutants_per_problem
-            self.mutants[problem.id] = [m.source for m in nonequivalent_mutants(problem, self.sandbox, limit)] if limit else []
+            limit, hard = self.config.mutants_per_problem, self.config.hard_mutants
+            self.mutants[problem.id] = ([m.source for m in nonequivalent_mutants(problem, self.sandbox, limit, hardest=hard)]
+                                        if limit else [])
         return self.mutants[problem.id]
 
     def validate(self) -> dict:
