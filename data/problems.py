@@ -265,18 +265,21 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
     """Keep the sound problems: the reference passes all of its own tests and a trivially wrong solution
     (`trivial_solution`) fails at least one. Returns (valid problems in order, {id: reason} of the rest).
 
-    Verdicts are cached by `content_hash` under the model cache folder (`validation/`), so a second load
-    of the same set runs nothing. A sandbox is started only when something is not cached."""
+    Verdicts are cached by `content_hash` under the model cache folder (`validation/<sandbox code
+    version>/`), so a second load of the same set runs nothing until the sandbox's code changes. A sandbox
+    is started only when something is not cached."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
+
+    from sandbox import code_version
 
     cache = _validation_cache()
     verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
     todo = []
     for p in problems:
         key = content_hash(p)
-        path = cache / f"{key}.json"
+        path = cache / code_version() / f"{key}.json"
         try:
             verdicts[key] = json.loads(path.read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -305,13 +308,14 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
         finally:
             if own:
                 sandbox.close()
-        cache.mkdir(parents=True, exist_ok=True)
+        folder = cache / code_version()
+        folder.mkdir(parents=True, exist_ok=True)
         for p, reason in zip(todo, results):
             key = content_hash(p)
             verdicts[key] = reason
-            tmp = cache / f".{key}.{os.getpid()}.tmp"
+            tmp = folder / f".{key}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"id": p.id, "reason": reason}))
-            tmp.replace(cache / f"{key}.json")
+            tmp.replace(folder / f"{key}.json")
     valid = [p for p in problems if not verdicts[content_hash(p)]]
     rejected = {p.id: verdicts[content_hash(p)] for p in problems if verdicts[content_hash(p)]}
     for pid, reason in rejected.items():

@@ -214,8 +214,10 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
 
 def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool) -> Path:
     from models.loading import cache_dir
+    from sandbox import code_version
 
-    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION] + (["hardest"] if hardest else []))
+    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION, code_version()]
+                     + (["hardest"] if hardest else []))
     return cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
@@ -227,8 +229,8 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
 
     Up to 4 × limit candidates (8 × limit with `hardest`) run in the sandbox; one that passes every
     ground-truth test is dropped as (probably) equivalent to the reference. The answer is cached on disk
-    under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest` and
-    MUTATOR_VERSION, so a second call runs nothing."""
+    under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
+    MUTATOR_VERSION and the sandbox's code version, so a second call runs nothing."""
     path = _cache_path(problem, limit, seed, hardest)
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]

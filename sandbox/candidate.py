@@ -55,7 +55,6 @@ INTROSPECTION_PREFIXES = ("gi_", "cr_", "ag_", "tb_", "f_", "co_")
 INTROSPECTED = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType, types.CodeType, types.FrameType,
                 types.TracebackType)
 NEVER_HANDED_OUT = (types.CodeType, types.FrameType, types.TracebackType)
-PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)
 MUTABLE_TAGS = ("l", "t", "s", "d", "a")  # encodings that may hold something a call changes in place
 
 
@@ -96,7 +95,7 @@ class Server:
     def _other(self, value):
         """Subclasses of plain types cross as the plain type (a namedtuple as a tuple, an IntEnum as an int,
         a Counter as a dict), NumPy scalars as Python numbers; anything else as a handle."""
-        for base in PLAIN_BASES:
+        for base in wire.PLAIN_BASES:
             if isinstance(value, base):
                 return self.encode(base(value))
         if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
@@ -229,11 +228,7 @@ class Server:
                     reply = self.answer(request)
                 except BaseException as e:  # a malformed request: wrong types, unknown handle
                     reply = ["fail", f"malformed request ({type(e).__name__})"]
-            for stream in (sys.stdout, sys.stderr):  # output reaches the host even if we are killed next
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
+            wire.flush_output()  # output reaches the host even if we are killed next
             try:
                 wire.send_frame(sock, reply)
             except (OSError, ValueError, TypeError, RecursionError):

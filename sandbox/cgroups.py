@@ -10,6 +10,7 @@ machine has cgroup v1 only); elsewhere `available()` is False and the limits are
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -36,7 +37,9 @@ def _own(controller: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
+    """Whether this process can make the cgroups (asked once: neither answer changes while it runs)."""
     if os.geteuid() != 0:
         return False
     folders = [_own(c) for c in CONTROLLERS]
@@ -120,8 +123,15 @@ def _rmdir(folder: str, attempts: int = 1) -> bool:
     return False
 
 
+_swept: set[str] = set()  # folders `_remove_stale` has cleaned in this process
+
+
 def _remove_stale(folder: str):
-    """Remove the cgroups of sandboxes whose process is gone (a crash leaves them behind)."""
+    """Remove the cgroups of sandboxes whose process is gone (a crash leaves them behind); once per folder
+    and process (a crash before this process started is all it can find)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
     try:
         entries = os.listdir(folder)
     except OSError:

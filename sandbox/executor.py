@@ -12,6 +12,7 @@ source's syntax tree, never from exit codes or output. It never raises on bad co
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import json
 import logging
@@ -26,13 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sandbox import cgroups, isolation, wire
+from sandbox.wire import DONE, OUTCOMES, PASSED, PROTOCOL
 
 logger = logging.getLogger(__name__)
 
-PASSED = "passed"
-OUTCOMES = ("passed", "failed", "error", "skipped")
-DONE, PROTOCOL = "__done__", "__protocol__"  # runner.py's last line, and its report of a protocol breach
-SETUP_FAILED = "sandbox: isolation failed"  # how zygote.py's child reports that on its stderr
 MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the rest counts as missing)
 
 
@@ -108,6 +106,13 @@ def add_solution_import(tests: str) -> str:
 
 
 # ---------------------------------------------------------------- what the tests are
+def _request(tests: str) -> dict:
+    """What the tests' process is sent for one execution (SyntaxError if `tests` does not parse)."""
+    tests = add_solution_import(tests)
+    expected, fast = analyse_tests(tests)
+    return {"tests": tests, "expected": expected, "fast": fast}
+
+
 def _is_parametrize(dec) -> bool:
     return isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"
 
@@ -127,7 +132,14 @@ def _param_names(dec) -> list[str] | None:
 def analyse_tests(source: str) -> tuple[list[str], bool]:
     """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
     does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
-    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest."""
+    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest.
+    Remembered per source: `run_matrix` runs each test source against every code."""
+    expected, fast = _analysis(source)
+    return list(expected), fast
+
+
+@functools.lru_cache(maxsize=1024)
+def _analysis(source: str) -> tuple[tuple[str, ...], bool]:
     tree = ast.parse(source)
     expected, fast = [], True
     for node in tree.body:
@@ -150,7 +162,7 @@ def analyse_tests(source: str) -> tuple[list[str], bool]:
                     expected.append(f"{node.name}::{item.name}")
     if "fixture" in source or "pytest.param" in source:
         fast = False
-    return expected, fast
+    return tuple(expected), fast
 
 
 def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool, broken: bool = False) -> dict:
@@ -293,22 +305,20 @@ class _Worker:
                 s.close()
             try:
                 healthy = self._kill(messages)
-                stdout, stderr, setup_failed = self._outputs(outputs, messages)
+                stdout, stderr = self._outputs(outputs, messages)
             finally:
                 for fd in outputs.values():
                     os.close(fd)
-        if setup_failed:
-            healthy = False
         # a broken worker is not the code's or the tests' doing: no test may look failed because of it
         reply = count_outcomes(request["expected"], reported, timed_out, broken=not healthy)
         reply.update(stdout=stdout, stderr=stderr, tampered=tampered, duration_s=time.monotonic() - start,
                      runner="fast" if request["fast"] else "pytest")
-        if setup_failed:
-            reply.update(stderr="sandbox: the execution's isolation could not be set up\n" + reply["stderr"])
         return reply, healthy
 
     def _kill(self, messages: list[str]) -> bool:
-        """Tell both fork servers to kill their execution; False if one did not answer or reported a failure."""
+        """Tell both fork servers to kill their execution; False if one did not answer or reported a failure
+        (its own, or that the execution's isolation could not be set up: the child tells it on a socket
+        the code it runs cannot reach, never on the stderr that code can write)."""
         healthy, told = True, []
         for side, zygote in self.zygotes.items():
             try:
@@ -324,16 +334,15 @@ class _Worker:
                 messages.append(f"sandbox: the {side} fork server failed: {answer and answer.get('error')}\n")
         return healthy
 
-    def _outputs(self, outputs: dict[str, int], messages: list[str]) -> tuple[str, str, bool]:
-        """stdout (the candidate's, then the tests'), stderr (the reports' messages, then the candidate's and
-        the tests' errors), each part capped on its own so that no side can push the other's out; and
-        whether an execution's isolation could not be set up."""
+    def _outputs(self, outputs: dict[str, int], messages: list[str]) -> tuple[str, str]:
+        """stdout (the candidate's, then the tests'), stderr (the reports' and fork servers' messages, then
+        the candidate's and the tests' errors), each part capped on its own so that no side can push the
+        other's out."""
         cap = self.config.max_output_chars
         read = {n: _read_capped(outputs[n], cap) if n in outputs else "" for n in ("c_out", "c_err", "t_out", "t_err")}
-        setup_failed = any(read[n].startswith(SETUP_FAILED) for n in ("c_err", "t_err"))
         stdout = read["c_out"] + read["t_out"]
         stderr = _cap("".join(messages), cap) + read["c_err"] + read["t_err"]
-        return stdout, stderr, setup_failed
+        return stdout, stderr
 
     def close(self):
         for zygote in self.zygotes.values():
@@ -448,13 +457,11 @@ class Sandbox:
         """Run `code` (as module `solution`) against the pytest source `tests`."""
         start = time.monotonic()
         timeout = timeout_s or self.config.timeout_s
-        tests = add_solution_import(tests)
         try:
-            expected, fast = analyse_tests(tests)
+            request = _request(tests)
         except (SyntaxError, ValueError) as e:
             return ExecutionResult(status="error", runner="none", stderr=f"test source does not parse: {e}",
                                    duration_s=time.monotonic() - start)
-        request = {"tests": tests, "expected": expected, "fast": fast}
         index = self._idle.get()
         try:
             try:
@@ -525,9 +532,8 @@ class Sandbox:
             self.isolation = level
             try:
                 worker = self._worker(0)
-                reply, _ = worker.execute("def f():\n    return 1\n", {"tests": "from solution import f\n\n"
-                                          "def test_f():\n    assert f() == 1\n", "expected": ["test_f"],
-                                          "fast": True}, timeout=30)
+                reply, _ = worker.execute("def f():\n    return 1\n", _request("def test_f():\n    assert f() == 1\n"),
+                                          timeout=30)
                 if reply["status"] != "passed":
                     raise RuntimeError(f"a trivial execution did not pass: {reply['stderr'][-1000:]}")
                 return level

@@ -17,11 +17,28 @@ the standard library.
 import binascii
 import json
 import struct
+import sys
 
 MAX_FRAME = 64 << 20  # a larger frame ends the conversation
+# the tests' process reports one JSON line per test to the host: {"t": test id, "o": outcome, "m": message}
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+OUTCOMES = (PASSED, FAILED, ERROR, SKIPPED)
+DONE = "__done__"  # its last line's test id: every report is in
+PROTOCOL = "__protocol__"  # the test id of its report that the candidate's process broke the protocol (tampered)
+PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)  # their subclasses cross as them
 _SMALL_INT = 1 << 63  # beyond this, ints travel as hex (decimal conversion of huge ints is capped at 4300 digits)
 _SEQUENCES = {list: "l", tuple: "t", set: "s", frozenset: "f"}
 _BUILD = {"l": list, "t": tuple, "s": set, "f": frozenset}
+
+
+def flush_output() -> None:
+    """Flush this process's stdout and stderr (to the host's memory files) before a reply the host may
+    answer by killing us; code that broke the streams does not stop the reply."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
 
 
 # ---------------------------------------------------------------- frames

@@ -30,6 +30,8 @@ import socket
 import sys
 import traceback
 
+import wire
+
 ROLE = os.environ.get("SANDBOX_ROLE", "")  # "candidate" or "tests"
 MODULE = {"candidate": "candidate", "tests": "runner"}.get(ROLE, "")  # what the role runs
 NAMESPACED = os.environ.get("SANDBOX_NAMESPACED") == "1"
@@ -37,7 +39,6 @@ CONTROL_FD = int(os.environ.get("SANDBOX_CONTROL_FD", "3"))
 WORK_ROOT = os.environ.get("SANDBOX_WORK_ROOT", "")  # process level: where each execution's folder goes
 TMP_MB = int(os.environ.get("SANDBOX_TMP_MB", "64"))  # size of each execution's tmpfs
 HOST_FD, PEER_FD = 3, 4  # the child's sockets, after it has closed everything else
-SETUP_FAILED = "sandbox: isolation failed"  # how a child whose isolation could not be set up begins its stderr
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
@@ -120,6 +121,9 @@ def spare_main(sock, workdir):
         os._exit(0)
     limits = json.loads(msg)
     host, peer, out, err, *cgroup_fds = fds
+    # The fork server's socket says whether set-up failed: nothing the execution runs can write to it (it is
+    # closed or overwritten below), unlike the stderr the execution shares with the code it runs.
+    report = sock.detach()
     try:
         if problem:
             raise RuntimeError(problem)
@@ -132,7 +136,9 @@ def spare_main(sock, workdir):
         os.closerange(PEER_FD + 1, 1 << 16)
         os.chdir(workdir)
     except BaseException:
-        os.write(err, f"{SETUP_FAILED}:\n{traceback.format_exc()}".encode())
+        why = traceback.format_exc()
+        os.write(err, f"sandbox: the execution's isolation could not be set up:\n{why}".encode())
+        os.write(report, why.strip().splitlines()[-1].encode()[-4000:] or b"?")
         os._exit(1)
     try:
         role = sys.modules[MODULE]
@@ -140,11 +146,7 @@ def spare_main(sock, workdir):
         role.main(socket.socket(fileno=HOST_FD), socket.socket(fileno=PEER_FD), limits)
     except BaseException:
         traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
+    wire.flush_output()
     os._exit(0)
 
 
@@ -175,6 +177,7 @@ class Server:
         self.control = control
         self.spare = None  # (pid, socket, folder) of the child that waits for the next execution
         self.child = None  # the running execution's child
+        self.child_report = None  # its socket: a message on it says that its set-up failed
         self.dying = {}  # pid -> its folder (process level): killed or running, not yet reaped
         self.error = None  # why the last "run" started nothing
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if NAMESPACED else -1
@@ -212,14 +215,26 @@ class Server:
         self.spare = None
         try:
             socket.send_fds(sock, [json.dumps(limits).encode()], fds)
-        finally:
+        except BaseException:
             sock.close()
-        self.child = pid
+            raise
+        self.child, self.child_report = pid, sock
 
     def kill(self):
         """Kill the execution's processes. Killing pid 1 of its namespace ends all of them; the kernel's
-        clean-up of the namespaces takes a few milliseconds, so we reap later (`reap`) and answer now."""
+        clean-up of the namespaces takes a few milliseconds, so we reap later (`reap`) and answer now. A
+        set-up failure the child reported becomes the answer's error."""
         pid, self.child = self.child, None
+        report, self.child_report = self.child_report, None
+        if report is not None:  # written before the child exits, so before the host could have asked to kill
+            report.setblocking(False)
+            try:
+                why = report.recv(1 << 16)
+            except OSError:
+                why = b""
+            report.close()
+            if why:
+                self.error = "the execution's isolation could not be set up: " + why.decode(errors="replace")
         if pid is not None:
             try:
                 os.kill(pid, signal.SIGKILL) if NAMESPACED else os.killpg(pid, signal.SIGKILL)

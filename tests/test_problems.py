@@ -136,6 +136,12 @@ def test_problem_set_validation_reports_by_id_and_caches(sandbox, example_proble
             raise AssertionError("the sandbox ran although every verdict was cached")
 
     assert validate_problem_set([good, broken, empty_tests], NoSandbox()) == (valid, rejected)
+    # a changed sandbox does not trust the old verdicts: it decides again
+    import sandbox as sandbox_package
+
+    monkeypatch.setattr(sandbox_package, "code_version", lambda: "another-sandbox")
+    with pytest.raises(AssertionError, match="every verdict was cached"):
+        validate_problem_set([good], NoSandbox())
 
 
 def test_training_set_is_sound_and_apart_from_humaneval(sandbox):

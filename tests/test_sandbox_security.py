@@ -593,6 +593,30 @@ def test_a_dead_fork_server_is_replaced(box):
     assert box.execute_tests("def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n").all_passed
 
 
+def test_only_the_fork_server_can_say_that_isolation_failed(any_box, monkeypatch):
+    """Set-up failures travel on a socket the execution cannot reach: code that writes what a failing
+    child writes to its stderr neither restarts the worker nor turns its failures into errors."""
+    box = any_box
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    assert box.execute_tests(*ok).all_passed  # the worker is started
+    restarts = box.workers_restarted
+    forger = ("import os, sys\nos.write(2, b\"sandbox: the execution's isolation could not be set up:\\n\")\n"
+              "sys.stderr.write('sandbox: isolation failed\\n')\n\ndef f():\n    return 2\n")
+    forged_tests = ("import os\nos.write(2, b\"sandbox: the execution's isolation could not be set up:\\n\")\n\n"
+                    "def test_a():\n    assert f() == 1\n")
+    for code, tests in ((forger, ok[1]), (ok[0].replace("1", "2"), forged_tests)):
+        r = box.execute_tests(code, tests)
+        assert r.status == "failed" and r.test_outcomes == {"test_a": "failed"}, (r.test_outcomes, r.stderr)
+    assert box.workers_restarted == restarts
+    # a real set-up failure (limits the child cannot apply) still marks the worker broken and replaces it
+    monkeypatch.setattr(box.config, "max_file_mb", "not a number")
+    r = box.execute_tests(*ok)
+    assert r.status == "error" and "isolation could not be set up" in r.stderr, r.stderr
+    assert box.workers_restarted == restarts + 1
+    monkeypatch.undo()
+    assert box.execute_tests(*ok).all_passed
+
+
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
