@@ -9,11 +9,13 @@
 
 Every option below is a field of the configuration (training/config.py); the preset sets the starting
 values and the options you give override them. The defaults shown are the demo preset's. The run folder
-gets config.json, metrics.jsonl, samples.jsonl, summary.json and checkpoints/.
+gets config.json, metrics.jsonl, samples.jsonl, summary.json and checkpoints/ (and changes.jsonl when a resume
+changed a setting: --allow-changes, or steps and stages added after the run's position).
 """
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -42,11 +44,16 @@ def parse_args(argv=None):
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="continue from a checkpoint: alone, the latest one in --output-dir, with that run's "
                              "own config.json (--max-minutes, --keep-last, --save-every, --samples-every and "
-                             "--device may change; any other setting given must match it); or a checkpoint folder "
+                             "--device may change, and steps or stages after the run's position may be added; any other "
+                             "setting given must match it, or needs --allow-changes); or a checkpoint folder "
                              "or run folder, which starts --output-dir from its weights with the options given")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume RUN: continue although a setting differs from the run's config.json "
+                             "(model, seed, problems, learning rate, ...); each change is recorded in the run's "
+                             "changes.jsonl. Steps and stages added after the run's position need no flag")
     parser.add_argument("--start-stage", default=None, metavar="STAGE",
                         help="start at the beginning of this stage (with --resume: from that checkpoint's weights)")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and the results table")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the results table (no progress bars)")
     add_config_arguments(parser)
     return parser.parse_args(argv)
 
@@ -63,16 +70,24 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.quiet:  # every progress bar, transformers' weight-loading ones too (read when tqdm is imported, later)
+        os.environ["TQDM_DISABLE"] = "1"
     saved = Path(args.output_dir or "") / "config.json"
     own = args.resume == "latest" and bool(args.output_dir) and saved.is_file()
+    changes: dict = {}
     try:
         if own:  # the run's own settings; checked before anything is built or written
             try:
                 data = json.loads(saved.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{saved}: cannot read the run's config: {e}") from None
-            config = resumed_config(args, data, args.preset)
+            from training.checkpoint_manager import newest_position
+
+            config, changes = resumed_config(args, data, args.preset, newest_position(args.output_dir),
+                                             args.allow_changes, args.start_stage)
         else:
+            if args.allow_changes:
+                raise ValueError("--allow-changes goes with --resume of a run that has a config.json")
             config = config_from_args(args, args.preset or "demo")
     except (ValueError, TypeError) as e:
         print(f"run_training.py: error: {e}", file=sys.stderr)
@@ -87,7 +102,7 @@ def main(argv=None) -> int:
     from training.trainer import run_training  # heavy imports after the arguments are checked
 
     try:
-        summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage)
+        summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage, changes=changes)
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: python run_training.py --output-dir {run_dir} --resume", file=sys.stderr)
         return 130

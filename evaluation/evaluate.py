@@ -247,16 +247,19 @@ def load_models(spec: str, device: str, use_discriminator: bool):
     """(generator, discriminator or None, checkpoint trainer state or None) for a model name, folder, or
     checkpoint (a checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
     from models import LLMDiscriminator, LLMGenerator, load_model
-    from training.checkpoint_manager import load_checkpoint, resolve_checkpoint
+    from training.checkpoint_manager import load_checkpoint, read_resolved
 
     path = Path(spec)
     alias = path.name in ("best", "latest") and (path.parent / "checkpoints").is_dir()
     if alias or (path / "manifest.json").exists() or (path / "checkpoints").is_dir():
-        ckpt = load_checkpoint(resolve_checkpoint(path, run_folder="best"))
-        logger.info("%s: checkpoint %s", spec, ckpt.path)
-        generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
-        discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
-        return generator, discriminator, ckpt.trainer_state
+        def read(folder: Path):
+            ckpt = load_checkpoint(folder)
+            logger.info("%s: checkpoint %s", spec, ckpt.path)
+            generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
+            discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
+            return generator, discriminator, ckpt.trainer_state
+
+        return read_resolved(path, None, "best", read)  # retried once if a trainer prunes it meanwhile
     if path.name in ("best", "latest") and not path.parent.exists():
         raise FileNotFoundError(f"{spec}: no such run folder")
     pair = load_model(spec, device)

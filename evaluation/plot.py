@@ -249,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", help="figure title (default: the run folder's name)")
     parser.add_argument("--smooth", type=int, default=0, metavar="W",
                         help="also draw a moving average over W points (raw points faded); default: off")
-    parser.add_argument("--summary", action="store_true", help="also print per-stage and whole-run means as JSON")
+    parser.add_argument("--summary", action="store_true",
+                        help="also print per-stage and whole-run means as JSON (printed first; without matplotlib "
+                             "only the summary is printed)")
     args = parser.parse_args(argv)
 
     source = metrics_path(args.path)
@@ -257,13 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     try:
         rows = load_metrics(source)
+        if args.summary:
+            print(json.dumps(summarize_metrics(rows), indent=2))
         plot_metrics(rows, out, keys, title=args.title or source.resolve().parent.name, smooth=args.smooth)
-    except (MetricsFileError, ImportError, OSError) as e:
+    except ImportError as e:
+        print(f"{'note' if args.summary else 'error'}: no PNG written: {e}", file=sys.stderr)
+        return 0 if args.summary else 1
+    except (MetricsFileError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} ({len(rows)} rows)")
-    if args.summary:
-        print(json.dumps(summarize_metrics(rows), indent=2))
     return 0
 
 

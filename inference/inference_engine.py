@@ -37,7 +37,7 @@ from models import LLMDiscriminator, LLMGenerator, load_model
 from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
-from training.checkpoint_manager import CheckpointError, load_checkpoint, resolve_checkpoint
+from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
 from training.rewards import collect_tests, passed_test
 
 logger = logging.getLogger(__name__)
@@ -191,17 +191,20 @@ class InferenceEngine:
         """Both trained models from a checkpoint folder, or a run folder and `which` ("best", the default, or
         "latest"; also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
         Raises `CheckpointError` with a one-line reason."""
-        ckpt = load_checkpoint(resolve_checkpoint(path, which, run_folder="best"), verify=verify)
-        for folder in (ckpt.generator_dir, ckpt.discriminator_dir):
-            if not (folder / "tokenizer_config.json").is_file():
-                raise CheckpointError(f"{folder} has no tokenizer (tokenizer_config.json): save it with the model")
-        try:
-            engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config)
-        except Exception as e:  # a damaged or foreign folder: transformers raises many kinds
-            raise CheckpointError(f"{ckpt.path}: cannot load the models: {str(e).splitlines()[0]}") from e
-        engine.checkpoint = ckpt.path
-        logger.info("inference engine from checkpoint %s (step %s)", ckpt.path, ckpt.step)
-        return engine
+        def read(folder: Path) -> InferenceEngine:
+            ckpt = load_checkpoint(folder, verify=verify)
+            for part in (ckpt.generator_dir, ckpt.discriminator_dir):
+                if not (part / "tokenizer_config.json").is_file():
+                    raise CheckpointError(f"{part} has no tokenizer (tokenizer_config.json): save it with the model")
+            try:
+                engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config)
+            except Exception as e:  # a damaged or foreign folder: transformers raises many kinds
+                raise CheckpointError(f"{ckpt.path}: cannot load the models: {str(e).splitlines()[0]}") from e
+            engine.checkpoint = ckpt.path
+            logger.info("inference engine from checkpoint %s (step %s)", ckpt.path, ckpt.step)
+            return engine
+
+        return read_resolved(path, which, "best", read)  # retried once if a trainer prunes it meanwhile
 
     @property
     def sandbox(self) -> Sandbox:

@@ -4,8 +4,9 @@ A chain is a `dict[str, str]` from stage name to that stage's text, in stage ord
 writes stage s given the problem and stages 1..s-1; the Discriminator critiques stage s and writes tests.
 
 Adding a stage is one entry in `STAGES` below: its name, goal, token budget and two templates.
-Templates are `str.format` strings with the fields `{problem}`, `{chain}`, `{stage_output}`, `{title}`
-and `{goal}`.
+Templates are `str.format` strings. Both may use `{problem}`, `{chain}` (the stages before this one),
+`{title}`, `{goal}` and `{goal_lower}` (the goal with a lower-case first letter and no full stop); the
+critique template also `{stage_output}` (the text it critiques).
 """
 from __future__ import annotations
 
@@ -161,23 +162,20 @@ def format_chain(chain: Chain) -> str:
 def generator_prompt(problem: Problem, stage: ReasoningStage | str, chain: Chain) -> str:
     """Prompt for the Generator to write `stage`, given the stages before it in `chain`."""
     stage = get_stage(stage) if isinstance(stage, str) else stage
-    prior = {s.name: chain[s.name] for s in stages_before(stage.name) if s.name in chain}
-    return stage.generator_template.format(
-        problem=format_problem(problem), chain=format_chain(prior), title=stage.title, goal=stage.goal
-    )
+    return stage.generator_template.format(**_template_fields(problem, stage, chain))
 
 
 def critique_prompt(problem: Problem, stage: ReasoningStage | str, stage_output: str, chain: Chain) -> str:
     """Prompt for the Discriminator to critique the Generator's text for `stage`."""
     stage = get_stage(stage) if isinstance(stage, str) else stage
+    return stage.critique_template.format(**_template_fields(problem, stage, chain), stage_output=stage_output.strip())
+
+
+def _template_fields(problem: Problem, stage: ReasoningStage, chain: Chain) -> dict[str, str]:
+    """The fields both of a stage's templates may use (module docstring)."""
     prior = {s.name: chain[s.name] for s in stages_before(stage.name) if s.name in chain}
-    return stage.critique_template.format(
-        problem=format_problem(problem),
-        chain=format_chain(prior),
-        title=stage.title,
-        goal_lower=stage.goal[0].lower() + stage.goal[1:].rstrip("."),
-        stage_output=stage_output.strip(),
-    )
+    return dict(problem=format_problem(problem), chain=format_chain(prior), title=stage.title, goal=stage.goal,
+                goal_lower=stage.goal[0].lower() + stage.goal[1:].rstrip("."))
 
 
 def code_prompt(problem: Problem, chain: Chain, feedback: str = "") -> str:

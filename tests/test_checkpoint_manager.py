@@ -418,3 +418,33 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path, mode
     flip_byte(first / "trainer_state.json")
     with pytest.raises(CheckpointError, match=r"no checkpoint in .* verifies; the latest: .*step-000002"):
         manager.latest_verified_checkpoint()
+
+
+def test_a_reader_whose_checkpoint_is_pruned_meanwhile_reads_the_new_one_once(tmp_path, caplog):
+    from training.checkpoint_manager import read_resolved
+
+    folder = tmp_path / "run" / "checkpoints"
+    for name in ("step-000001", "step-000002"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "manifest.json").write_text("{}")
+    (folder / "best.json").write_text(json.dumps({"name": "step-000001"}))
+    reads = []
+
+    def read(path):  # a trainer saves a new best and prunes the old one while the reader loads it
+        reads.append(path.name)
+        if path.name == "step-000001":
+            (folder / "best.json").write_text(json.dumps({"name": "step-000002"}))
+            shutil.rmtree(path)
+            raise FileNotFoundError(path / "generator" / "model.safetensors")
+        return path.name
+
+    assert read_resolved(tmp_path / "run", None, "best", read) == "step-000002"
+    assert reads == ["step-000001", "step-000002"] and "removed while it was being read" in caplog.text
+    # a checkpoint folder named directly has no newer one to turn to: one line
+    (folder / "step-000001").mkdir()
+    (folder / "step-000001" / "manifest.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="step-000001 was removed while it was being read"):
+        read_resolved(folder / "step-000001", None, "best", read)
+    # a failure of a checkpoint that is still there is its own, not retried
+    with pytest.raises(ValueError, match="damaged"):
+        read_resolved(folder / "step-000002", None, "best", lambda p: (_ for _ in ()).throw(ValueError("damaged")))

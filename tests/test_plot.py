@@ -112,8 +112,9 @@ def test_cli_writes_png_and_summary(run_dir, capsys):
     assert main([str(run_dir), "--summary"]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
     printed = capsys.readouterr().out
-    assert printed.startswith(f"wrote {run_dir / 'curves.png'}")
-    assert json.loads(printed[printed.index("{"):])["stages"]["understand"]["ppo/kl_ref"] == pytest.approx(0.02)
+    summary, wrote = printed[:printed.rindex("}") + 1], printed[printed.rindex("}") + 1:]
+    assert json.loads(summary)["stages"]["understand"]["ppo/kl_ref"] == pytest.approx(0.02)
+    assert wrote.strip() == f"wrote {run_dir / 'curves.png'} (4 rows)"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -128,6 +129,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main([str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "pip install matplotlib" in err and err.count("\n") == 1
+    # --summary draws nothing it needs matplotlib for: the summary, and a note that no PNG was written
+    assert main([str(tmp_path), "--summary"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["run"] and captured.err.startswith("note: no PNG written")
 
 
 def test_cli_help_documents_each_option():

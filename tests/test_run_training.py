@@ -85,6 +85,7 @@ def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and rows[-1]["stage"] == "edge_cases"
     assert (tmp_path / "checkpoints" / "latest.json").exists()
+    assert "it/s]" not in r.stderr and "step/s]" not in r.stderr  # --quiet: no progress bar, not even weight loading
 
 
 def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
@@ -126,6 +127,46 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
     assert (tmp_path / "config.json").read_text() == saved  # nothing in the run folder changed
 
 
+def test_resume_changes_need_a_flag_except_steps_added_after_the_position():
+    import run_training
+    from training.config import preset_config, resumed_config
+
+    saved = preset_config("tiny", stages=["understand"]).to_dict()  # schedule: d, g, d, g
+
+    def resume(*args, position=4, start_stage=None):
+        a = run_training.parse_args(["--resume", *args])
+        return resumed_config(a, saved, None, position, a.allow_changes, start_stage)
+
+    config, changes = resume("--stages", "understand,review")  # a stage after the end: allowed, reported
+    assert config.stages == ["understand", "review"] and changes == {"stages": [["understand"], ["understand", "review"]]}
+    config, changes = resume("--k-alternations", "3", position=2)  # more steps after position 2
+    assert changes == {"k_alternations": [1, 3]}
+    with pytest.raises(ValueError, match="cannot change n_steps from 1 to 2: the run has taken 4 steps"):
+        resume("--n-steps", "2")  # d, d, g, g: steps already taken would change
+    with pytest.raises(ValueError, match="cannot change n_steps"):
+        resume("--n-steps", "2", "--allow-changes")  # no flag rewrites what was done
+    assert resume("--n-steps", "2", start_stage="understand")[1] == {"n_steps": [1, 2]}  # the stage runs again
+    with pytest.raises(ValueError, match="seed is 0 in its config.json, 1 was given; pass --allow-changes"):
+        resume("--seed", "1")
+    config, changes = resume("--seed", "1", "--learning-rate", "2e-5", "--allow-changes")
+    assert config.seed == 1 and changes == {"seed": [0, 1], "learning_rate": [saved["ppo"]["learning_rate"], 2e-5]}
+    assert resume("--max-minutes", "5")[1] == {}  # what may always change is not a change
+
+
+def test_a_finished_run_resumed_with_a_stage_added_runs_only_that_stage(tmp_path):
+    r = run("--preset", "tiny", "--stages", "understand", "--validation-problems", "0", "--output-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("--output-dir", str(tmp_path), "--resume", "--n-steps", "2")  # would rewrite the steps taken
+    assert r.returncode == 2 and "cannot change n_steps" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    r = run("--output-dir", str(tmp_path), "--resume", "--stages", "understand,edge_cases")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["stage"]) for row in rows] == [(i, "understand" if i < 4 else "edge_cases") for i in range(8)]
+    record = json.loads((tmp_path / "changes.jsonl").read_text())
+    assert record["changes"] == {"stages": [["understand"], ["understand", "edge_cases"]]}
+    assert json.loads((tmp_path / "config.json").read_text())["stages"] == ["understand", "edge_cases"]
+
+
 def test_killed_before_the_first_checkpoint_resumes_from_the_start(tmp_path):
     from training.config import preset_config
 
@@ -152,3 +193,13 @@ def test_no_valid_problem_stops_with_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "no valid problem" in last and "broken: the reference solution fails its own tests" in last
+
+
+def test_a_checkpoint_folder_that_cannot_take_a_file_stops_the_run_before_its_first_step(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to("checkpoints")  # a symlink loop
+    r = run("--preset", "tiny", "--output-dir", str(run_dir))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "cannot hold checkpoints" in last and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (run_dir / "metrics.jsonl").exists()  # no step ran

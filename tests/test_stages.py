@@ -64,3 +64,17 @@ def test_adding_a_stage_is_one_change(monkeypatch, example_problems):
     assert next_stage("review").name == "complexity_check"
     prompt = generator_prompt(example_problems[0], "complexity_check", {"review": "REVIEWED"})
     assert "REVIEWED" in prompt and "Complexity check" in prompt
+
+
+def test_both_templates_take_every_documented_field(example_problems):
+    from dataclasses import replace
+
+    from reasoning.stages import critique_prompt, generator_prompt, get_stage
+
+    fields = "\x1f".join(["{problem}", "{chain}", "{title}", "{goal}", "{goal_lower}"])
+    stage = replace(get_stage("edge_cases"), generator_template=fields, critique_template=fields + "\x1f{stage_output}")
+    chain = {"understand": "It adds numbers."}
+    gen = generator_prompt(example_problems[0], stage, chain).split("\x1f")
+    crit = critique_prompt(example_problems[0], stage, " my cases ", chain).split("\x1f")
+    assert gen[2:] == ["Edge cases", stage.goal, "list worked examples and the inputs most likely to break a solution"]
+    assert crit[:5] == gen and crit[5] == "my cases" and "It adds numbers." in gen[1]

@@ -227,10 +227,19 @@ def test_incompatible_checkpoint_is_refused(example_problems, sandbox, tmp_path)
     from training.checkpoint_manager import CheckpointError
 
     trainer = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=CheckpointManager(tmp_path))
+    trainer.state.position = 2  # understand: its discriminator step and its generator step taken
     path = trainer.save_checkpoint()
-    other = make_trainer(example_problems, sandbox, n_steps=3)
-    with pytest.raises(CheckpointError, match="incompatible checkpoint: it was trained with n_steps=1"):
+    other = make_trainer(example_problems, sandbox, train_last_layers=1)
+    with pytest.raises(CheckpointError, match="incompatible checkpoint: it was trained with train_last_layers=0"):
         other.load_checkpoint(path)
+    # a schedule that rewrites steps already taken: understand's second step would be a discriminator step
+    with pytest.raises(CheckpointError, match="its first 2 schedule steps"):
+        make_trainer(example_problems, sandbox, n_steps=3).load_checkpoint(path)
+    # steps and stages added after them are fine, and so is any schedule that starts a stage again
+    longer = make_trainer(example_problems, sandbox, k_alternations=3, stages=STAGES + ["review"])
+    longer.load_checkpoint(path)
+    assert longer.state.position == 2 and len(longer.schedule) == 24
+    make_trainer(example_problems, sandbox, n_steps=3).load_checkpoint(path, start_stage="understand")
 
 
 @pytest.mark.parametrize("lora_rank", [LORA])

@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"  # in the run folder: `lock_run_folder`
 GENERATOR_REWARD_COEF = 0.7  # best checkpoint score (README 'Checkpoints and resume')
 TEST_VALIDITY_COEF = 0.3
+T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -271,6 +273,20 @@ class CheckpointManager:
         _fsync_dir(self.checkpoints_dir)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def prepare(self) -> None:
+        """Make the checkpoints folder and prove now that it takes a file, before any step runs: one that
+        cannot (a symlink loop, read-only, a file in the way, a full disk) stops the run at its start with a
+        one-line CheckpointError, not after steps whose checkpoint would then fail. Also clears what
+        crashed saves left."""
+        probe = self.checkpoints_dir / f".probe-{os.getpid()}.tmp"
+        try:
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(f"{self.checkpoints_dir} cannot hold checkpoints: {e.strerror or e}") from None
+
     def _remove_stale_temporaries(self) -> None:
         """Delete temporary folders and pointer files left by crashed saves (there is one writer per run
         folder: `lock_run_folder`)."""
@@ -312,6 +328,18 @@ def lock_run_folder(run_dir: str | Path):
     return handle
 
 
+def newest_position(run_dir: str | Path) -> int | None:
+    """The furthest schedule position among `run_dir`'s checkpoints (from their trainer_state.json, not
+    hashed: what a resume may at most continue from); None when it has none."""
+    positions = []
+    for info in CheckpointManager(run_dir).list_checkpoints():
+        try:
+            positions.append(int(json.loads((info.path / TRAINER_STATE).read_text())["position"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(positions, default=None)
+
+
 def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:
     """A checkpoint folder from a checkpoint folder, or from a run folder (or its checkpoints/ folder) and
     `which` = "best" or "latest", also spelled `runs/x/best`. `run_folder` ("best" or "latest"): what a run
@@ -346,6 +374,26 @@ def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: s
         reason = "no checkpoint" if which == "latest" else "no checkpoint with generator_reward and test_validity"
         raise CheckpointError(f"no {which} checkpoint in {ckpt_dir}: {reason}")
     return found
+
+
+def read_resolved(path: str | Path, which: str | None, run_folder: str | None, read: Callable[[Path], T]) -> T:
+    """`read(resolve_checkpoint(path, which, run_folder))`, for readers (evaluation, inference) of a run a
+    trainer may be writing to: when the checkpoint is pruned while `read` loads it (a newer best or
+    latest was saved), resolve the alias again and read that one, once, with a warning naming both. A
+    checkpoint folder named directly that disappears is a one-line CheckpointError."""
+    first = resolve_checkpoint(path, which, run_folder)
+    try:
+        return read(first)
+    except Exception:
+        if (first / MANIFEST).is_file():
+            raise  # still there: the failure is the checkpoint's own
+        if first.resolve() == Path(path).resolve():
+            raise CheckpointError(f"{first} was removed while it was being read (pruned by a trainer writing to "
+                                  f"its run?); give the run folder to read its best checkpoint") from None
+    again = resolve_checkpoint(path, which, run_folder)
+    logger.warning("checkpoint %s was removed while it was being read (pruned by a trainer writing to this run); "
+                   "reading %s instead", first, again)
+    return read(again)
 
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:

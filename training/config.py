@@ -306,15 +306,58 @@ def config_from_args(args, preset: str = "demo") -> TrainingConfig:
     return preset_config(preset, **_given(args))
 
 
+# ---------------------------------------------------------------- the schedule
+ROLES = ("discriminator", "generator")
+
+
+@dataclass
+class ScheduleEntry:
+    """One training step of the N + N + K schedule."""
+
+    index: int  # position in the whole run
+    stage: str
+    phase: str  # "discriminator", "generator" or "alternating"
+    role: str  # the model this step updates
+
+
+def build_schedule(stages: list[str], n_steps: int, k_alternations: int) -> list[ScheduleEntry]:
+    """The whole run: per stage N discriminator steps, N generator steps, then K alternations."""
+    entries: list[tuple[str, str, str]] = []
+    for stage in stages:
+        entries += [(stage, "discriminator", "discriminator")] * n_steps
+        entries += [(stage, "generator", "generator")] * n_steps
+        entries += [(stage, "alternating", role) for _ in range(k_alternations) for role in ROLES]
+    return [ScheduleEntry(i, *e) for i, e in enumerate(entries)]
+
+
+SCHEDULE_KEYS = ("stages", "n_steps", "k_alternations")
+
+
+def schedule_prefix_matches(old: dict, new: TrainingConfig, position: int) -> bool:
+    """Whether the first `position` steps of the schedule of config `old` (a dict, as saved) are those of
+    `new`: what a run has done stays what it did when steps or stages are added after its position."""
+    defaults = TrainingConfig()
+    before = build_schedule(*[old.get(k, getattr(defaults, k)) for k in SCHEDULE_KEYS])
+    after = build_schedule(new.stages, new.n_steps, new.k_alternations)
+    key = lambda entries: [(e.stage, e.phase, e.role) for e in entries[:position]]  # noqa: E731
+    return len(before) >= position and len(after) >= position and key(before) == key(after)
+
+
 # settings a resumed run may change: how long it runs now, what it keeps and logs, where it computes
 RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device"}
 
 
-def resumed_config(args, saved: dict, preset: str | None = None) -> TrainingConfig:
-    """A resumed run's config: its own `config.json` (`saved`) with the options given now on top (with
-    `preset`: that preset with the options, as the run was started). `ValueError` naming the first setting
-    that would change what the run has already done (anything but `RESUME_MAY_CHANGE`): a resumed run keeps
-    its model, schedule, seed, problems and hyperparameters."""
+def resumed_config(args, saved: dict, preset: str | None = None, position: int | None = None,
+                   allow_changes: bool = False, start_stage: str | None = None) -> tuple[TrainingConfig, dict]:
+    """A resumed run's config and what it changes: its own `config.json` (`saved`) with the options given
+    now on top (with `preset`: that preset with the options, as the run was started), and {setting: [old,
+    new]} for every change outside `RESUME_MAY_CHANGE` (the caller records them).
+
+    A resumed run keeps what it has already done: `ValueError` naming the first setting that would change
+    it (model, seed, problems, hyperparameters, ...), unless `allow_changes`. Steps and stages added after
+    the run's schedule `position` (the newest checkpoint's) are allowed without it, as is any schedule
+    with `start_stage` (the run starts that stage again); a schedule that rewrites steps already taken is
+    refused even with it."""
     try:
         base = TrainingConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
@@ -327,9 +370,18 @@ def resumed_config(args, saved: dict, preset: str | None = None) -> TrainingConf
                 for k, v in (flat(value).items() if isinstance(value, dict) else [(key, value)])}
 
     old, new = flat(asdict(base)), flat(asdict(config))
-    for key, value in new.items():
-        if value != old.get(key) and key not in RESUME_MAY_CHANGE:
-            raise ValueError(f"--resume keeps the run's settings: {key} is {old.get(key)!r} in its config.json, "
-                             f"{value!r} was given; to change it, start a new run from a checkpoint: --resume "
-                             f"RUN/checkpoints/STEP --output-dir NEW_RUN")
-    return config
+    changes = {key: [old.get(key), value] for key, value in new.items()
+               if value != old.get(key) and key not in RESUME_MAY_CHANGE}
+    schedule_ok = start_stage is not None or position is None or schedule_prefix_matches(asdict(base), config, position)
+    for key, (before, after) in changes.items():
+        if key in SCHEDULE_KEYS:
+            if not schedule_ok:
+                raise ValueError(f"--resume cannot change {key} from {before!r} to {after!r}: the run has taken "
+                                 f"{position} steps of its schedule, and only steps or stages after them may be "
+                                 "added (or give --start-stage STAGE to run that stage again)")
+        elif not allow_changes:
+            raise ValueError(f"--resume keeps the run's settings: {key} is {before!r} in its config.json, "
+                             f"{after!r} was given; pass --allow-changes to continue with it (recorded in the "
+                             "run's changes.jsonl), or start a new run from a checkpoint: --resume "
+                             "RUN/checkpoints/STEP --output-dir NEW_RUN")
+    return config, changes

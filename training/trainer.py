@@ -35,7 +35,7 @@ from models.base import build_token_batch
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
-from training.config import TrainingConfig
+from training.config import ROLES, ScheduleEntry, TrainingConfig, build_schedule, schedule_prefix_matches  # noqa: F401
 from training.policy import (
     bottom_hidden_states,
     freeze,
@@ -55,29 +55,8 @@ from training.rollout import ProblemRollout, make_rollouts
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("discriminator", "generator")
 # checkpoint score on the validation slice (`AdversarialTrainer.validate`)
 VALIDATION_WEIGHTS = {"validation/pass@1": 0.6, "validation/valid_test_rate": 0.2, "validation/mutation_score": 0.2}
-
-
-@dataclass
-class ScheduleEntry:
-    """One training step of the N + N + K schedule."""
-
-    index: int  # position in the whole run
-    stage: str
-    phase: str  # "discriminator", "generator" or "alternating"
-    role: str  # the model this step updates
-
-
-def build_schedule(stages: list[str], n_steps: int, k_alternations: int) -> list[ScheduleEntry]:
-    """The whole run: per stage N discriminator steps, N generator steps, then K alternations."""
-    entries: list[tuple[str, str, str]] = []
-    for stage in stages:
-        entries += [(stage, "discriminator", "discriminator")] * n_steps
-        entries += [(stage, "generator", "generator")] * n_steps
-        entries += [(stage, "alternating", role) for _ in range(k_alternations) for role in ROLES]
-    return [ScheduleEntry(i, *e) for i, e in enumerate(entries)]
 
 
 @dataclass
@@ -129,6 +108,7 @@ class AdversarialTrainer:
         self.mutants: dict[str, list[str]] = {}  # problem id -> mutant sources (`mutants_for`)
         self.stopped_early = False  # `max_minutes` ran out
         self._bar = None  # the stage's progress bar while `train_stage` runs
+        self._in_stage = False  # `train_stage` is running: it saves the checkpoint at the stage's end itself
         self._started = time.monotonic()
 
         # trainable parameters, frozen references, optimizers; then everything frozen until its update
@@ -176,21 +156,24 @@ class AdversarialTrainer:
         if entries and entries[0].index == min(e.index for e in self.schedule if e.stage == stage):
             self.state.chain_cache = {}  # prefixes come from the generator as it is at the stage's start
         rows = []
-        with tqdm(total=len(entries), desc=f"stage {stage}", unit="step", leave=False) as self._bar:
-            while not self.stopped_early:
-                following = [e for e in entries if e.index >= self.state.position]
-                if not following:
-                    break
-                phase, before = following[0].phase, self.state.position
-                if phase == "alternating":  # the rounds left (one may be half done after a resume)
-                    rows += self.train_alternating(sum(e.role == "generator" for e in following), stage)
-                else:
-                    count = next((i for i, e in enumerate(following) if e.phase != phase), len(following))
-                    method = self.train_discriminator_epoch if phase == "discriminator" else self.train_generator_epoch
-                    rows += method(stage, count)
-                if self.state.position == before:  # nothing ran (cannot happen with `build_schedule`'s entries)
-                    break
-        self._bar = None
+        self._in_stage = True
+        try:
+            with tqdm(total=len(entries), desc=f"stage {stage}", unit="step", leave=False) as self._bar:
+                while not self.stopped_early:
+                    following = [e for e in entries if e.index >= self.state.position]
+                    if not following:
+                        break
+                    phase, before = following[0].phase, self.state.position
+                    if phase == "alternating":  # the rounds left (one may be half done after a resume)
+                        rows += self.train_alternating(sum(e.role == "generator" for e in following), stage)
+                    else:
+                        count = next((i for i, e in enumerate(following) if e.phase != phase), len(following))
+                        method = self.train_discriminator_epoch if phase == "discriminator" else self.train_generator_epoch
+                        rows += method(stage, count)
+                    if self.state.position == before:  # nothing ran (cannot happen with `build_schedule`'s entries)
+                        break
+        finally:
+            self._bar, self._in_stage = None, False
         if rows:
             self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
             if self.checkpoints:
@@ -249,7 +232,7 @@ class AdversarialTrainer:
                                "resume with --resume", self.config.max_minutes, self.state.position)
                 self.stopped_early = True
                 break
-            if self.checkpoints and save_every and not (last and self._bar is not None):
+            if self.checkpoints and save_every and not (last and self._in_stage):
                 self.save_checkpoint()  # (inside `train_stage`, the stage's last one is its end-of-stage save)
         return rows
 
@@ -478,11 +461,17 @@ class AdversarialTrainer:
 
         ckpt = load_checkpoint(path, verify=verify)
         saved = ckpt.trainer_state.get("config", {})
-        for key in ("generator_model", "discriminator_model", "stages", "n_steps", "k_alternations",
-                    "train_last_layers", "lora_rank", "lora_alpha", "lora_targets"):
+        for key in ("generator_model", "discriminator_model", "train_last_layers", "lora_rank", "lora_alpha",
+                    "lora_targets"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
                                       f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
+        position = int(ckpt.trainer_state.get("position", 0))
+        if start_stage is None and not schedule_prefix_matches(saved, self.config, position):
+            raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: its first {position} schedule steps "
+                                  f"(stages {saved.get('stages')}, n_steps {saved.get('n_steps')}, k_alternations "
+                                  f"{saved.get('k_alternations')}) are not this run's; steps and stages may only be "
+                                  "added after them, or give --start-stage")
         for role in ROLES:
             model = self.wrappers[role].model
             if is_lora(model):  # only the adapters: the base weights stay the initial ones (the KL reference)
@@ -586,11 +575,12 @@ def sample_row(r: ProblemRollout, step: int) -> dict:
 
 
 def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None = None,
-                 start_stage: str | None = None) -> dict:
+                 start_stage: str | None = None, changes: dict | None = None) -> dict:
     """What `run_training.py` does: load the problems, build the trainer with a checkpoint manager in
     `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
     train the whole pipeline. Returns the run's summary. The run folder is locked for the whole call
-    (`lock_run_folder`: a second trainer on it is refused, naming this one's pid)."""
+    (`lock_run_folder`: a second trainer on it is refused, naming this one's pid). `changes` ({setting:
+    [old, new]}, from `resumed_config`) are appended to the run's `changes.jsonl` once the lock is held."""
     from data.problems import load_problem_set
     from training.checkpoint_manager import lock_run_folder
 
@@ -604,6 +594,15 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
     lock = lock_run_folder(run_dir)
     try:
+        if changes:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "start_stage": start_stage,
+                      "changes": changes}
+            with open(Path(run_dir) / "changes.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
+                           ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         return _run_training(config, Path(run_dir), problems, resume, start_stage)
     finally:
         if lock is not None:
@@ -616,6 +615,7 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
 
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
+    manager.prepare()  # a folder that cannot take a checkpoint fails now, not after the first steps
     checkpoint, fresh_logs, verified = None, False, False
     metrics_file = run_dir / "metrics.jsonl"
     if resume == "latest":  # the run's own newest checkpoint that verifies, listed once
