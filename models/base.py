@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from models.loading import contiguous_head_input, load_model, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
 from models.sampling import TopKFirstTopPLogitsProcessor
-from training.ppo import autocast, logprobs_from_logits
+from models.logprobs import autocast, forward_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ class TokenBatch:
 
     input_ids: torch.Tensor  # (B, P+R)
     attention_mask: torch.Tensor  # (B, P+R) 1 on real tokens
-    position_ids: torch.Tensor  # (B, P+R) 0-based index among the row's real tokens
     response_ids: torch.Tensor  # (B, R) right-padded responses
     response_mask: torch.Tensor  # (B, R) 1 on real response tokens
     prompt_width: int  # P: responses start at this column of input_ids
@@ -111,12 +110,10 @@ def build_token_batch(
         input_ids[i, P - len(p) : P] = torch.tensor(p)
         input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, P - len(p) : P + len(r)] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+R)
     response_mask = attention_mask[:, P:].clone()  # (B, R)
     return TokenBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
-        position_ids=position_ids.to(device),
         response_ids=input_ids[:, P:].to(device),
         response_mask=response_mask.to(device),
         prompt_width=P,
@@ -391,18 +388,9 @@ class LLMBase:
         R = batch.response_ids.shape[1]
         mask = batch.response_mask.float()  # (B, R)
         if R == 0:
-            empty = torch.zeros_like(mask)
-            return empty, mask
+            return torch.zeros_like(mask), mask
         with torch.set_grad_enabled(requires_grad):
-            # logits at columns P-1 .. P+R-2 predict the response tokens; keep only the last R+1 columns
-            logits = self.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                logits_to_keep=R + 1,
-                use_cache=False,
-            ).logits[:, :-1]  # (B, R, V)
-            if temperature != 1.0:
-                logits = logits / temperature
-            logprobs = logprobs_from_logits(logits, batch.response_ids) * mask  # (B, R)
+            logprobs, _ = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, "fp32",
+                                           keep_from=batch.prompt_width, temperature=temperature)  # (B, P + R)
+            logprobs = logprobs[:, batch.prompt_width:] * mask  # (B, R)
         return logprobs, mask

@@ -6,14 +6,14 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from models import (
     CodeGeneration,
-    LLMDiscriminator,
     LLMGenerator,
     SamplingConfig,
     TestsGeneration,
     TopKFirstTopPLogitsProcessor,
     build_token_batch,
 )
-from models.base import LLMBase, cache_argument
+from models.base import cache_argument
+from models.logprobs import position_ids
 from models.generator import CODE_PREFIX
 from models.sampling import CodeBlockStoppingCriteria
 from reasoning.stages import get_stage
@@ -231,7 +231,7 @@ def test_token_batch_layout():
     batch = build_token_batch([[1, 2, 3], [4]], [[5], [6, 7]], pad_id=0)
     assert batch.input_ids.tolist() == [[1, 2, 3, 5, 0], [0, 0, 4, 6, 7]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]
+    assert position_ids(batch.attention_mask).tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]  # as generate's
     assert batch.response_ids.tolist() == [[5, 0], [6, 7]]
     assert batch.response_mask.tolist() == [[1, 0], [1, 1]]
     assert batch.prompt_width == 3
@@ -288,8 +288,16 @@ def test_temperature_scales_log_probs(tiny_generator):
     assert not torch.allclose(cold, warm)
 
 
-def test_one_log_prob_implementation_serves_both():
-    assert LLMGenerator.get_log_probs is LLMDiscriminator.get_log_probs is LLMBase.get_log_probs
+def test_get_log_probs_is_the_training_log_prob(tiny_generator):
+    """The sampler-side scoring and the PPO update's forward agree on the same tokens, padded alike."""
+    from training.ppo import batch_logprobs
+
+    prompts, responses = [[1, 50, 60, 70, 80], [90, 100]], [[11, 12, 13], [14, 2]]
+    logprobs, mask = tiny_generator.get_log_probs(prompts, responses, temperature=0.7)
+    batch = build_token_batch(prompts, responses, tiny_generator.pad_id)
+    trained = batch_logprobs(tiny_generator.model, batch.input_ids, batch.attention_mask, temperature=0.7)
+    torch.testing.assert_close(logprobs, trained[:, batch.prompt_width:] * mask)
+    assert (logprobs[mask.bool()] < 0).all()
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from training.config import PPOConfig
+from models.logprobs import entropy_from_logits, logprobs_from_logits
 from training.ppo import (
     RolloutBatch,
     batch_logprobs,
@@ -12,8 +13,6 @@ from training.ppo import (
     compute_policy_loss,
     compute_ref_logprobs,
     count_zero_signal_groups,
-    entropy_from_logits,
-    logprobs_from_logits,
     masked_mean,
     train_step,
 )

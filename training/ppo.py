@@ -26,27 +26,13 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
-if TYPE_CHECKING:  # annotation only: this module imports nothing but torch at run time
+from models.logprobs import autocast, entropy_from_logits, forward_logprobs, logprobs_from_logits  # noqa: F401
+
+if TYPE_CHECKING:  # annotation only: this module imports nothing but torch (and `models.logprobs`) at run time
     from training.config import PPOConfig
 
 logger = logging.getLogger(__name__)
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log π(token | prefix) for each position.
-
-    logits: (B, T, V) scores predicting tokens (already shifted: logits[:, t] predicts tokens[:, t]);
-    tokens: (B, T) ids. Returns (B, T). Computed in fp32 for stability under bf16 autocast."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(l) − Σ softmax(l) · l over the last dimension, in fp32. (..., V) -> (...)."""
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - (F.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -213,72 +199,11 @@ class RolloutBatch:
                                else getattr(self, f.name)[index] for f in fields(self)})
 
 
-def mixed_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """The low-precision dtype of a model whose weights mix dtypes (frozen layers in bf16, trained ones in
-    fp32: `training.policy.prepare_policy`), else None. Such a model only runs under autocast."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    low = dtypes & {torch.bfloat16, torch.float16}
-    return next(iter(low)) if len(dtypes) > 1 and low else None
-
-
-def autocast(model: torch.nn.Module, precision: str = "fp32"):
-    """bf16 autocast on the model's device when `precision` is "bf16" or the model mixes dtypes
-    (`mixed_dtype`), else a no-op context."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    device_type = next(model.parameters()).device.type
-    low = mixed_dtype(model)
-    return torch.autocast(device_type=device_type, dtype=low or torch.bfloat16,
-                          enabled=precision == "bf16" or low is not None)
-
-
 def first_scored_column(mask: torch.Tensor | None) -> int:
     """The first column of a (B, T) response mask that any row scores (>= 1); 1 without a mask."""
     if mask is None or not mask.any():
         return 1
     return max(1, int(mask.any(0).nonzero()[0]))
-
-
-def _forward_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    precision: str,
-    entropy_mask: torch.Tensor | None = None,
-    keep_from: int = 1,
-    temperature: float = 1.0,
-    hidden_states: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) log-probs of logits / temperature aligned with input_ids (0 before column `keep_from`, and at
-    position 0) and, given a (B, T) mask, the (B, T) entropy of that distribution at those positions (no grad).
-    `hidden_states` (B, T, H): start from these instead of the token embeddings (see `RolloutBatch`).
-
-    Only the logits that predict columns keep_from..T-1 are computed (`logits_to_keep`): with a long
-    prompt and a 49k vocabulary the (B, T, V) prompt logits would dominate time and memory. Position ids
-    count real tokens, as `generate` does with left padding."""
-    T = input_ids.shape[1]
-    keep = T - keep_from + 1  # logits at positions keep_from-1 .. T-1; the last one predicts nothing
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    inputs = {"input_ids": input_ids} if hidden_states is None else {"inputs_embeds": hidden_states}
-    with autocast(model, precision):
-        try:
-            logits = model(**inputs, attention_mask=attention_mask, position_ids=position_ids,
-                           logits_to_keep=keep).logits  # (B, keep, V)
-        except TypeError:  # a model without logits_to_keep: all positions
-            logits = model(**inputs, attention_mask=attention_mask).logits[:, -keep:]  # (B, keep, V)
-    if temperature != 1.0:  # the sampling distribution; in place on the fp32 copy (a (B, keep, V) tensor less)
-        logits = logits.float().div_(temperature)  # (B, keep, V)
-    # logits[:, t] predicts input_ids[:, keep_from + t]
-    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, keep_from:])  # (B, T-keep_from)
-    logprobs = F.pad(logprobs, (keep_from, 0), value=0.0)  # (B, T)
-    entropy = None
-    if entropy_mask is not None:
-        with torch.no_grad():
-            where = entropy_mask[:, keep_from:].bool()  # (B, T-keep_from) positions whose prediction is needed
-            entropy = torch.zeros_like(logprobs)  # (B, T)
-            for b in range(len(where)):  # row by row: a (N, V) copy of a 152k vocabulary would be gigabytes
-                entropy[b, keep_from:][where[b]] = entropy_from_logits(logits[b, :-1][where[b]])  # (n_b,)
-    return logprobs, entropy
 
 
 def batch_logprobs(
@@ -288,7 +213,7 @@ def batch_logprobs(
     """(B, T) log π_T(input_ids[:, t] | input_ids[:, :t]) from `model(input_ids=, attention_mask=).logits / T`;
     position 0 (nothing predicts it) is 0. Gradients flow when the caller's grad mode allows.
     The one implementation behind rollout old log-probs, reference log-probs and `train_step`."""
-    return _forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from,
+    return forward_logprobs(model, input_ids, attention_mask, precision, keep_from=keep_from,
                              temperature=temperature, hidden_states=hidden_states)[0]
 
 
@@ -368,7 +293,7 @@ def train_step(
     for epoch in range(config.ppo_epochs):
         for index in minibatches[epoch]:
             mb = batch.select(index.to(device))
-            logprobs, entropy = _forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
+            logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
                                                   entropy_mask=mb.response_mask, temperature=mb.temperature,
                                                   hidden_states=mb.hidden_states)  # (b, T), (b, T)
             old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
