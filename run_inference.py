@@ -130,7 +130,7 @@ def print_result(result, problem: Problem, execute: bool) -> None:
                                                                       else f" ({outcome})"))
 
 
-def summary(results, execute: bool, seconds: float) -> dict:
+def summary(results, seconds: float) -> dict:
     executed = [r for r in results if r.execution is not None]
     return {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
             "well_formed": sum(r.code_ok for r in results), "seconds": round(seconds, 2)}
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         return fail(f"interrupted after {len(results)} of {len(problems)} problems", 130)
     except (OSError, RuntimeError) as e:
         return fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    totals = summary(results, args.execute, time.perf_counter() - start)
+    totals = summary(results, time.perf_counter() - start)
     if args.json:
         print(json.dumps({"checkpoint": str(engine.checkpoint) if engine.checkpoint else None,
                           "model": None if args.checkpoint else (args.model or "default"),

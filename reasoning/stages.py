@@ -126,12 +126,6 @@ def stage_index(name: str) -> int:
     return [s.name for s in STAGES].index(get_stage(name).name)
 
 
-def next_stage(name: str | None) -> ReasoningStage | None:
-    """The stage after `name` (the first stage for None); None after the last stage."""
-    i = 0 if name is None else stage_index(name) + 1
-    return STAGES[i] if i < len(STAGES) else None
-
-
 def stages_before(name: str) -> tuple[ReasoningStage, ...]:
     """The stages that precede `name`, in order."""
     return STAGES[: stage_index(name)]

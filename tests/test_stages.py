@@ -12,7 +12,8 @@ from reasoning.stages import (
     format_feedback,
     generator_prompt,
     get_stage,
-    next_stage,
+    stage_index,
+    stages_before,
 )
 
 
@@ -24,9 +25,8 @@ def test_the_five_stages_in_order():
 
 
 def test_progression():
-    assert next_stage(None).name == "understand"
-    assert next_stage("understand").name == "edge_cases"
-    assert next_stage("review") is None
+    assert [s.name for s in stages_before("algorithm")] == ["understand", "edge_cases"]
+    assert stages_before("understand") == ()
     with pytest.raises(KeyError, match="known stages: understand"):
         get_stage("nope")
 
@@ -61,7 +61,7 @@ def test_critique_code_and_tests_prompts(example_problems):
 def test_adding_a_stage_is_one_change(monkeypatch, example_problems):
     extra = dataclasses.replace(STAGES[-1], name="complexity_check", title="Complexity check")
     monkeypatch.setattr(stages, "STAGES", STAGES + (extra,))
-    assert next_stage("review").name == "complexity_check"
+    assert stages.STAGES[stage_index("review") + 1].name == "complexity_check"
     prompt = generator_prompt(example_problems[0], "complexity_check", {"review": "REVIEWED"})
     assert "REVIEWED" in prompt and "Complexity check" in prompt
 

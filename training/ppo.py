@@ -218,22 +218,14 @@ def batch_logprobs(
 
 
 @torch.no_grad()
-def compute_ref_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, precision: str = "fp32", chunk_size: int = 0
-) -> torch.Tensor:
-    """(B, T) `batch_logprobs` of `model` on the batch without gradients, `chunk_size` rows at a time
-    (0: all at once), on the model's device. For the frozen reference (ref_logprobs) and for the policy
-    right after sampling (old_logprobs)."""
+def compute_ref_logprobs(model: torch.nn.Module, batch: RolloutBatch, precision: str = "fp32") -> torch.Tensor:
+    """(B, T) `batch_logprobs` of `model` on the batch without gradients, on the model's device. For the
+    frozen reference (ref_logprobs) and for the policy right after sampling (old_logprobs)."""
     device = next(model.parameters()).device
-    input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)  # (B, T)
-    size = chunk_size or len(batch)
-    hidden = batch.hidden_states
-    return torch.cat([
-        batch_logprobs(model, input_ids[i:i + size], attention_mask[i:i + size], precision,
-                       keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature,
-                       hidden_states=None if hidden is None else hidden[i:i + size].to(device))
-        for i in range(0, len(batch), size)
-    ])  # (B, T)
+    hidden = None if batch.hidden_states is None else batch.hidden_states.to(device)
+    return batch_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), precision,
+                          keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature,
+                          hidden_states=hidden)  # (B, T)
 
 
 # ---------------------------------------------------------------- one update

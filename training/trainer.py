@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
-from evaluation.plot import load_metrics, summarize_metrics
+from evaluation.run_metrics import load_metrics, summarize_metrics
 from models.base import build_token_batch
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
