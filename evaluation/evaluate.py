@@ -299,7 +299,8 @@ def parse_args(argv=None):
                              "or runs/x/latest")
     parser.add_argument("--problems", default="heldout",
                         help="'heldout' (80 seeded HumanEval problems, the standard set), 'humaneval' (all 164), "
-                             "'train', 'examples', or a problem JSON file (default: heldout)")
+                             "'train', 'examples', a problem file (JSON, JSONL or Parquet; this project's records, or "
+                             "HumanEval- or MBPP-shaped ones) or a dataset id owner/name[:split] (default: heldout)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
     parser.add_argument("--skip", type=int, default=0, help="skip the first N problems")
     parser.add_argument("--chain", choices=CHAINS, default=d.chain,

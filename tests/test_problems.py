@@ -165,3 +165,67 @@ def test_training_set_is_sound_and_apart_from_humaneval(sandbox):
         assert max(len(mine & w) / len(mine | w) for w in theirs) < 0.35, p.id
     valid, rejected = validate_problem_set(problems, sandbox)
     assert rejected == {} and len(valid) == len(problems)
+
+
+HUMANEVAL_SHAPED = {"task_id": "Shaped/0", "entry_point": "add",
+                    "prompt": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n",
+                    "canonical_solution": "    return a + b\n",
+                    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"}
+MBPP_SHAPED = {"task_id": 7, "text": "Write a function to find the maximum of two numbers.",
+               "code": "def helper(x):\n    return x\n\ndef maximum(a, b):\n    return helper(a) if a > b else b\n",
+               "test_list": ["assert maximum(5, 10) == 10", "assert maximum(-1, -2) == -1", "assert maximum(9, 7) == 9"],
+               "test_setup_code": "", "challenge_test_list": []}
+
+
+def test_humaneval_and_mbpp_shaped_records_from_json_and_jsonl(tmp_path, sandbox):
+    from data.problems import load_problem_set, validate_problem_set
+
+    jsonl = tmp_path / "mixed.jsonl"
+    jsonl.write_text(json.dumps(HUMANEVAL_SHAPED) + "\n\n" + json.dumps(MBPP_SHAPED) + "\n")
+    he, mbpp = load_problem_set(str(jsonl))
+    assert (he.id, he.entry_point, he.signature) == ("Shaped/0", "add", "def add(a, b):")
+    assert he.reference_solution.endswith("return a + b\n") and "check(add)" in he.tests
+    assert (mbpp.id, mbpp.entry_point) == ("7", "maximum")  # the function the asserts call, not the helper
+    assert mbpp.tests.count("def test_") == 3 and "maximum(5, 10) == 10" in mbpp.description
+    valid, rejected = validate_problem_set([he, mbpp], sandbox)  # the same validation as every problem set
+    assert valid == [he, mbpp] and not rejected
+    same = tmp_path / "mixed.json"
+    same.write_text(json.dumps([HUMANEVAL_SHAPED, MBPP_SHAPED]))
+    assert load_problem_set(str(same)) == [he, mbpp]
+
+
+def test_malformed_dataset_records_are_one_line_errors(tmp_path):
+    from data.problems import load_problem_set
+
+    for name, text, words in [
+        ("bad.jsonl", json.dumps(HUMANEVAL_SHAPED) + "\n{oops\n", "line 2 is not valid JSON"),
+        ("other.jsonl", json.dumps({"question": "?", "answer": "42"}) + "\n", "not a problem record"),
+        ("nocall.jsonl", json.dumps({**MBPP_SHAPED, "test_list": ["assert True"]}) + "\n", "no function of field 'code'"),
+        ("latin1.json", None, "not UTF-8"),
+    ]:
+        path = tmp_path / name
+        if text is None:
+            path.write_bytes(b"[{\"id\": \"caf\xe9\"}]")
+        else:
+            path.write_text(text)
+        with pytest.raises(ProblemFormatError, match=words) as info:
+            load_problem_set(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parquet_and_hub_ids_go_through_datasets(tmp_path, monkeypatch):
+    from data.problems import load_problem_set
+
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "problems.parquet"
+    datasets.Dataset.from_list([HUMANEVAL_SHAPED, HUMANEVAL_SHAPED | {"task_id": "Shaped/1"}]).to_parquet(str(path))
+    assert [p.id for p in load_problem_set(str(path))] == ["Shaped/0", "Shaped/1"]
+    # no network here: an id on the hub fails at once with one line, without datasets' retries
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ProblemFormatError, match="cannot reach this dataset on the Hugging Face hub"):
+        load_problem_set("no-such-owner/no-such-dataset:train")
+    assert time.monotonic() - start < 30

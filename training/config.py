@@ -86,7 +86,7 @@ class TrainingConfig:
     frozen_dtype: str = "auto"  # dtype of the weights that do not train: "auto" (bf16 on a GPU or a CPU with native bf16), "float32", "bfloat16"
     generation_dtype: str = "auto"  # sample from a copy of the weights in this dtype, synced after each update: "auto" (bf16 where frozen_dtype's auto picks it, unless LoRA), "bfloat16", "off" (the training weights)
     # data
-    problems: str = "train"  # "train" (the project's training set), "examples", "humaneval" (held out), or a JSON file
+    problems: str = "train"  # "train" (the project's training set), "examples", "humaneval" (held out), a JSON/JSONL/Parquet file, or a dataset id owner/name[:split]
     max_problems: int = 0  # use only the first this many problems (0 = all)
     allow_heldout_training: bool = False  # allow training on HumanEval, the held-out evaluation set (recorded in the run)
     validation_problems: int = 8  # a fixed seeded slice of the problems, never trained on, that chooses the best checkpoint (0 = none)
