@@ -2,7 +2,7 @@
 # One entry point for setting up and running the project on a fresh machine.
 #
 #   bash quickstart.sh setup            install what is missing, nothing else
-#   bash quickstart.sh test [ARGS]      setup plus peft and matplotlib, then the whole test suite (ARGS go to pytest)
+#   bash quickstart.sh test [ARGS]      setup plus peft, matplotlib, tensorboard and datasets, then the whole test suite (ARGS go to pytest)
 #   bash quickstart.sh train [ARGS]     setup, then run_training.py (ARGS go to it)
 #
 # Setup is idempotent and a second run is fast: each step checks before it installs.
@@ -69,11 +69,14 @@ setup() {
     fi
 }
 
-# Optional features the test suite also covers: LoRA (peft) and the curve plots (matplotlib).
+# Optional features the test suite also covers: LoRA (peft), the curve plots (matplotlib), TensorBoard
+# logging (tensorboard) and Parquet problem files (datasets).
 test_extras() {
     local missing=()
     has_module peft || missing+=(peft)
     has_module matplotlib || missing+=(matplotlib)
+    has_module tensorboard || missing+=(tensorboard)
+    has_module datasets || missing+=(datasets)
     if (( ${#missing[@]} )); then
         log "installing ${missing[*]} (optional features the tests cover)"
         pip_install "${missing[@]}"

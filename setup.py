@@ -26,6 +26,7 @@ setup(
     extras_require={
         "lora": ["peft"],
         "plot": ["matplotlib"],
+        "datasets": ["datasets"],
         "tensorboard": ["tensorboard"],
     },
 )

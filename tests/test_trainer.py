@@ -117,6 +117,23 @@ def test_metrics_and_samples_are_logged(example_problems, sandbox, random_reward
     assert (tmp_path / "summary.json").exists()
 
 
+def test_tensorboard_gets_every_metric_under_its_key_and_the_config(example_problems, sandbox, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(example_problems, sandbox, run_dir=tmp_path, report_to="tensorboard", stages=["understand"])
+    trainer.train_full_pipeline()
+    trainer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    for key in ("generator/reward_mean", "discriminator/valid_test_rate", "ppo/kl_ref", "time/step_s"):
+        logged = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+        assert [(e.step, e.value) for e in events.Scalars(key)] == pytest.approx(logged), key
+    assert "stage" not in events.Tags()["scalars"] and "step" not in events.Tags()["scalars"]
+    hparams = events.PluginTagToContent("hparams")
+    assert hparams and b"learning_rate" in b"".join(hparams.values())  # the resolved config
+
+
 def test_multi_attempt_retries_failing_codes(example_problems, sandbox):
     trainer = make_trainer(example_problems, sandbox, max_attempts=2)
     metrics = trainer.train_generator_epoch("understand", steps=1)[0]

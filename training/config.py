@@ -120,6 +120,7 @@ class TrainingConfig:
     output_dir: str = ""  # run folder; empty makes runs/<timestamp>
     seed: int = 0  # seeds Python, NumPy and torch
     samples_every: int = 1  # write sample rows to samples.jsonl every this many steps (0 = never)
+    report_to: str = ""  # "tensorboard": also write every metric to RUN/tensorboard (needs the tensorboard package)
     save_every: int = 0  # also checkpoint every this many steps (0 = only after each stage)
     keep_last: int = 3  # checkpoints kept besides the best and the latest
     rewards: RewardConfig = field(default_factory=RewardConfig)
@@ -154,6 +155,8 @@ class TrainingConfig:
                              f"{self.generation_dtype!r}")
         if self.lora_rank and self.generation_dtype not in ("auto", "off"):
             raise ValueError("generation_dtype needs full or last-layer training; with LoRA use 'auto' or 'off'")
+        if self.report_to not in ("", "tensorboard"):
+            raise ValueError(f"report_to must be '' or 'tensorboard', got {self.report_to!r}")
         if self.lora_rank and self.train_last_layers:
             raise ValueError("choose LoRA (lora_rank) or the last layers (train_last_layers), not both")
 
@@ -344,7 +347,7 @@ def schedule_prefix_matches(old: dict, new: TrainingConfig, position: int) -> bo
 
 
 # settings a resumed run may change: how long it runs now, what it keeps and logs, where it computes
-RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device"}
+RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device", "report_to"}
 
 
 def resumed_config(args, saved: dict, preset: str | None = None, position: int | None = None,

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
-from evaluation.run_metrics import load_metrics, summarize_metrics
+from evaluation.run_metrics import BOOKKEEPING, load_metrics, summarize_metrics
 from models.base import build_token_batch
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
@@ -109,6 +109,7 @@ class AdversarialTrainer:
         self.stopped_early = False  # `max_minutes` ran out
         self._bar = None  # the stage's progress bar while `train_stage` runs
         self._in_stage = False  # `train_stage` is running: it saves the checkpoint at the stage's end itself
+        self._board: TensorBoardLog | None = None  # with `report_to` "tensorboard", opened at the first step logged
         self._started = time.monotonic()
 
         # trainable parameters, frozen references, optimizers; then everything frozen until its update
@@ -426,6 +427,15 @@ class AdversarialTrainer:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
+        if self.config.report_to == "tensorboard":
+            self._tensorboard(step).add_metrics(metrics, step)
+
+    def _tensorboard(self, step: int) -> TensorBoardLog:
+        """The run's TensorBoard log, opened at the first step this process logs: steps from there on are
+        dropped from earlier event files (a resume runs them again, as `_drop_logged_steps_after` does)."""
+        if self._board is None:
+            self._board = TensorBoardLog(self.run_dir / "tensorboard", self.config.to_dict(), first_step=step)
+        return self._board
 
     def save_checkpoint(self):
         """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
@@ -522,8 +532,45 @@ class AdversarialTrainer:
             tmp.replace(path)
 
     def close(self):
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         if self._own_sandbox:
             self.sandbox.close()
+
+
+class TensorBoardLog:
+    """Every numeric metric of `metrics.jsonl` under the same key, at its step, and the resolved config as
+    hyperparameters (`--report-to tensorboard`; `tensorboard --logdir RUN` shows them). TensorBoard is an
+    optional dependency, imported only here."""
+
+    def __init__(self, folder: Path, config: dict, first_step: int = 0):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step or None)
+
+        def flat(values: dict, prefix: str = "") -> dict:
+            out = {}
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    out.update(flat(value, f"{prefix}{key}/"))
+                else:
+                    out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            return out
+
+        self.writer.add_hparams(flat(config), {}, run_name=".")
+
+    def add_metrics(self, metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and key not in BOOKKEEPING:
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def seed_everything(seed: int) -> None:
