@@ -59,6 +59,8 @@ def parse_args(argv=None):
 
     out = parser.add_argument_group("output")
     out.add_argument("--execute", action="store_true", help="run each problem's own tests on its answer and show them")
+    out.add_argument("--chain-only", action="store_true",
+                     help="only the five reasoning stages (greedy), no code or tests: InferenceEngine.get_reasoning_chain")
     out.add_argument("--json", action="store_true", help="print one JSON object (results and summary) instead of text")
     out.add_argument("--verbose", action="store_true", help="log progress (INFO) to stderr")
 
@@ -130,6 +132,22 @@ def print_result(result, problem: Problem, execute: bool) -> None:
                                                                       else f" ({outcome})"))
 
 
+def print_chains(chains, problems: list[Problem], as_json: bool, seconds: float) -> int:
+    """`--chain-only`: each problem's stages under their titles, or one JSON object."""
+    from reasoning.stages import STAGES
+
+    if as_json:
+        print(json.dumps({"results": [{"problem_id": p.id, "chain": c} for c, p in zip(chains, problems)],
+                          "summary": {"problems": len(chains), "seconds": round(seconds, 2)}}, indent=2))
+        return 0
+    for chain, problem in zip(chains, problems):
+        print(f"\n{'=' * 80}\n{problem.id}: {problem.title}\n{'=' * 80}")
+        for stage in STAGES:
+            print(f"\n[{stage.title}]\n{chain.get(stage.name, '').strip() or '(empty)'}")
+    print(f"\n{len(chains)} problem(s), reasoning only, {seconds:.1f} s")
+    return 0
+
+
 def summary(results, seconds: float) -> dict:
     executed = [r for r in results if r.execution is not None]
     return {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
@@ -151,6 +169,8 @@ def main(argv=None) -> int:
         return fail("--which needs --checkpoint (a run folder)", 2)
     if args.checkpoint and args.discriminator_model != "same":
         return fail("--discriminator-model goes with --model; a checkpoint brings its own trained discriminator", 2)
+    if args.chain_only and args.execute:
+        return fail("--chain-only writes no code, so there is nothing to --execute", 2)
     if args.batch_size < 1 or args.limit < 0:
         return fail("--batch-size must be >= 1 and --limit >= 0 (0 = all)", 2)
     try:
@@ -174,6 +194,7 @@ def main(argv=None) -> int:
         else:
             name = args.model or "default"
             disc = {"same": name, "none": None}.get(args.discriminator_model, args.discriminator_model)
+            disc = None if args.chain_only else disc  # the chain is the generator's alone
             engine = InferenceEngine(name, disc, args.device, args.dtype, config=config)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -184,12 +205,15 @@ def main(argv=None) -> int:
         with engine, tqdm(total=len(problems), desc="solving", unit="problem", disable=len(problems) < 2) as bar:
             for i in range(0, len(problems), args.batch_size):
                 batch = problems[i:i + args.batch_size]
-                results += engine.solve_batch(batch, execute=args.execute)
+                results += (engine.get_reasoning_chain(batch) if args.chain_only
+                            else engine.solve_batch(batch, execute=args.execute))
                 bar.update(len(batch))
     except KeyboardInterrupt:
         return fail(f"interrupted after {len(results)} of {len(problems)} problems", 130)
     except (OSError, RuntimeError) as e:
         return fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if args.chain_only:
+        return print_chains(results, problems, args.json, time.perf_counter() - start)
     totals = summary(results, time.perf_counter() - start)
     if args.json:
         print(json.dumps({"checkpoint": str(engine.checkpoint) if engine.checkpoint else None,

@@ -282,8 +282,19 @@ def test_cli_text_problem_is_readable():
         assert heading in out.stdout
 
 
+def test_cli_chain_only_prints_the_stages_and_no_code():
+    out = run_cli("--model", "tiny", "--problems-file", "examples", "--limit", 2, "--chain-only", *CLI_BUDGET)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("[Understand the problem]") == 2 and "[Review]" in out.stdout
+    assert "[Code]" not in out.stdout and "reasoning only" in out.stdout
+    data = json.loads(run_cli("--model", "tiny", "--problems-file", "examples", "--limit", 1, "--chain-only", "--json",
+                              *CLI_BUDGET).stdout)
+    assert list(data["results"][0]["chain"]) == list(STAGE_NAMES) and data["summary"]["problems"] == 1
+
+
 @pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "bad problem file", "no problem",
-                                  "batch size 0", "negative limit", "discriminator with a checkpoint"])
+                                  "batch size 0", "negative limit", "discriminator with a checkpoint",
+                                  "chain only with execute"])
 def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
     ckpt, problem = tiny_run / "checkpoints" / "step-000002", "examples"
     if case == "missing checkpoint":
@@ -298,7 +309,8 @@ def test_cli_errors_are_one_line(case, tiny_run, tmp_path):
     args = ["--checkpoint", ckpt] + (["--problem", "text without an entry point"] if case == "no problem"
                                      else ["--problems-file", problem])
     args += {"batch size 0": ["--batch-size", 0], "negative limit": ["--limit", -1],
-             "discriminator with a checkpoint": ["--discriminator-model", "tiny"]}.get(case, [])
+             "discriminator with a checkpoint": ["--discriminator-model", "tiny"],
+             "chain only with execute": ["--chain-only", "--execute"]}.get(case, [])
     out = run_cli(*args)
     assert out.returncode != 0 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
