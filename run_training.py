@@ -49,8 +49,9 @@ def parse_args(argv=None):
                              "or run folder, which starts --output-dir from its weights with the options given")
     parser.add_argument("--allow-changes", action="store_true",
                         help="with --resume RUN: continue although a setting differs from the run's config.json "
-                             "(model, seed, problems, learning rate, ...); each change is recorded in the run's "
-                             "changes.jsonl. Steps and stages added after the run's position need no flag")
+                             "(seed, problems, learning rate, ...; never the models or the layers trained); each "
+                             "change is recorded in the run's changes.jsonl. Steps and stages added after the run's "
+                             "position need no flag")
     parser.add_argument("--start-stage", default=None, metavar="STAGE",
                         help="start at the beginning of this stage (with --resume: from that checkpoint's weights)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the results table (no progress bars)")
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
                 data = json.loads(saved.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{saved}: cannot read the run's config: {e}") from None
-            from training.checkpoint_manager import newest_position
+            from training.checkpoint_manager import newest_position  # reads JSON only (imports torch)
 
             config, changes = resumed_config(args, data, args.preset, newest_position(args.output_dir),
                                              args.allow_changes, args.start_stage)

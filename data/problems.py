@@ -242,6 +242,7 @@ def humaneval_problem(task: dict, source: str = "<humaneval>", index: int = 0) -
     """A HumanEval-shaped record (`task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`): the
     description is the prompt (signature and docstring), the reference solution is the prompt plus the
     canonical solution, and the `check(candidate)` function becomes one pytest test."""
+    _check_types(task, {"entry_point": str, "prompt": str, "test": str, "canonical_solution": str}, source, index)
     entry, prompt = task["entry_point"], task["prompt"]
     tests = f"from solution import *\n\n{task['test'].strip()}\n\n\ndef test_check():\n    check({entry})\n"
     return problem_from_dict(dict(id=str(task.get("task_id", f"problem{index}")), title=entry, description=prompt,
@@ -253,16 +254,20 @@ def mbpp_problem(task: dict, source: str = "<mbpp>", index: int = 0) -> Problem:
     """An MBPP-shaped record (`task_id`, `text` or `prompt`, `code`, `test_list` of assert lines, optional
     `test_setup_code` / `test_imports`): each assert becomes one pytest test; the entry point is the
     reference's function that the asserts call."""
+    _check_types(task, {"code": str, "test_list": list, "text": str, "prompt": str, "test_setup_code": str,
+                        "test_imports": list}, source, index)
     code, asserts = task["code"], [a for a in task["test_list"] if isinstance(a, str) and a.strip()]
     try:
         names = [n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        calls = {node.func.id for a in asserts for node in ast.walk(ast.parse(a.strip()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     except SyntaxError as e:
-        raise ProblemFormatError(f"{source}: problem #{index}: field 'code' does not parse: {e}") from None
-    called = [n for n in names if any(f"{n}(" in a for a in asserts)]
+        raise ProblemFormatError(f"{source}: problem #{index}: field 'code' or 'test_list' does not parse: {e}") from None
+    called = [n for n in names if n in calls]
     if not called:
         raise ProblemFormatError(f"{source}: problem #{index}: no function of field 'code' is called by 'test_list'")
-    entry = called[0]
-    setup = "\n".join([*task.get("test_imports", []), task.get("test_setup_code", "")]).strip()
+    entry = called[-1]  # helpers come first; the asserts call the solution
+    setup = "\n".join([*(task.get("test_imports") or []), task.get("test_setup_code") or ""]).strip()
     tests = "from solution import *\n" + (f"{setup}\n" if setup else "") + "".join(
         f"\n\ndef test_{k}():\n    {a.strip()}\n" for k, a in enumerate(asserts))
     text = task.get("text") or task.get("prompt") or ""
@@ -271,6 +276,14 @@ def mbpp_problem(task: dict, source: str = "<mbpp>", index: int = 0) -> Problem:
                                   description=f"{text.strip()}\nYour function must pass, for example:\n{example}",
                                   entry_point=entry, reference_solution=code, tests=tests,
                                   signature=_signature_of(code, entry)), source, index)
+
+
+def _check_types(task: dict, kinds: dict[str, type], source: str, index: int) -> None:
+    """`ProblemFormatError` naming the field when a present, non-null field of a dataset record has another type."""
+    where = f"{source}: problem {task['task_id']!r}" if "task_id" in task else f"{source}: problem #{index}"
+    for name, kind in kinds.items():
+        if task.get(name) is not None and not isinstance(task[name], kind):
+            raise ProblemFormatError(f"{where}: field {name!r} must be {kind.__name__}, got {type(task[name]).__name__}")
 
 
 def problem_from_record(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
@@ -400,7 +413,8 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
 
             with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
                 results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
-                                    unit="problem", disable=not show_progress or len(todo) < 8, leave=False))
+                                    unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
+                                    **({"disable": True} if not show_progress or len(todo) < 8 else {})))
         finally:
             if own:
                 sandbox.close()

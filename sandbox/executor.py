@@ -532,9 +532,9 @@ class Sandbox:
             self.isolation = level
             try:
                 worker = self._worker(0)
-                reply, _ = worker.execute("def f():\n    return 1\n", _request("def test_f():\n    assert f() == 1\n"),
-                                          timeout=30)
-                if reply["status"] != "passed":
+                reply, healthy = worker.execute("def f():\n    return 1\n",
+                                                _request("def test_f():\n    assert f() == 1\n"), timeout=30)
+                if reply["status"] != "passed" or not healthy:
                     raise RuntimeError(f"a trivial execution did not pass: {reply['stderr'][-1000:]}")
                 return level
             except (RuntimeError, OSError) as e:

@@ -127,19 +127,25 @@ def spare_main(sock, workdir):
     try:
         if problem:
             raise RuntimeError(problem)
+        os.chdir(workdir)
         confine(limits, cgroup_fds)
         devnull = os.open(os.devnull, os.O_RDONLY)
         # move out of the way first: a received descriptor may already sit on one of the target numbers
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (devnull, out, err, host, peer)]
         for src, dst in zip(high, (0, 1, 2, HOST_FD, PEER_FD)):
             os.dup2(src, dst)
-        os.closerange(PEER_FD + 1, 1 << 16)
-        os.chdir(workdir)
+        os.closerange(PEER_FD + 1, 1 << 16)  # the report socket too: the last step that can fail
     except BaseException:
-        why = traceback.format_exc()
-        os.write(err, f"sandbox: the execution's isolation could not be set up:\n{why}".encode())
-        os.write(report, why.strip().splitlines()[-1].encode()[-4000:] or b"?")
-        os._exit(1)
+        try:
+            why = traceback.format_exc()
+            for fd, text in ((report, why.strip().splitlines()[-1][-4000:] or "?"),
+                             (err, f"sandbox: the execution's isolation could not be set up:\n{why}")):
+                try:
+                    os.write(fd, text.encode())
+                except OSError:
+                    pass
+        finally:
+            os._exit(1)
     try:
         role = sys.modules[MODULE]
         sys.path[:] = [workdir] + [p for p in sys.path if p and not p.startswith(CODE_DIR)]
@@ -198,6 +204,8 @@ class Server:
         if pid == 0:
             self.control.close()
             ours.close()
+            if self.child_report is not None:  # the running execution's: not this child's business
+                self.child_report.close()
             spare_main(theirs, workdir)
         self._own_pidns()
         theirs.close()

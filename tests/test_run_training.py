@@ -118,7 +118,7 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
     saved = json.dumps(preset_config("tiny", output_dir=str(tmp_path)).to_dict(), indent=2) + "\n"
     (tmp_path / "config.json").write_text(saved)
     for args, words in [(["--seed", "1"], "seed is 0 in its config.json, 1 was given"),
-                        (["--preset", "demo"], "generator_model is 'tiny'"),
+                        (["--preset", "demo"], "cannot change generator_model from 'tiny'"),
                         (["--learning-rate", "1e-3"], "learning_rate")]:
         r = run("--output-dir", str(tmp_path), "--resume", *args)
         last = r.stderr.strip().splitlines()[-1]

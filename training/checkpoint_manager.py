@@ -329,15 +329,14 @@ def lock_run_folder(run_dir: str | Path):
 
 
 def newest_position(run_dir: str | Path) -> int | None:
-    """The furthest schedule position among `run_dir`'s checkpoints (from their trainer_state.json, not
-    hashed: what a resume may at most continue from); None when it has none."""
-    positions = []
-    for info in CheckpointManager(run_dir).list_checkpoints():
-        try:
-            positions.append(int(json.loads((info.path / TRAINER_STATE).read_text())["position"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return max(positions, default=None)
+    """The schedule position of `run_dir`'s latest checkpoint by save order (from its trainer_state.json, not
+    hashed): the furthest a resume continues from (it may fall back to an older one, never a newer one);
+    None when there is none or it cannot be read."""
+    try:
+        latest = CheckpointManager(run_dir).get_latest_checkpoint()
+        return None if latest is None else int(json.loads((latest / TRAINER_STATE).read_text())["position"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:

@@ -334,6 +334,9 @@ def build_schedule(stages: list[str], n_steps: int, k_alternations: int) -> list
 
 
 SCHEDULE_KEYS = ("stages", "n_steps", "k_alternations")
+# what the checkpoints' weights are: a run's checkpoints load only into a run that agrees on these
+CHECKPOINT_KEYS = ("generator_model", "discriminator_model", "train_last_layers", "lora_rank", "lora_alpha",
+                   "lora_targets")
 
 
 def schedule_prefix_matches(old: dict, new: TrainingConfig, position: int) -> bool:
@@ -357,7 +360,8 @@ def resumed_config(args, saved: dict, preset: str | None = None, position: int |
     new]} for every change outside `RESUME_MAY_CHANGE` (the caller records them).
 
     A resumed run keeps what it has already done: `ValueError` naming the first setting that would change
-    it (model, seed, problems, hyperparameters, ...), unless `allow_changes`. Steps and stages added after
+    it (seed, problems, hyperparameters, ...), unless `allow_changes`; what its checkpoints' weights are
+    (`CHECKPOINT_KEYS`: the models, the layers or adapters trained) never changes. Steps and stages added after
     the run's schedule `position` (the newest checkpoint's) are allowed without it, as is any schedule
     with `start_stage` (the run starts that stage again); a schedule that rewrites steps already taken is
     refused even with it."""
@@ -377,6 +381,9 @@ def resumed_config(args, saved: dict, preset: str | None = None, position: int |
                if value != old.get(key) and key not in RESUME_MAY_CHANGE}
     schedule_ok = start_stage is not None or position is None or schedule_prefix_matches(asdict(base), config, position)
     for key, (before, after) in changes.items():
+        if key in CHECKPOINT_KEYS:
+            raise ValueError(f"--resume cannot change {key} from {before!r} to {after!r}: the run's checkpoints hold "
+                             "weights of that shape; start a new run (a new --output-dir) instead")
         if key in SCHEDULE_KEYS:
             if not schedule_ok:
                 raise ValueError(f"--resume cannot change {key} from {before!r} to {after!r}: the run has taken "

@@ -35,7 +35,14 @@ from models.base import build_token_batch
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
-from training.config import ROLES, ScheduleEntry, TrainingConfig, build_schedule, schedule_prefix_matches  # noqa: F401
+from training.config import (  # noqa: F401 (ScheduleEntry, build_schedule: also used from here)
+    CHECKPOINT_KEYS,
+    ROLES,
+    ScheduleEntry,
+    TrainingConfig,
+    build_schedule,
+    schedule_prefix_matches,
+)
 from training.policy import (
     bottom_hidden_states,
     freeze,
@@ -471,8 +478,7 @@ class AdversarialTrainer:
 
         ckpt = load_checkpoint(path, verify=verify)
         saved = ckpt.trainer_state.get("config", {})
-        for key in ("generator_model", "discriminator_model", "train_last_layers", "lora_rank", "lora_alpha",
-                    "lora_targets"):
+        for key in CHECKPOINT_KEYS:
             if key in saved and saved[key] != getattr(self.config, key):
                 raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
                                       f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
@@ -549,7 +555,7 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step or None)
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step)
 
         def flat(values: dict, prefix: str = "") -> dict:
             out = {}
