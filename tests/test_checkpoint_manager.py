@@ -448,3 +448,25 @@ def test_a_reader_whose_checkpoint_is_pruned_meanwhile_reads_the_new_one_once(tm
     # a failure of a checkpoint that is still there is its own, not retried
     with pytest.raises(ValueError, match="damaged"):
         read_resolved(folder / "step-000002", None, "best", lambda p: (_ for _ in ()).throw(ValueError("damaged")))
+
+
+def test_a_save_that_fails_midway_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, models_pair, monkeypatch):
+    import training.checkpoint_manager as cm
+
+    manager = CheckpointManager(tmp_path)
+    first = save(manager, 1, models_pair)
+
+    class SafetensorError(Exception):  # what safetensors raises on a full disk: not an OSError
+        pass
+
+    def full_disk(model, out_dir, adapter_dir):
+        out_dir.mkdir(parents=True)
+        (out_dir / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cm, "_save_model", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint step-000002 .*No space left on device.*"
+                                              r"earlier checkpoints are kept"):
+        save(manager, 2, models_pair)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()] == [first.name]  # no temporary
+    assert resolve_checkpoint(tmp_path, "latest") == first

@@ -203,3 +203,24 @@ def test_a_checkpoint_folder_that_cannot_take_a_file_stops_the_run_before_its_fi
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "cannot hold checkpoints" in last and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not (run_dir / "metrics.jsonl").exists()  # no step ran
+
+
+def test_an_unexpected_error_is_one_line_with_the_resume_command_and_a_traceback_file(tmp_path, monkeypatch, capsys):
+    import run_training
+    import training.trainer
+
+    class SafetensorError(Exception):
+        pass
+
+    def crash(config, run_dir, **kwargs):  # a save on a full disk, after checkpoints were written
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "latest.json").write_text('{"name": "step-000008"}')
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)\nmore")
+
+    monkeypatch.setattr(training.trainer, "run_training", crash)
+    assert run_training.main(["--preset", "tiny", "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ("run_training.py: error: SafetensorError: Error while serializing: I/O error: "
+                      "No space left on device (os error 28)")
+    assert err[-1] == f"the run's checkpoints are kept; resume with: python run_training.py --output-dir {tmp_path} --resume"
+    assert "SafetensorError" in (tmp_path / "error.log").read_text()

@@ -190,8 +190,12 @@ class CheckpointManager:
                 self._discard(final)
             os.replace(tmp, final)
             _fsync_dir(self.checkpoints_dir)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, Exception) and not isinstance(e, CheckpointError):  # a full disk, a broken folder
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise CheckpointError(f"cannot write checkpoint {name} in {self.checkpoints_dir} ({reason}); the "
+                                      "earlier checkpoints are kept") from e
             raise
         logger.info("saved checkpoint %s (step %s, score %s)", final, step, manifest["score"])
         self._prune()
