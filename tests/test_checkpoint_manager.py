@@ -265,7 +265,7 @@ def test_failed_save_leaves_previous_latest(tmp_path, models_pair, monkeypatch):
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left"):
         save(manager, 2, models_pair)
     assert [c.path for c in manager.list_checkpoints()] == [first]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # cleaned up on the way out
@@ -284,7 +284,7 @@ def test_failed_rename_leaves_pointers_that_resolve_to_the_previous_checkpoint(t
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(CheckpointError, match="Input/output"):
         save(manager, 2, models_pair, generator_reward=0.9, test_validity=0.9)
     assert [c.path for c in manager.list_checkpoints()] == [first]
     assert resolve_checkpoint(tmp_path, "latest") == first

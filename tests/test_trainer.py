@@ -29,7 +29,7 @@ def random_rewards(monkeypatch):
 
 
 def tiny_config(**overrides):
-    return preset_config("tiny", stages=STAGES, **overrides)
+    return preset_config("tiny", **{"stages": STAGES, **overrides})
 
 
 def make_trainer(problems, sandbox, run_dir=None, manager=None, **overrides):
@@ -126,9 +126,11 @@ def test_tensorboard_gets_every_metric_under_its_key_and_the_config(example_prob
     trainer.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    for key in ("generator/reward_mean", "discriminator/valid_test_rate", "ppo/kl_ref", "time/step_s"):
+    for key in ("generator/reward_mean", "discriminator/valid_test_rate", "time/step_s"):
         logged = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
-        assert [(e.step, e.value) for e in events.Scalars(key)] == pytest.approx(logged), key
+        scalars = events.Scalars(key)
+        assert [e.step for e in scalars] == [step for step, _ in logged], key
+        assert [e.value for e in scalars] == pytest.approx([v for _, v in logged], rel=1e-5), key  # float32
     assert "stage" not in events.Tags()["scalars"] and "step" not in events.Tags()["scalars"]
     hparams = events.PluginTagToContent("hparams")
     assert hparams and b"learning_rate" in b"".join(hparams.values())  # the resolved config
