@@ -430,10 +430,7 @@ class AdversarialTrainer:
         if rollouts and self.config.samples_every and step % self.config.samples_every == 0:
             rows["samples.jsonl"] = "".join(json.dumps(sample_row(r, step)) + "\n" for r in rollouts)
         for name, text in rows.items():
-            with open(self.run_dir / name, "a") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            append_synced(self.run_dir / name, text)
         if self.config.report_to == "tensorboard":
             self._tensorboard(step).add_metrics(metrics, step)
 
@@ -579,6 +576,14 @@ class TensorBoardLog:
         self.writer.close()
 
 
+def append_synced(path: Path, text: str) -> None:
+    """Append `text` in one write, flushed and fsynced: a crash tears at most the last line."""
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -650,10 +655,7 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         if changes:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "start_stage": start_stage,
                       "changes": changes}
-            with open(Path(run_dir) / "changes.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_synced(Path(run_dir) / "changes.jsonl", json.dumps(record) + "\n")
             logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         return _run_training(config, Path(run_dir), problems, resume, start_stage)
