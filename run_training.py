@@ -6,6 +6,7 @@
     python run_training.py --preset tiny        # tiny random model: a smoke test in under a minute
     python run_training.py --output-dir runs/a --resume          # continue runs/a (its own config.json)
     python run_training.py --resume runs/a/checkpoints/step-000008 --output-dir runs/a
+    accelerate launch --num_processes 2 run_training.py --output-dir runs/b   # one run over 2 processes (or torchrun)
 
 Every option below is a field of the configuration (training/config.py); the preset sets the starting
 values and the options you give override them. The defaults shown are the demo preset's. The run folder
@@ -69,9 +70,10 @@ def print_results(summary: dict, run_dir: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.quiet:  # every progress bar, transformers' weight-loading ones too (read when tqdm is imported, later)
+    rank = int(os.environ.get("RANK", "0"))  # set by accelerate launch / torchrun; only rank 0 reports
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
+    if args.quiet or rank:  # every progress bar, transformers' weight-loading ones too (read when tqdm is imported, later)
         os.environ["TQDM_DISABLE"] = "1"
     saved = Path(args.output_dir or "") / "config.json"
     own = args.resume == "latest" and bool(args.output_dir) and saved.is_file()
@@ -97,8 +99,13 @@ def main(argv=None) -> int:
         print("run_training.py: error: --resume without a path needs --output-dir (the run to continue)",
               file=sys.stderr)
         return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not config.output_dir:
+        print("run_training.py: error: a run on several processes needs --output-dir (the folder they share)",
+              file=sys.stderr)
+        return 2
     run_dir = Path(config.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"run folder: {run_dir}", flush=True)
+    if not rank:
+        print(f"run folder: {run_dir}", flush=True)
 
     from training.trainer import run_training  # heavy imports after the arguments are checked
 
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
     except Exception as e:  # one line, and what the run kept; an unexpected error's traceback goes to a file
         message = (str(e).strip().splitlines() or [""])[0]  # Hugging Face errors can run to many lines
         print(f"run_training.py: error: {type(e).__name__}: {message}", file=sys.stderr)
-        if not isinstance(e, (OSError, ValueError, RuntimeError, ImportError)) and run_dir.is_dir():
+        if not isinstance(e, (OSError, ValueError, RuntimeError, ImportError)) and run_dir.is_dir() and not rank:
             import traceback
 
             (run_dir / "error.log").write_text(traceback.format_exc())
@@ -119,7 +126,8 @@ def main(argv=None) -> int:
             print(f"the run's checkpoints are kept; resume with: python run_training.py --output-dir {run_dir} "
                   "--resume", file=sys.stderr)
         return 1
-    print_results(summary, run_dir)
+    if not rank:
+        print_results(summary, run_dir)
     return 0
 
 

@@ -28,5 +28,6 @@ setup(
         "plot": ["matplotlib"],
         "datasets": ["datasets"],
         "tensorboard": ["tensorboard"],
+        "distributed": ["accelerate"],
     },
 )

@@ -303,7 +303,7 @@ def test_zero_signal_groups_are_left_out_of_the_batch(example_problems, sandbox,
     rewards = iter([np.array([0.5, 0.5]), np.array([0.2, 0.9])])  # problem 1: no signal; problem 2: signal
     monkeypatch.setattr(rollout_module, "compute_generator_reward", lambda passes, *a, **k: next(rewards))
     sizes, real = [], trainer_module.train_step
-    monkeypatch.setattr(trainer_module, "train_step", lambda m, o, batch, c: sizes.append(len(batch)) or real(m, o, batch, c))
+    monkeypatch.setattr(trainer_module, "train_step", lambda m, o, batch, c, *rest: sizes.append(len(batch)) or real(m, o, batch, c, *rest))
     metrics = trainer.train_generator_epoch("understand", steps=1)[0]
     assert metrics["ppo/zero_signal_groups"] == 1 and metrics["ppo/no_signal_updates"] == 0
     assert sizes == [2 * 2]  # only the second group: 2 samples x (stage text + code)

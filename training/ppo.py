@@ -230,7 +230,8 @@ def compute_ref_logprobs(model: torch.nn.Module, batch: RolloutBatch, precision:
 
 # ---------------------------------------------------------------- one update
 def train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch, config: PPOConfig
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch | None, config: PPOConfig,
+    processes=None,
 ) -> dict[str, float]:
     """One PPO update of `model` on `batch`: `config.ppo_epochs` passes, each over `config.num_minibatches`
     shuffled minibatches, one optimizer step per minibatch (`config` is a `PPOConfig`; the learning rate is
@@ -244,6 +245,13 @@ def train_step(
     `config.precision` is "bf16", on the model's device type. The model's train/eval mode is left as it is
     (dropout should be off for ratios to mean anything; HF models load in eval mode).
 
+    With `processes` (`training.distributed.Processes`) of several processes, every process calls this in
+    the same update with its own batch (None: no rows of its own this time) and takes the same optimizer
+    steps: each minibatch's gradients are averaged over the processes, weighted by their response tokens
+    (`Processes.average_gradients`), before clipping; every process splits its rows into exactly
+    `config.num_minibatches` minibatches (some may be empty); a non-finite loss on any process skips the
+    step everywhere.
+
     Returns namespaced metrics: `ppo/loss`, `ppo/pg_loss`, `ppo/kl_ref`, `ppo/approx_kl`, `ppo/clip_frac`,
     `ppo/entropy`, `ppo/grad_norm` (before clipping), averaged over the steps taken (NaN when none);
     `ppo/steps`, `ppo/skipped_steps`, `ppo/tokens` (response tokens in the batch), `ppo/time_s`."""
@@ -251,6 +259,91 @@ def train_step(
     precision = config.precision
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
+    distributed = processes is not None and processes.distributed
+    if batch is None and not distributed:
+        raise ValueError("train_step needs a batch (None only for a process of a multi-process run)")
+    batch, keep_from, minibatches = _prepare_batch(model, batch, config, distributed, device)
+
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    steps = skipped = counted = 0
+    gap_sum, gap_count = 0.0, 0
+    for epoch in range(config.ppo_epochs):
+        for index in minibatches[epoch]:
+            metrics, weight = None, 0.0
+            if len(index):
+                mb = batch.select(index.to(device))
+                logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, precision,
+                                                     keep_from=keep_from, entropy_mask=mb.response_mask,
+                                                     temperature=mb.temperature,
+                                                     hidden_states=mb.hidden_states)  # (b, T), (b, T)
+                old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
+                if epoch == 0 and mb.sampler_logprobs is not None:  # training weights vs the sampler, before any step
+                    known = mb.response_mask.bool() & torch.isfinite(mb.sampler_logprobs)  # (b, T)
+                    gap_sum += (old_logprobs - mb.sampler_logprobs).abs()[known].sum().item()
+                    gap_count += int(known.sum())
+                loss, metrics = compute_policy_loss(
+                    logprobs, old_logprobs, mb.advantages, mb.response_mask,
+                    clip_coef=config.clip_coef, kl_coef=config.kl_coef, ref_logprobs=mb.ref_logprobs, entropy=entropy,
+                )
+                if not torch.isfinite(loss):
+                    logger.warning("PPO step skipped: non-finite loss %s", loss.item())
+                    optimizer.zero_grad(set_to_none=True)
+                    if not distributed:
+                        skipped += 1
+                        continue
+                    weight = math.nan  # poisons the average: every process skips this step
+                else:
+                    loss.backward()
+                    weight = float(mb.response_mask.sum())
+            if distributed and _sync_gradients(params, optimizer, processes, weight):
+                continue  # no process had rows in this minibatch
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                logger.warning("PPO step skipped: non-finite gradient norm %s", grad_norm.item())
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if metrics is not None:
+                counted += 1
+                metrics["grad_norm"] = grad_norm.item()
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+
+    out = {f"ppo/{key}": (sums[key] / counted if counted else math.nan)
+           for key in ("loss", "pg_loss", "kl_ref", "approx_kl", "clip_frac", "entropy", "grad_norm")}
+    out.update({
+        # mean |log π_train − log π_sampler| of the sampled tokens: 0 up to float noise when both run the same
+        # weights in the same dtype; bf16 generation (frozen bf16 weights) makes it a few hundredths
+        "ppo/sampler_logprob_gap": gap_sum / gap_count if gap_count else math.nan,
+        "ppo/steps": steps,
+        "ppo/skipped_steps": skipped,
+        "ppo/tokens": int(batch.response_mask.sum()) if batch is not None else 0,
+        "ppo/time_s": time.perf_counter() - start,
+    })
+    return out
+
+
+def _sync_gradients(params: list[torch.Tensor], optimizer: torch.optim.Optimizer, processes, weight: float) -> bool:
+    """Average the gradients over the processes (`train_step` with several); True when no process had
+    rows in this minibatch (no step anywhere)."""
+    if processes.average_gradients(params, weight) == 0:
+        optimizer.zero_grad(set_to_none=True)
+        return True
+    return False
+
+
+def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: PPOConfig, distributed: bool,
+                   device: torch.device) -> tuple[RolloutBatch | None, int, list]:
+    """`train_step`'s batch on the model's device with position 0 unscored, the first logit column it needs,
+    the minibatch row indices of each epoch and, for several minibatches or epochs, the old log-probs.
+    None (a process with no rows of its own): `config.num_minibatches` empty minibatches per epoch."""
+    if batch is None:
+        return None, 0, [[torch.zeros(0, dtype=torch.long)] * config.num_minibatches for _ in range(config.ppo_epochs)]
+    precision = config.precision
     response_mask = batch.response_mask.clone()  # (B, T)
     response_mask[:, 0] = 0  # nothing predicts position 0
     batch = RolloutBatch(
@@ -265,7 +358,7 @@ def train_step(
         hidden_states=None if batch.hidden_states is None else batch.hidden_states.to(device),
     )
     keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
-    num_minibatches = min(config.num_minibatches, len(batch))
+    num_minibatches = config.num_minibatches if distributed else min(config.num_minibatches, len(batch))
     minibatches = [torch.randperm(len(batch)).tensor_split(num_minibatches) for _ in range(config.ppo_epochs)]
     if batch.old_logprobs is None and (config.ppo_epochs > 1 or num_minibatches > 1):
         # frozen before any step, computed on exactly the rows (and row order) of the first pass's minibatches,
@@ -273,58 +366,10 @@ def train_step(
         batch.old_logprobs = torch.zeros(batch.input_ids.shape, device=device)  # (B, T)
         with torch.no_grad():
             for index in minibatches[0]:
+                if not len(index):
+                    continue
                 index = index.to(device)
                 batch.old_logprobs[index] = batch_logprobs(
                     model, batch.input_ids[index], batch.attention_mask[index], precision, keep_from, batch.temperature,
                     None if batch.hidden_states is None else batch.hidden_states[index])
-
-    optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
-    steps = skipped = 0
-    gap_sum, gap_count = 0.0, 0
-    for epoch in range(config.ppo_epochs):
-        for index in minibatches[epoch]:
-            mb = batch.select(index.to(device))
-            logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, precision, keep_from=keep_from,
-                                                  entropy_mask=mb.response_mask, temperature=mb.temperature,
-                                                  hidden_states=mb.hidden_states)  # (b, T), (b, T)
-            old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
-            if epoch == 0 and mb.sampler_logprobs is not None:  # training weights vs the sampler, before any step
-                known = mb.response_mask.bool() & torch.isfinite(mb.sampler_logprobs)  # (b, T)
-                gap_sum += (old_logprobs - mb.sampler_logprobs).abs()[known].sum().item()
-                gap_count += int(known.sum())
-            loss, metrics = compute_policy_loss(
-                logprobs, old_logprobs, mb.advantages, mb.response_mask,
-                clip_coef=config.clip_coef, kl_coef=config.kl_coef, ref_logprobs=mb.ref_logprobs, entropy=entropy,
-            )
-            if not torch.isfinite(loss):
-                logger.warning("PPO step skipped: non-finite loss %s", loss.item())
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                logger.warning("PPO step skipped: non-finite gradient norm %s", grad_norm.item())
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            metrics["grad_norm"] = grad_norm.item()
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-
-    out = {f"ppo/{key}": (sums[key] / steps if steps else math.nan)
-           for key in ("loss", "pg_loss", "kl_ref", "approx_kl", "clip_frac", "entropy", "grad_norm")}
-    out.update({
-        # mean |log π_train − log π_sampler| of the sampled tokens: 0 up to float noise when both run the same
-        # weights in the same dtype; bf16 generation (frozen bf16 weights) makes it a few hundredths
-        "ppo/sampler_logprob_gap": gap_sum / gap_count if gap_count else math.nan,
-        "ppo/steps": steps,
-        "ppo/skipped_steps": skipped,
-        "ppo/tokens": int(batch.response_mask.sum()),
-        "ppo/time_s": time.perf_counter() - start,
-    })
-    return out
+    return batch, keep_from, minibatches

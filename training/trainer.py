@@ -13,6 +13,9 @@ Problems are drawn per step from a seeded generator whose state is saved, weight
 last group all passed or all failed (dynamic sampling, after DAPO): such a group has equal rewards and
 teaches nothing. A fixed seeded slice of the problems is never drawn: the validation slice, on which every
 checkpoint is scored (greedy pass@1, valid-test rate, mutation score) to choose the best one.
+
+Launched on several processes (`accelerate launch`, `torchrun`), each rolls out its share of a step's
+problems and the update averages their gradients (`training.distributed`); one process is unchanged.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import math
 import os
 import random
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +61,7 @@ from training.policy import (
     top_blocks,
     trainable,
 )
+from training.distributed import Processes, merge_metrics
 from training.ppo import RolloutBatch, compute_advantages, train_step
 from training.rollout import ProblemRollout, make_rollouts
 
@@ -85,15 +90,21 @@ class AdversarialTrainer:
 
     Built from a `TrainingConfig`; models, problems, sandbox and checkpoint manager can be passed in
     (tests pass tiny models), else they are made from the config. `run_dir` receives `config.json`,
-    `metrics.jsonl`, `samples.jsonl` and checkpoints."""
+    `metrics.jsonl`, `samples.jsonl` and checkpoints (from the main process only). `processes`: this
+    process's place in a multi-process run (`training.distributed.launched_processes`); one by default."""
 
     def __init__(self, config: TrainingConfig, problems: list[Problem], generator=None, discriminator=None,
-                 sandbox: Sandbox | None = None, checkpoint_manager=None, run_dir: str | Path | None = None):
+                 sandbox: Sandbox | None = None, checkpoint_manager=None, run_dir: str | Path | None = None,
+                 processes: Processes | None = None):
         from models import LLMDiscriminator, LLMGenerator
         from models.sampling import SamplingConfig
 
         if not problems:
             raise ValueError("no problems to train on")
+        self.processes = processes or Processes()
+        if config.problems_per_step < self.processes.world_size:
+            raise ValueError(f"problems_per_step ({config.problems_per_step}) must be at least the number of "
+                             f"processes ({self.processes.world_size}): each rolls out its share of a step's problems")
         self.config = config
         self.problems = problems
         # the validation slice: fixed by the seed, never drawn for training (all problems train when too few)
@@ -134,7 +145,9 @@ class AdversarialTrainer:
             logger.info("%s samples with %s weights", role, sampling or "its training")
             self.optimizers[role] = make_optimizer(wrapper.model, config)
             freeze(wrapper.model)
-        if self.run_dir:
+        if self.processes.rank:  # the same weights everywhere (seeded alike above); its own sampling stream
+            seed_everything(config.seed + self.processes.rank)
+        if self.run_dir and self.processes.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         logger.info("%d training problems, %d validation problems", len(self.train_problems),
@@ -155,7 +168,9 @@ class AdversarialTrainer:
         return self.summary()
 
     def time_is_up(self) -> bool:
-        return bool(self.config.max_minutes) and time.monotonic() - self._started >= 60 * self.config.max_minutes
+        """`max_minutes` has passed (by the main process's clock: every process stops at the same step)."""
+        return self.processes.broadcast(
+            bool(self.config.max_minutes) and time.monotonic() - self._started >= 60 * self.config.max_minutes)
 
     def train_stage(self, stage: str) -> dict:
         """N + N + K steps at `stage` (the entries of the schedule not yet done), through the public phase
@@ -253,14 +268,15 @@ class AdversarialTrainer:
         start = time.perf_counter()
         step = self.state.global_step
         problems = self.next_problems()
-        # rollout → sandbox → rewards (both models sample; neither has gradients)
-        rollouts, metrics = make_rollouts(self, problems, stage)
+        # rollout → sandbox → rewards (both models sample; neither has gradients), this process's share
+        own, metrics = make_rollouts(self, self.processes.shard(problems), stage)
+        rollouts = self._gather_rollouts(problems, own, metrics) if self.processes.distributed else own
         for r in rollouts:  # dynamic sampling: a group that all passed or all failed draws its problem less
             solved = [res.all_passed for res in r.gt_results]
             self.state.uniform_groups[r.problem.id] = all(solved) or not any(solved)
         # update the model whose turn it is
         t = time.perf_counter()
-        metrics.update(self.update(role, rollouts))
+        metrics.update(self.update(role, own))
         metrics["time/update_s"] = time.perf_counter() - t
         metrics["time/step_s"] = time.perf_counter() - start
         metrics.update(rollout_metrics(rollouts))
@@ -274,6 +290,19 @@ class AdversarialTrainer:
         self.state.global_step = step + 1
         return metrics
 
+    def _gather_rollouts(self, problems: list[Problem], own: list[ProblemRollout], metrics: dict) -> list[ProblemRollout]:
+        """Every process's rollouts of the step, in the order of `problems`, on every process; the chain
+        cache takes the others' prefixes and `metrics` becomes the step's over all processes."""
+        parts = self.processes.gather((own, metrics))
+        rollouts: list = [None] * len(problems)
+        for rank, (part, _) in enumerate(parts):
+            rollouts[rank::self.processes.world_size] = part
+        for r in rollouts:
+            self.state.chain_cache.setdefault(r.problem.id, {}).update(r.prefix)
+        metrics.update(merge_metrics([m for _, m in parts], summed=("attempts/tests_rewritten", "sandbox/executions",
+                                                                    "attempts/solved_after_retry", "sandbox/timeouts")))
+        return rollouts
+
     def update(self, role: str, rollouts: list[ProblemRollout]) -> dict:
         """One PPO update of `role` on the step's samples; the other model stays frozen.
 
@@ -281,7 +310,8 @@ class AdversarialTrainer:
         (when on) and its tests; both sequences of a sample share that sample's reward. Advantages are
         group-relative within each problem. A group whose rewards are all equal has zero advantages: it is
         left out of the batch (no tokens, no KL term) and counted in `ppo/zero_signal_groups`; a step with
-        no group left has no update (`ppo/no_signal_updates`)."""
+        no group left has no update (`ppo/no_signal_updates`). With several processes each passes its own
+        rollouts, all take the same update (`train_step`), and the metrics are those of all processes."""
         prompts, responses, rewards, groups, sampled = [], [], [], [], []
         zero_signal = 0
         for g, r in enumerate(rollouts):
@@ -302,9 +332,29 @@ class AdversarialTrainer:
                         sampled.append(gen.sampler_logprobs)
         out = {"ppo/zero_signal_groups": zero_signal, "ppo/groups": len(rollouts)}
         advantages = compute_advantages(rewards, groups, self.config.ppo.normalize_advantages) if rewards else None
-        if advantages is None or not advantages.abs().sum() > 0:
+        signal = advantages is not None and bool(advantages.abs().sum() > 0)
+        if not any(self.processes.gather(signal)):
             out["ppo/no_signal_updates"] = 1
+            return self._merged(out)
+        wrapper = self.wrappers[role]
+        batch = self._update_batch(role, prompts, responses, sampled, advantages, out) if signal else None
+        # gradients on by parameter name while the whole model is in place, then the top-only view
+        top = shares_bottom(self.config, wrapper.model)
+        with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
+            out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo, self.processes))
+        self._sync_sampler(role)
+        out["ppo/no_signal_updates"] = 0
+        return self._merged(out)
+
+    def _merged(self, out: dict) -> dict:
+        """The update's metrics over all processes (counts summed, the rest averaged)."""
+        if not self.processes.distributed:
             return out
+        return merge_metrics(self.processes.gather(out), summed=("ppo/zero_signal_groups", "ppo/groups", "ppo/tokens"))
+
+    def _update_batch(self, role: str, prompts: list, responses: list, sampled: list, advantages: torch.Tensor,
+                      out: dict) -> RolloutBatch:
+        """The update's token batch with the reference log-probs (and the frozen bottom's hidden states)."""
         wrapper = self.wrappers[role]
         tb = build_token_batch(prompts, responses, wrapper.pad_id, wrapper.device)
         P = tb.prompt_width
@@ -327,12 +377,7 @@ class AdversarialTrainer:
         with top_blocks(wrapper.model, top), top_blocks(self.references[role], top):
             batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
         out["time/ref_logprobs_s"] = time.perf_counter() - t
-        # gradients on by parameter name while the whole model is in place, then the top-only view
-        with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
-            out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo))
-        self._sync_sampler(role)
-        out["ppo/no_signal_updates"] = 0
-        return out
+        return batch
 
     # ------------------------------------------------------------------ helpers
     def _sync_sampler(self, role: str) -> None:
@@ -372,7 +417,7 @@ class AdversarialTrainer:
         `validation/mutation_score` and their weighted sum `validation/score` (`VALIDATION_WEIGHTS`)."""
         from evaluation.evaluate import EvalSettings, evaluate_problems
 
-        if not self.validation_problems:
+        if not self.validation_problems or not self.processes.is_main:  # (the main process scores checkpoints)
             return {}
         start = time.perf_counter()
         cfg = self.config
@@ -422,7 +467,7 @@ class AdversarialTrainer:
     def _log(self, metrics: dict, rollouts: list[ProblemRollout], step: int) -> None:
         """Append the step's rows, each file in one write, flushed and fsynced (a crash or a full disk can
         tear at most the last line, which a resume cuts: `_drop_logged_steps_after`)."""
-        if not self.run_dir:
+        if not self.run_dir or not self.processes.is_main:
             return
         # standard JSON: a metric with no value this step (e.g. ppo/* of a skipped update) is null, not NaN
         rows = {"metrics.jsonl": json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -445,7 +490,13 @@ class AdversarialTrainer:
         """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
         manager. The best checkpoint is chosen by `validation/score` (by the last step's rewards when there
         is no validation slice). The state records the content hashes of every problem this run trains or
-        validates on, so an evaluation can refuse overlapping problems."""
+        validates on, so an evaluation can refuse overlapping problems. With several processes every one
+        calls this (their RNG states are saved too) and only the main one writes; the others return None."""
+        from training.checkpoint_manager import capture_rng_state
+
+        rng_states = self.processes.gather(capture_rng_state()) if self.processes.distributed else None
+        if not self.processes.is_main:
+            return None
         metrics = dict(self.state.last_metrics)
         if "validation/score" not in metrics:  # not validated with the last step (a direct call)
             metrics.update(self.validate())
@@ -462,6 +513,7 @@ class AdversarialTrainer:
             self.state.global_step, self.generator.model, self.discriminator.model,
             self.optimizers["generator"], self.optimizers["discriminator"], state,
             self.generator.tokenizer, self.discriminator.tokenizer,
+            rng_state=rng_states and {**rng_states[0], "ranks": rng_states},
         )
 
     def load_checkpoint(self, path: str | Path, start_stage: str | None = None, verify: bool = True) -> None:
@@ -507,7 +559,14 @@ class AdversarialTrainer:
         if start_stage is not None:
             self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
         else:
-            restore_rng_state(ckpt.rng_state)
+            ranks = ckpt.rng_state.get("ranks") or [ckpt.rng_state]
+            if len(ranks) != self.processes.world_size:
+                logger.warning("%s was saved by %d process(es), this run has %d: sampling does not continue "
+                               "exactly as it would have", ckpt.path, len(ranks), self.processes.world_size)
+            if self.processes.rank < len(ranks):
+                restore_rng_state(ranks[self.processes.rank])
+            else:
+                seed_everything(self.config.seed + self.processes.rank + self.state.global_step)
         self._drop_logged_steps_after(self.state.global_step)
         logger.info("resumed from %s at schedule position %d", ckpt.path, self.state.position)
 
@@ -515,6 +574,8 @@ class AdversarialTrainer:
         """Forget log rows of steps the checkpoint does not contain (run after it, before a crash):
         they are about to be run again. A line that is not JSON (torn by a crash or a full disk) is cut
         with a warning naming the file."""
+        if not self.processes.is_main:
+            return
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.run_dir / name if self.run_dir else None
             if not path or not path.exists():
@@ -638,9 +699,12 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
     train the whole pipeline. Returns the run's summary. The run folder is locked for the whole call
     (`lock_run_folder`: a second trainer on it is refused, naming this one's pid). `changes` ({setting:
-    [old, new]}, from `resumed_config`) are appended to the run's `changes.jsonl` once the lock is held."""
+    [old, new]}, from `resumed_config`) are appended to the run's `changes.jsonl` once the lock is held.
+    Launched on several processes (`accelerate launch`, `torchrun`), every process calls this with the
+    same arguments; the main one holds the lock and writes (`training.distributed`)."""
     from data.problems import load_problem_set
     from training.checkpoint_manager import lock_run_folder
+    from training.distributed import launched_processes
 
     if start_stage is not None and start_stage not in config.stages:
         raise ValueError(f"--start-stage {start_stage!r} is not one of the run's stages {config.stages}")
@@ -650,31 +714,35 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
     if seen and not config.allow_heldout_training:
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
-    lock = lock_run_folder(run_dir)
+    processes = launched_processes(config.device)
+    if processes.distributed and config.device == "auto":  # one device per process (cuda:LOCAL_RANK, or cpu)
+        config = dataclasses.replace(config, device=processes.device)
+    lock = lock_run_folder(run_dir) if processes.is_main else None
     try:
-        if changes:
+        if changes and processes.is_main:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "start_stage": start_stage,
                       "changes": changes}
             append_synced(Path(run_dir) / "changes.jsonl", json.dumps(record) + "\n")
             logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-        return _run_training(config, Path(run_dir), problems, resume, start_stage)
+        return _run_training(config, Path(run_dir), problems, resume, start_stage, processes)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem], resume: str | None,
-                  start_stage: str | None) -> dict:
+                  start_stage: str | None, processes: Processes) -> dict:
     from data.problems import validate_problem_set
     from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
 
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
-    manager.prepare()  # a folder that cannot take a checkpoint fails now, not after the first steps
+    if processes.is_main:
+        manager.prepare()  # a folder that cannot take a checkpoint fails now, not after the first steps
     checkpoint, fresh_logs, verified = None, False, False
     metrics_file = run_dir / "metrics.jsonl"
-    if resume == "latest":  # the run's own newest checkpoint that verifies, listed once
-        checkpoint = manager.latest_verified_checkpoint()
+    if resume == "latest":  # the run's own newest checkpoint that verifies, listed once (by the main process)
+        checkpoint = processes.broadcast(manager.latest_verified_checkpoint() if processes.is_main else None)
         verified = checkpoint is not None  # every file hashed just now: not again when loading
         if checkpoint is None:
             logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
@@ -685,14 +753,19 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, run_folder="latest")
     sandbox = Sandbox(config.sandbox)
+    if not processes.is_main:
+        processes.barrier()  # the main process validates first; the others read its verdicts from the cache
     problems, rejected = validate_problem_set(problems, sandbox)
+    if processes.is_main:
+        processes.barrier()
     if not problems:
         sandbox.close()
         pid, reason = next(iter(rejected.items()))
         raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
                          f"(e.g. {pid}: {reason})")
     try:
-        trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir)
+        trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir,
+                                     processes=processes)
     except BaseException:
         sandbox.close()
         raise
@@ -701,7 +774,8 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
         if fresh_logs:
             trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
         if checkpoint is not None:
-            trainer.load_checkpoint(checkpoint, start_stage, verify=not verified)
+            # (files are hashed once, by the main process; the others check sizes)
+            trainer.load_checkpoint(checkpoint, start_stage, verify=not verified and processes.is_main)
         elif start_stage is not None:
             trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
         return trainer.train_full_pipeline()
