@@ -2,7 +2,7 @@
 # One entry point for setting up and running the project on a fresh machine.
 #
 #   bash quickstart.sh setup            install what is missing, nothing else
-#   bash quickstart.sh test [ARGS]      setup plus peft, matplotlib, tensorboard, datasets and accelerate, then the whole test suite (ARGS go to pytest)
+#   bash quickstart.sh test [ARGS]      setup plus the optional features and nbclient, then the whole test suite (ARGS go to pytest)
 #   bash quickstart.sh train [ARGS]     setup, then run_training.py (ARGS go to it)
 #
 # Setup is idempotent and a second run is fast: each step checks before it installs.
@@ -70,7 +70,8 @@ setup() {
 }
 
 # Optional features the test suite also covers: LoRA (peft), the curve plots (matplotlib), TensorBoard
-# logging (tensorboard), Parquet problem files (datasets) and multi-process training (accelerate).
+# logging (tensorboard), Parquet problem files (datasets) and multi-process training (accelerate); and
+# nbclient, which runs the notebook in a fresh kernel (tests/test_notebook.py).
 test_extras() {
     local missing=()
     has_module peft || missing+=(peft)
@@ -78,6 +79,7 @@ test_extras() {
     has_module tensorboard || missing+=(tensorboard)
     has_module datasets || missing+=(datasets)
     has_module accelerate || missing+=(accelerate)
+    has_module nbclient || missing+=(nbclient)
     if (( ${#missing[@]} )); then
         log "installing ${missing[*]} (optional features the tests cover)"
         pip_install "${missing[@]}"

@@ -459,7 +459,8 @@ class AdversarialTrainer:
         metrics_file = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if metrics_file and metrics_file.exists():
             out = summarize_metrics(load_metrics(metrics_file))
-            (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+            if self.processes.is_main:
+                (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
             return out
         stages = self.state.stage_metrics
         return {"stages": stages, "run": summarize_metrics(list(stages.values()))["run"]}
