@@ -117,11 +117,12 @@ def main(argv=None) -> int:
     except Exception as e:  # one line, and what the run kept; an unexpected error's traceback goes to a file
         message = (str(e).strip().splitlines() or [""])[0]  # Hugging Face errors can run to many lines
         print(f"run_training.py: error: {type(e).__name__}: {message}", file=sys.stderr)
-        if not isinstance(e, (OSError, ValueError, RuntimeError, ImportError)) and run_dir.is_dir() and not rank:
+        if not isinstance(e, (OSError, ValueError, RuntimeError, ImportError)) and run_dir.is_dir():
             import traceback
 
-            (run_dir / "error.log").write_text(traceback.format_exc())
-            print(f"(the traceback is in {run_dir / 'error.log'})", file=sys.stderr)
+            log = run_dir / (f"error-rank{rank}.log" if rank else "error.log")  # (each process of a launch its own)
+            log.write_text(traceback.format_exc())
+            print(f"(the traceback is in {log})", file=sys.stderr)
         if (run_dir / "checkpoints" / "latest.json").is_file():
             print(f"the run's checkpoints are kept; resume with: python run_training.py --output-dir {run_dir} "
                   "--resume", file=sys.stderr)

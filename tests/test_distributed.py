@@ -58,6 +58,7 @@ def test_two_processes_end_with_identical_weights_and_see_each_problem_once(stra
         assert sorted(mine["problems"] + theirs["problems"]) == sorted(row["problems"])  # each exactly once
         assert row["ppo/steps"] == 2 and row["ppo/tokens"] > 0  # both minibatch steps taken, on both processes' tokens
         assert row["ppo/groups"] == 3  # the update's counts are over both processes
+        assert row["sandbox/executions"] > 0 and row["attempts/mean"] == 1.0
 
 
 @pytest.mark.slow
@@ -84,10 +85,12 @@ def test_one_process_is_trivial_and_never_imports_accelerate():
 
 
 def test_merged_metrics_add_counts_take_the_slowest_time_and_average_the_rest():
-    rows_ = [{"ppo/groups": 2, "time/step_s": 1.0, "ppo/loss": 0.5, "ppo/steps": 2, "stage": "a"},
-             {"ppo/groups": 1, "time/step_s": 3.0, "ppo/loss": float("nan"), "ppo/steps": 2, "stage": "a"}]
-    merged = merge_metrics(rows_, summed=("ppo/groups",))
-    assert merged == {"ppo/groups": 3, "time/step_s": 3.0, "ppo/loss": 0.5, "ppo/steps": 2, "stage": "a"}
+    rows_ = [{"ppo/groups": 2, "ppo/tokens": 5, "time/step_s": 1.0, "ppo/loss": 0.5, "ppo/steps": 2, "stage": "a"},
+             {"ppo/groups": 2, "ppo/tokens": 7, "time/step_s": 3.0, "ppo/loss": float("nan"), "ppo/steps": 2,
+              "stage": "a", "time/ref_logprobs_s": 4.0}]
+    merged = merge_metrics(rows_, summed=("ppo/groups", "ppo/tokens"))
+    assert merged == {"ppo/groups": 4, "ppo/tokens": 12, "time/step_s": 3.0, "ppo/loss": 0.5, "ppo/steps": 2,
+                      "stage": "a", "time/ref_logprobs_s": 4.0}  # equal counts are still added; keys of any process
     assert isinstance(merged["ppo/steps"], int)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from datetime import timedelta
 from typing import Any, Sequence
 
 import torch
@@ -66,20 +67,26 @@ class Processes:
 
     def average_gradients(self, params: list[torch.Tensor], weight: float) -> float:
         """Replace each parameter's gradient by the weighted mean over processes, Σ_r w_r·g_r / Σ_r w_r
-        (a process with weight 0 or no gradient contributes nothing); returns Σ_r w_r. One all-reduce of
-        one flat fp32 buffer. Every process must call it the same number of times."""
+        (a process with weight 0 or no gradient contributes nothing; a parameter no process has a gradient
+        for keeps none, as in one process); returns Σ_r w_r. One all-reduce of one flat fp32 buffer. Every
+        process must call it the same number of times."""
         if not self.distributed:
             return weight
         device = params[0].device
-        parts = [(p.grad.detach().float().flatten() * weight) if p.grad is not None and weight
-                 else torch.zeros(p.numel(), device=device) for p in params]
-        flat = torch.cat(parts + [torch.tensor([float(weight)], device=device)])
+        has = [p.grad is not None and weight != 0 for p in params]
+        parts = [p.grad.detach().float().flatten() * weight if h else torch.zeros(p.numel(), device=device)
+                 for p, h in zip(params, has)]
+        flat = torch.cat(parts + [torch.tensor([float(h) for h in has] + [float(weight)], device=device)])
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-        total = float(flat[-1])
+        total, anyone = float(flat[-1]), flat[-1 - len(params):-1].tolist()
+        if not math.isfinite(total):  # a process's loss was not finite: every process skips this step
+            for p in params:
+                p.grad = torch.full_like(p, math.nan)
+            return total
         offset = 0
-        for p in params:
+        for p, count in zip(params, anyone):
             n = p.numel()
-            p.grad = (flat[offset:offset + n] / max(total, 1e-12)).view_as(p).to(p.dtype)
+            p.grad = (flat[offset:offset + n] / max(total, 1e-12)).view_as(p).to(p.dtype) if count else None
             offset += n
         return total
 
@@ -94,24 +101,30 @@ def launched_processes(device: str = "auto") -> Processes:
         from accelerate import PartialState
     except ImportError:
         raise ImportError("training on several processes needs accelerate: pip install accelerate") from None
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    # the others wait while the main process validates problems or checkpoints (minutes): NCCL's default
+    # timeout of 10 minutes would end the run
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), timeout=timedelta(hours=2))
     if state.num_processes <= 1:
         return Processes()
     return Processes(state.process_index, state.num_processes, str(state.device))
 
 
 def merge_metrics(rows: list[dict], summed: Sequence[str] = ()) -> dict:
-    """One metrics dict from every process's: the keys in `summed` are added up, `time/*` keys take the
-    slowest process's value, every other number is the mean of the finite values (NaN when none is)."""
+    """One metrics dict from every process's (keys of any of them): the keys in `summed` are added up,
+    `time/*` keys take the slowest process's value, every other number is the mean of the finite values
+    (NaN when none is; the value itself when all agree); anything else is the first process's that has it."""
     out = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
-        if len(values) != len(rows) or all(v == values[0] for v in values):
-            out[key] = rows[0][key]
+    for key in dict.fromkeys(k for row in rows for k in row):
+        present = [row[key] for row in rows if key in row]
+        values = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(values) != len(present):
+            out[key] = present[0]
         elif key in summed:
             out[key] = sum(values)
         elif key.startswith("time/"):
             out[key] = max(values)
+        elif all(v == values[0] for v in values):
+            out[key] = values[0]
         else:
             finite = [float(v) for v in values if math.isfinite(v)]
             out[key] = sum(finite) / len(finite) if finite else math.nan

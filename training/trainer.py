@@ -25,7 +25,6 @@ import math
 import os
 import random
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,9 +101,6 @@ class AdversarialTrainer:
         if not problems:
             raise ValueError("no problems to train on")
         self.processes = processes or Processes()
-        if config.problems_per_step < self.processes.world_size:
-            raise ValueError(f"problems_per_step ({config.problems_per_step}) must be at least the number of "
-                             f"processes ({self.processes.world_size}): each rolls out its share of a step's problems")
         self.config = config
         self.problems = problems
         # the validation slice: fixed by the seed, never drawn for training (all problems train when too few)
@@ -112,11 +108,19 @@ class AdversarialTrainer:
         held = set(np.random.default_rng(config.seed).permutation(len(problems))[:k].tolist())
         self.validation_problems = [p for i, p in enumerate(problems) if i in held]
         self.train_problems = [p for i, p in enumerate(problems) if i not in held]
+        drawn = min(config.problems_per_step, len(self.train_problems))
+        if drawn < self.processes.world_size:
+            raise ValueError(f"a step draws {drawn} problem(s) (problems_per_step {config.problems_per_step}, "
+                             f"{len(self.train_problems)} training problems) for {self.processes.world_size} "
+                             "processes: each needs at least one")
         seed_everything(config.seed)
         sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p)
-        self.generator = generator or LLMGenerator(config.generator_model, config.device, config.dtype, sampling)
+        # several processes: one device each (cuda:LOCAL_RANK, or the CPU) where the config leaves it open
+        device = (self.processes.device if self.processes.distributed and config.device in ("auto", "cuda")
+                  else config.device)
+        self.generator = generator or LLMGenerator(config.generator_model, device, config.dtype, sampling)
         self.discriminator = discriminator or LLMDiscriminator(
-            config.discriminator_model or config.generator_model, config.device, config.dtype, sampling)
+            config.discriminator_model or config.generator_model, device, config.dtype, sampling)
         self._own_sandbox = sandbox is None
         self.sandbox = sandbox or Sandbox(config.sandbox)
         self.checkpoints = checkpoint_manager
@@ -301,6 +305,7 @@ class AdversarialTrainer:
             self.state.chain_cache.setdefault(r.problem.id, {}).update(r.prefix)
         metrics.update(merge_metrics([m for _, m in parts], summed=("attempts/tests_rewritten", "sandbox/executions",
                                                                     "attempts/solved_after_retry", "sandbox/timeouts")))
+        metrics["attempts/mean"] = float(np.mean([a for r in rollouts for a in r.attempts]))
         return rollouts
 
     def update(self, role: str, rollouts: list[ProblemRollout]) -> dict:
@@ -716,8 +721,6 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
     processes = launched_processes(config.device)
-    if processes.distributed and config.device == "auto":  # one device per process (cuda:LOCAL_RANK, or cpu)
-        config = dataclasses.replace(config, device=processes.device)
     lock = lock_run_folder(run_dir) if processes.is_main else None
     try:
         if changes and processes.is_main:
@@ -754,11 +757,10 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, run_folder="latest")
     sandbox = Sandbox(config.sandbox)
-    if not processes.is_main:
-        processes.barrier()  # the main process validates first; the others read its verdicts from the cache
-    problems, rejected = validate_problem_set(problems, sandbox)
-    if processes.is_main:
-        processes.barrier()
+    # the main process validates; the others keep what it kept (a verdict that depends on a timeout could differ)
+    valid, rejected = validate_problem_set(problems, sandbox) if processes.is_main else (None, None)
+    kept, rejected = processes.broadcast(({content_hash(p) for p in valid}, rejected) if processes.is_main else None)
+    problems = [p for p in problems if content_hash(p) in kept]
     if not problems:
         sandbox.close()
         pid, reason = next(iter(rejected.items()))
