@@ -46,7 +46,6 @@ class LLMGenerator(LLMBase):
     `temperature`, `top_p`, `top_k`, `top_k_first`, `max_new_tokens`, `do_sample`, `seed`."""
 
     system_prompt = "You are an expert Python programmer. You reason step by step and write correct, simple code."
-    prefill_signature = False  # also prefill the entry point's signature after the opening fence
 
     def generate_stage_output(
         self,
@@ -70,14 +69,8 @@ class LLMGenerator(LLMBase):
         return groups[0] if single else groups
 
     def code_prefix(self, problem: Problem) -> str:
-        """The prefilled start of a code reply: an open ```python block, then the problem's signature
-        when `prefill_signature` and the problem has one; "" without prefill."""
-        if not self.prefill:
-            return ""
-        if self.prefill_signature and problem.signature.strip():
-            # no newline after the signature: BPE merges ":\n    " into one token, so the model writes it
-            return f"{CODE_PREFIX}{problem.signature.strip()}"
-        return CODE_PREFIX
+        """The prefilled start of a code reply: an open ```python block ("" without prefill)."""
+        return CODE_PREFIX if self.prefill else ""
 
     def generate_code(
         self,
@@ -119,25 +112,24 @@ class LLMGenerator(LLMBase):
         logger.debug("code samples: %d of %d well-formed", n_ok, sum(map(len, out)))
         return out[0] if single else out
 
-    def generate_chain(
+    def complete_chains(
         self,
-        problem: Problem | Sequence[Problem],
-        num_samples: int = 1,
-        stages: Sequence[ReasoningStage | str] | None = None,
+        problems: Sequence[Problem],
+        chains: Sequence[Chain],
+        stages: Sequence[ReasoningStage | str],
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[Chain] | list[list[Chain]]:
-        """Sample whole chains, stage by stage: sample i of each stage continues chain i. Each stage is
-        one batched call over all problems and samples. Returns chains (texts only)."""
-        from reasoning.stages import STAGES
-
-        problems, _, single = as_batch(problem)
-        stages = [get_stage(s) if isinstance(s, str) else s for s in (stages or STAGES)]
-        chains = [[{} for _ in range(num_samples)] for _ in problems]
+    ) -> Sequence[Chain]:
+        """The chain loop: fill `chains[k]` (a chain of `problems[k]`, changed in place) with each of `stages`
+        it lacks, in order, each stage written after the ones before it. Each stage is one batched call over
+        the chains that lack it (greedy or sampled as the settings say). Returns `chains`."""
         for stage in stages:
-            flat_problems = [p for p in problems for _ in range(num_samples)]
-            flat_chains = [c for per in chains for c in per]
-            groups = self.generate_stage_output(flat_problems, stage, flat_chains, 1, sampling, **overrides)
-            for chain, group in zip(flat_chains, groups):
-                chain[stage.name] = group[0].text.strip()
-        return chains[0] if single else chains
+            stage = get_stage(stage) if isinstance(stage, str) else stage
+            todo = [k for k, chain in enumerate(chains) if stage.name not in chain]
+            if not todo:
+                continue
+            outs = self.generate_stage_output([problems[k] for k in todo], stage, [dict(chains[k]) for k in todo],
+                                              1, sampling, **overrides)
+            for k, out in zip(todo, outs):
+                chains[k][stage.name] = out[0].text.strip()
+        return chains

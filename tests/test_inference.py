@@ -36,8 +36,7 @@ def tiny_run(tmp_path_factory, tiny_pair):
     run = tmp_path_factory.mktemp("run")
     manager = CheckpointManager(run)
     for step, reward in ((1, 0.9), (2, 0.1)):
-        state = {"step": step, "metrics": {"generator_reward": reward, "test_validity": 0.5}}
-        manager.save_checkpoint(step, model, disc, None, None, state, tokenizer, tokenizer)
+        manager.save_checkpoint(step, model, disc, None, None, {"step": step}, tokenizer, tokenizer, score=reward)
     return run
 
 

@@ -57,7 +57,7 @@ def test_stage_output_records(tiny_generator, example_problems):
         assert r.prompt_ids == tiny_generator.encode(r.prompt)
         assert 1 <= len(r.response_ids) <= 8
         assert r.text == tiny_generator.tokenizer.decode(r.response_ids, skip_special_tokens=True)
-        assert r.finished == (r.response_ids[-1] in tiny_generator.eos_ids)
+        assert all(t not in tiny_generator.eos_ids for t in r.response_ids[:-1])  # cut at the first EOS
 
 
 def test_stage_budget_is_the_default_max_new_tokens(tiny_generator, example_problems, monkeypatch):
@@ -136,7 +136,7 @@ def test_response_cut_at_first_eos_padding_dropped(tiny_generator, example_probl
     canned_generate(monkeypatch, tiny_generator, ["hello world", "a much longer answer than the first"])
     records = tiny_generator.generate_stage_output(example_problems[0], "understand", {}, num_samples=2)
     eos = tiny_generator.tokenizer.eos_token_id
-    assert records[0].text == "hello world" and records[0].finished
+    assert records[0].text == "hello world"
     assert records[0].response_ids[-1] == eos and records[0].response_ids.count(eos) == 1
     assert records[1].text == "a much longer answer than the first"
 
@@ -156,16 +156,6 @@ def test_code_records_carry_sanitization(tiny_generator, example_problems, monke
     assert record.prefix == "" and not record.prompt.endswith(CODE_PREFIX) and record.ok
 
 
-def test_code_prefill_with_signature(tiny_pair, example_problems, monkeypatch):
-    p = example_problems[0]
-    gen = LLMGenerator(tiny_pair)
-    gen.prefill_signature = True
-    canned_generate(monkeypatch, gen, ["\n    return ' '.join(reversed(sentence.split()))\n```"])
-    (record,) = gen.generate_code(p, {}, num_samples=1)
-    assert record.prompt.endswith(CODE_PREFIX + p.signature) and record.prefix == CODE_PREFIX + p.signature
-    assert record.ok and record.code.startswith(p.signature)
-
-
 def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
     p = example_problems[0]
     feedback = [("def reverse_words(s):\n    return s\n", ["test_two_words", "test_empty"])]
@@ -178,12 +168,15 @@ def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
     assert "test_empty" in batched[0][0].prompt and "earlier attempt" not in batched[1][0].prompt
 
 
-def test_generate_chain_fills_every_stage(tiny_generator, example_problems, monkeypatch):
+def test_complete_chains_fills_only_the_missing_stages_in_order(tiny_generator, example_problems, monkeypatch):
     calls = count_generate_calls(monkeypatch, tiny_generator.model)
-    chains = tiny_generator.generate_chain(example_problems[:2], num_samples=2, stages=["understand", "algorithm"],
-                                           max_new_tokens=3, seed=0)
-    assert len(calls) == 2  # one batched call per stage
-    assert [list(c) for c in chains[0]] == [["understand", "algorithm"]] * 2
+    problems = example_problems[:3]
+    chains = [{}, {"understand": "kept"}, {"understand": "kept", "algorithm": "kept too"}]
+    out = tiny_generator.complete_chains(problems, chains, ["understand", "algorithm"], max_new_tokens=3, seed=0)
+    assert out is chains and len(calls) == 2  # one batched call per stage that some chain lacks
+    assert [list(c) for c in chains] == [["understand", "algorithm"]] * 3
+    assert chains[1]["understand"] == chains[2]["understand"] == "kept" and chains[2]["algorithm"] == "kept too"
+    assert tiny_generator.complete_chains(problems, chains, ["understand"]) is chains and len(calls) == 2
 
 
 def test_tests_records_and_context(tiny_discriminator, example_problems, monkeypatch):
