@@ -374,21 +374,21 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
     """Keep the sound problems: the reference passes all of its own tests and a trivially wrong solution
     (`trivial_solution`) fails at least one. Returns (valid problems in order, {id: reason} of the rest).
 
-    Verdicts are cached by `content_hash` under the model cache folder (`validation/<sandbox code
-    version>/`), so a second load of the same set runs nothing until the sandbox's code changes. A sandbox
-    is started only when something is not cached."""
+    Verdicts are cached by `content_hash` under the model cache folder (`validation/<verdict_version>/`: the
+    sandbox's code and limits), so a second load of the same set runs nothing until the sandbox's code or
+    limits change. A sandbox is started only when something is not cached."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    from sandbox import code_version
+    from sandbox import verdict_version
 
-    cache = _validation_cache()
+    cache = _validation_cache() / verdict_version(getattr(sandbox, "config", None))
     verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
     todo = []
     for p in problems:
         key = content_hash(p)
-        path = cache / code_version() / f"{key}.json"
+        path = cache / f"{key}.json"
         try:
             verdicts[key] = json.loads(path.read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -418,7 +418,7 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
         finally:
             if own:
                 sandbox.close()
-        folder = cache / code_version()
+        folder = cache
         folder.mkdir(parents=True, exist_ok=True)
         for p, reason in zip(todo, results):
             key = content_hash(p)

@@ -1,11 +1,12 @@
 """Secure execution of untrusted code against untrusted pytest tests."""
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 from sandbox.executor import ExecutionResult, Sandbox, SandboxConfig
 
-__all__ = ["ExecutionResult", "Sandbox", "SandboxConfig", "code_version"]
+__all__ = ["ExecutionResult", "Sandbox", "SandboxConfig", "code_version", "verdict_version"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -16,3 +17,13 @@ def code_version() -> str:
     for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def verdict_version(config: SandboxConfig | None = None) -> str:
+    """The key of every cache of sandbox verdicts (problem validation, mutants): `code_version` and the limits
+    that can change a verdict (timeout, memory, file size, tmpfs, processes, isolation) of `config` (default:
+    `SandboxConfig()`), so a run with other limits decides again."""
+    config = config or SandboxConfig()
+    limits = [config.timeout_s, config.memory_mb, config.max_file_mb, config.tmp_mb, config.max_processes,
+              config.isolation]
+    return f"{code_version()}-{hashlib.sha256(json.dumps(limits).encode()).hexdigest()[:8]}"

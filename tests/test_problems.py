@@ -135,10 +135,15 @@ def test_problem_set_validation_reports_by_id_and_caches(sandbox, example_proble
             raise AssertionError("the sandbox ran although every verdict was cached")
 
     assert validate_problem_set([good, broken, empty_tests], NoSandbox()) == (valid, rejected)
-    # a changed sandbox does not trust the old verdicts: it decides again
+    # a changed sandbox, or other limits, do not trust the old verdicts: it decides again
     import sandbox as sandbox_package
+    from sandbox import SandboxConfig
 
+    NoSandbox.config = SandboxConfig(timeout_s=1.0)  # other limits: a verdict (a timeout) may differ
+    with pytest.raises(AssertionError, match="every verdict was cached"):
+        validate_problem_set([good], NoSandbox())
     monkeypatch.setattr(sandbox_package, "code_version", lambda: "another-sandbox")
+    del NoSandbox.config
     with pytest.raises(AssertionError, match="every verdict was cached"):
         validate_problem_set([good], NoSandbox())
 
