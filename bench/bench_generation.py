@@ -51,7 +51,7 @@ def bench_speed(args) -> None:
         return (out.shape[1] - batch.prompt_width) * batch_size
 
     def wrapped(batch_size: int, settings: SamplingConfig) -> int:
-        records = gen.generate_stage_output(problem, "understand", {}, batch_size, sampling=settings)
+        (records,) = gen.generate_stage_output([problem], "understand", {}, batch_size, sampling=settings)
         return sum(len(r.response_ids) for r in records)
 
     variants = {

@@ -194,25 +194,23 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     return DynamicCache(layers, config=model.config), width
 
 
-def as_batch(problems, **per_problem) -> tuple[list, dict[str, list], bool]:
-    """Normalise a call made for one problem or for a list of problems.
-
-    Returns (problems, per-problem argument lists, single). For one problem every argument is taken
-    whole; for a list, an argument that is a list or tuple must have one entry per problem, anything
-    else (a dict chain, a string, None) is shared by all."""
-    single = not isinstance(problems, (list, tuple))
-    problems = [problems] if single else list(problems)
+def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
+    """The problems of a model call, which always takes a list of problems and returns one list of samples
+    per problem, and each per-problem argument as a list: a list or tuple must have one entry per problem,
+    anything else (a dict chain, a string, None) is shared by all."""
+    if not isinstance(problems, (list, tuple)):
+        raise TypeError(f"model methods take a list of problems, got {type(problems).__name__} "
+                        "(for one problem pass [problem]; the result is one list of samples per problem)")
+    problems = list(problems)
     lists = {}
     for name, value in per_problem.items():
-        if single:
-            lists[name] = [value]
-        elif isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)):
             if len(value) != len(problems):
                 raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
             lists[name] = list(value)
         else:
             lists[name] = [value] * len(problems)
-    return problems, lists, single
+    return problems, lists
 
 
 class LLMBase:

@@ -1,8 +1,7 @@
 """`LLMGenerator`: writes the reasoning stages and the final code (prompts from `reasoning/stages.py`).
 
-Every method takes one problem or a list of problems. All samples of all problems of a call go into ONE
-batched `generate` call; one problem gives a flat list of `num_samples` records, a list of problems
-gives one such list per problem.
+Every method takes a list of problems and returns one list of `num_samples` records per problem; all
+samples of all problems of a call go into ONE batched `generate` call.
 """
 from __future__ import annotations
 
@@ -49,24 +48,24 @@ class LLMGenerator(LLMBase):
 
     def generate_stage_output(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         stage: ReasoningStage | str,
         chain: Chain | Sequence[Chain] | None = None,
         num_samples: int = 1,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[Generation] | list[list[Generation]]:
+    ) -> list[list[Generation]]:
         """Sample the text of `stage` given the stages before it in `chain` (per problem, or shared).
         `max_new_tokens` defaults to the stage's budget."""
         stage = get_stage(stage) if isinstance(stage, str) else stage
-        problems, args, single = as_batch(problem, chain=chain)
+        problems, args = as_batch(problems, chain=chain)
         prompts = [generator_prompt(p, stage, c or {}) for p, c in zip(problems, args["chain"])]
         settings = self.settings(sampling, **overrides)
         groups = self.sample(prompts, num_samples, settings, stage.max_new_tokens)
         for p, group in zip(problems, groups):
             for g in group:
                 g.task, g.stage, g.problem_id = "stage", stage.name, p.id
-        return groups[0] if single else groups
+        return groups
 
     def code_prefix(self, problem: Problem) -> str:
         """The prefilled start of a code reply: an open ```python block ("" without prefill)."""
@@ -74,24 +73,20 @@ class LLMGenerator(LLMBase):
 
     def generate_code(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         chain: Chain | Sequence[Chain] | None = None,
         num_samples: int = 1,
-        feedback: Feedback | Sequence[Feedback] = None,
+        feedback: Sequence[Feedback] | None = None,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[CodeGeneration] | list[list[CodeGeneration]]:
+    ) -> list[list[CodeGeneration]]:
         """Sample the final code after the chain, sanitized (`models.sanitize.sanitize_code`).
 
-        feedback: earlier attempts and their failing tests (see `Feedback`); for a list of problems, one
-        entry per problem."""
-        problems, args, single = as_batch(problem, chain=chain)
-        if single:
-            feedbacks = [feedback]
-        else:
-            feedbacks = list(feedback) if feedback else [None] * len(problems)
-            if len(feedbacks) != len(problems):
-                raise ValueError(f"{len(problems)} problems but {len(feedbacks)} feedback entries")
+        feedback: one entry per problem, its earlier attempts and their failing tests (see `Feedback`)."""
+        problems, args = as_batch(problems, chain=chain)
+        feedbacks = list(feedback) if feedback else [None] * len(problems)
+        if len(feedbacks) != len(problems):
+            raise ValueError(f"{len(problems)} problems but {len(feedbacks)} feedback entries")
         prompts = [
             code_prompt(p, c or {}, feedback_text(f)) for p, c, f in zip(problems, args["chain"], feedbacks)
         ]
@@ -110,7 +105,7 @@ class LLMGenerator(LLMBase):
             out.append(records)
         n_ok = sum(r.ok for group in out for r in group)
         logger.debug("code samples: %d of %d well-formed", n_ok, sum(map(len, out)))
-        return out[0] if single else out
+        return out
 
     def complete_chains(
         self,
