@@ -77,17 +77,6 @@ def defined_names(source: str) -> set[str]:
     }
 
 
-def find_test_names(tests: str) -> list[str]:
-    """Names of the top-level `test_*` functions and `Test*` classes in a pytest source."""
-    tree = ast.parse(tests)
-    return [
-        node.name
-        for node in tree.body
-        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"))
-        or (isinstance(node, ast.ClassDef) and node.name.startswith("Test"))
-    ]
-
-
 def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
     """Build and check one `Problem`; raise `ProblemFormatError` naming source, id and field."""
     where = f"{source}: problem #{index}"
@@ -127,11 +116,13 @@ def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Pr
             f"{where}: field 'entry_point': the reference solution does not define "
             f"{problem.entry_point!r} (it defines {sorted(names) or 'nothing'})"
         )
+    from sandbox.matrix import collect_tests
+
     try:
-        found = find_test_names(problem.tests)
+        ast.parse(problem.tests)
     except SyntaxError as e:
         raise ProblemFormatError(f"{where}: field 'tests' does not parse: {e}") from None
-    if not found:
+    if not collect_tests(problem.tests):
         raise ProblemFormatError(f"{where}: field 'tests' has no test_* function")
     return problem
 

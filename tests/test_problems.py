@@ -152,11 +152,12 @@ def test_training_set_is_sound_and_apart_from_humaneval(sandbox):
     import re
     from collections import Counter
 
-    from data.problems import find_test_names, load_problem_set, validate_problem_set
+    from data.problems import load_problem_set, validate_problem_set
+    from sandbox.matrix import collect_tests
 
     problems = load_problem_set("train")
     assert len(problems) >= 150
-    assert all(len(find_test_names(p.tests)) >= 5 for p in problems)
+    assert all(len(collect_tests(p.tests)) >= 5 for p in problems)
     assert min(Counter(p.difficulty for p in problems).values()) >= 30  # easy, medium and hard
     humaneval = load_humaneval()
     assert not {p.entry_point.lower() for p in problems} & {p.entry_point.lower() for p in humaneval}
