@@ -114,11 +114,8 @@ def main():
         cfg = preset_config(shape)
         chosen = [problems[i] for i in order[:cfg.problems_per_step]]
         generator.sampling_model = bf16  # the greedy stages before STAGE, once, untimed
-        prefixes = [{} for _ in chosen]
-        for earlier in ("understand", "edge_cases"):
-            outs = generator.generate_stage_output(chosen, earlier, prefixes, num_samples=1, do_sample=False,
-                                                   max_new_tokens=cfg.stage_tokens or None)
-            prefixes = [{**p, earlier: o[0].text.strip()} for p, o in zip(prefixes, outs)]
+        prefixes = generator.complete_chains(chosen, [{} for _ in chosen], ["understand", "edge_cases"],
+                                             do_sample=False, max_new_tokens=cfg.stage_tokens or None)
         steps[shape] = SimpleNamespace(config=cfg, generator=generator, discriminator=discriminator,
                                        prefixes=prefixes, problems=chosen)
         rows = cfg.problems_per_step * (2 * cfg.group_size + cfg.num_test_samples)

@@ -230,7 +230,8 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     Up to 4 × limit candidates (8 × limit with `hardest`) run in the sandbox; one that passes every
     ground-truth test is dropped as (probably) equivalent to the reference. The answer is cached on disk
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
-    MUTATOR_VERSION and the sandbox's code version, so a second call runs nothing."""
+    MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
+    nothing."""
     path = _cache_path(problem, limit, seed, hardest, sandbox)
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]

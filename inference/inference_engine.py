@@ -38,7 +38,7 @@ from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
 from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
-from sandbox.matrix import FEEDBACK_TESTS, collect_tests, test_columns, unique_columns
+from sandbox.matrix import FEEDBACK_TESTS, collect_tests, module_columns, unique_columns
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +386,6 @@ def _columns(suites: list[TestsGeneration], problem: Problem | None = None) -> l
     modules = [(j, s.test_names, s.tests) for j, s in enumerate(suites) if s.ok]
     if problem is not None and problem.tests.strip():
         modules.append((PROBLEM_TESTS, list(collect_tests(problem.tests)), problem.tests))
-    columns, keys = test_columns(modules)
+    columns, keys = module_columns(modules)
     first = unique_columns(keys, np.ones(len(columns), dtype=bool))
     return [column for column, keep in zip(columns, first) if keep]

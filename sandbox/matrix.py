@@ -1,10 +1,11 @@
 """Code × tests: which test functions a set of pytest modules holds, which of them are the same test, and
-the matrix of which code passes which test, built from the sandbox's results. Training's rewards
-(`training.rewards`), the evaluation (`evaluation.evaluate`) and the inference engine's ranking and repair
-all read tests through here.
+the matrix of which code passes which test, built from the sandbox's results. Training's rollouts and
+rewards (`training.rollout`, `training.rewards`), the evaluation (`evaluation.evaluate`), the inference
+engine's ranking and repair, and problem loading (`data.problems`) all read tests through here. (Host-side
+only: the sandbox's containers never import it, and `code_version` leaves it out.)
 
     collect_tests      the test functions of a module (`test_x`, `TestC::test_y`) -> a deduplication key
-    test_columns       (module, test) columns of several modules in order, with their keys
+    module_columns     (module, test) columns of several modules in order, with their keys
     unique_columns     the first column of each key: a test written twice counts once
     build_test_matrix  `Sandbox.run_matrix` results -> `TestMatrix` (passes, valid, sample ids, keys, names)
     ground_truth_matrix  codes × the problem's own tests
@@ -86,7 +87,7 @@ def collect_tests(source: str) -> dict[str, str]:
     return out
 
 
-def test_columns(modules: Sequence[tuple[Hashable, Sequence[str], str | None]]) -> tuple[list[tuple], list[str]]:
+def module_columns(modules: Sequence[tuple[Hashable, Sequence[str], str | None]]) -> tuple[list[tuple], list[str]]:
     """For modules given as (id, test names, source or None): every (id, name) column in order (a name listed
     twice is one test) and its deduplication key, the `collect_tests` key from the source, else "id::name"
     (distinct from every other test)."""
@@ -121,7 +122,7 @@ def build_test_matrix(
         raise ValueError(f"need results[i][j] and reference_results[j] for all {m} test samples")
     if test_sources is not None and len(test_sources) != m:
         raise ValueError("need one test source per test sample")
-    columns, keys = test_columns([(j, names, test_sources[j] if test_sources is not None else None)
+    columns, keys = module_columns([(j, names, test_sources[j] if test_sources is not None else None)
                                   for j, names in enumerate(test_names)])
     passes = np.array([[results[i][j].passed_test(name) for j, name in columns] for i in range(n)], dtype=bool)
     return TestMatrix(

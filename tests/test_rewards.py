@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from sandbox import ExecutionResult
+from sandbox.matrix import build_test_matrix, collect_tests, ground_truth_matrix
 from training.config import RewardConfig
 from training.ppo import count_zero_signal_groups
-from sandbox.matrix import build_test_matrix, collect_tests, ground_truth_matrix
 from training.rewards import (
     compute_discriminator_reward,
     compute_generator_reward,

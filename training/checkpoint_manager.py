@@ -9,7 +9,7 @@ A checkpoint is a folder under `<run_dir>/checkpoints/`:
       generator_optimizer.pt       torch.save(optimizer.state_dict()); absent when that optimizer is None
       discriminator_optimizer.pt
       rng_state.pt                 capture_rng_state(): python, numpy, torch CPU and CUDA
-      trainer_state.json           the caller's dict: stage, phase, step, metrics, resolved config
+      trainer_state.json           the caller's dict (the trainer's: its state, last metrics, resolved config)
       manifest.json                format_version, name, step, sequence, score, sha256 and size of every file
 
 Everything is written into a hidden `.tmp-<pid>-<id>-<name>/` beside it, fsynced, the manifest last, and

@@ -24,8 +24,8 @@ from data.problems import Problem
 from models.base import CodeGeneration, Generation, TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite, format_chain, stage_index
 from sandbox import ExecutionResult, Sandbox
-from training.config import TrainingConfig
 from sandbox.matrix import FEEDBACK_TESTS, build_test_matrix, collect_tests, ground_truth_matrix
+from training.config import TrainingConfig
 from training.rewards import (
     compute_discriminator_reward,
     compute_generator_reward,

@@ -498,10 +498,11 @@ class AdversarialTrainer:
         rng_states = self.processes.gather(capture_rng_state()) if self.processes.distributed else None
         if not self.processes.is_main:
             return None
-        metrics = self.state.last_metrics
+        metrics = dict(self.state.last_metrics)
         if "validation/score" not in metrics:  # not validated with the last step (a direct call)
             metrics.update(self.validate())
-        state = {**asdict(self.state), "stage": metrics.get("stage"), "config": self.config.to_dict(),
+        state = {**asdict(self.state), "last_metrics": metrics, "stage": metrics.get("stage"),
+                 "config": self.config.to_dict(),
                  "training_problems": sorted(content_hash(p) for p in self.problems)}
         # named by steps taken, which never go back (a stage run again gets new names; the schedule
         # position is in the state)
@@ -633,15 +634,13 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def checkpoint_score(metrics: dict) -> float | None:
+def checkpoint_score(metrics: dict) -> float:
     """What chooses the best checkpoint: `validation/score` (`AdversarialTrainer.validate`); without a
     validation slice, 0.7 · the generator's mean reward + 0.3 · the discriminator's valid-test rate of the
-    last step; None when neither is there."""
+    last step (0 for each that is missing, e.g. before any step)."""
     if "validation/score" in metrics:
         return metrics["validation/score"]
-    if "generator/reward_mean" in metrics and "discriminator/valid_test_rate" in metrics:
-        return 0.7 * metrics["generator/reward_mean"] + 0.3 * metrics["discriminator/valid_test_rate"]
-    return None
+    return 0.7 * metrics.get("generator/reward_mean", 0.0) + 0.3 * metrics.get("discriminator/valid_test_rate", 0.0)
 
 
 def append_synced(path: Path, text: str) -> None:
