@@ -15,12 +15,12 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 from data.problems import Problem, ProblemFormatError, load_problem_set, problem_from_dict
 from inference.config import InferenceConfig
-from training.config import field_docs
+from training.config import add_dataclass_options
 
 PROG = "run_inference.py"
 
@@ -64,17 +64,7 @@ def parse_args(argv=None):
     out.add_argument("--json", action="store_true", help="print one JSON object (results and summary) instead of text")
     out.add_argument("--verbose", action="store_true", help="log progress (INFO) to stderr")
 
-    options = parser.add_argument_group("solving (InferenceConfig)")
-    docs = field_docs(InferenceConfig)
-    for f in fields(InferenceConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        flag, help_text = "--" + f.name.replace("_", "-"), f"{docs.get(f.name, '')} (default: {default})"
-        if isinstance(default, bool):
-            options.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                 help=help_text)
-        else:
-            options.add_argument(flag, dest=f.name, type=type(default), default=default,
-                                 metavar=type(default).__name__.upper(), help=help_text)
+    add_dataclass_options(parser.add_argument_group("solving (InferenceConfig)"), InferenceConfig)
     return parser.parse_args(argv)
 
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from data.problems import EXAMPLE_PROBLEMS, load_problems  # noqa: E402
 from models import LLMDiscriminator, LLMGenerator, SamplingConfig  # noqa: E402
 from models.base import build_token_batch  # noqa: E402
-from reasoning.stages import generator_prompt  # noqa: E402
+from reasoning.stages import STAGES, generator_prompt  # noqa: E402
 
 
 def bench_speed(args) -> None:
@@ -51,7 +51,7 @@ def bench_speed(args) -> None:
         return (out.shape[1] - batch.prompt_width) * batch_size
 
     def wrapped(batch_size: int, settings: SamplingConfig) -> int:
-        records = gen.generate_stage_output(problem, "understand", {}, batch_size, sampling=settings)
+        (records,) = gen.generate_stage_output([problem], "understand", {}, batch_size, sampling=settings)
         return sum(len(r.response_ids) for r in records)
 
     variants = {
@@ -95,11 +95,11 @@ def bench_quality(args) -> None:
     disc = LLMDiscriminator((gen.model, gen.tokenizer), sampling=gen.sampling)
     k = args.samples
     start = time.perf_counter()
-    chains = [[None] * k for _ in problems]
-    if args.chain:  # whole sampled reasoning chains first, one per code sample
-        chains = gen.generate_chain(problems, num_samples=k, seed=args.seed)
     flat_p = [p for p in problems for _ in range(k)]
-    codes = gen.generate_code(flat_p, [c for per in chains for c in per], 1, seed=args.seed)
+    chains = [{} for _ in flat_p]
+    if args.chain:  # whole sampled reasoning chains first, one per code sample
+        gen.complete_chains(flat_p, chains, STAGES, seed=args.seed)
+    codes = gen.generate_code(flat_p, chains, 1, seed=args.seed)
     codes = [[codes[i * k + j][0] for j in range(k)] for i in range(len(problems))]
     t_code = time.perf_counter() - start
     tests = disc.generate_tests(problems, None, k, seed=args.seed)

@@ -114,13 +114,10 @@ def main():
         cfg = preset_config(shape)
         chosen = [problems[i] for i in order[:cfg.problems_per_step]]
         generator.sampling_model = bf16  # the greedy stages before STAGE, once, untimed
-        prefixes = [{} for _ in chosen]
-        for earlier in ("understand", "edge_cases"):
-            outs = generator.generate_stage_output(chosen, earlier, prefixes, num_samples=1, do_sample=False,
-                                                   max_new_tokens=cfg.stage_tokens or None)
-            prefixes = [{**p, earlier: o[0].text.strip()} for p, o in zip(prefixes, outs)]
+        prefixes = generator.complete_chains(chosen, [{} for _ in chosen], ["understand", "edge_cases"],
+                                             do_sample=False, max_new_tokens=cfg.stage_tokens or None)
         steps[shape] = SimpleNamespace(config=cfg, generator=generator, discriminator=discriminator,
-                                       chain_prefixes=lambda problems, stage, p=prefixes: p, problems=chosen)
+                                       prefixes=prefixes, problems=chosen)
         rows = cfg.problems_per_step * (2 * cfg.group_size + cfg.num_test_samples)
         print(f"shape {shape}: {cfg.problems_per_step} problem(s) x ({cfg.group_size} stage + {cfg.group_size} code "
               f"+ {cfg.num_test_samples} test samples) = {rows} rows; budgets stage {cfg.stage_tokens}, code "
@@ -135,8 +132,8 @@ def main():
             wrapper.sampling_model, wrapper.sampling = models[name], settings
         with PeakRSS() as memory:
             start = time.perf_counter()
-            stages, chains, codes = sample_generator(step, step.problems, STAGE)
-            _, tests = sample_discriminator(step, step.problems, STAGE, chains)
+            stages, chains, codes = sample_generator(step.generator, step.config, step.problems, STAGE, step.prefixes)
+            _, tests = sample_discriminator(step.discriminator, step.config, step.problems, STAGE, chains)
             seconds = time.perf_counter() - start
         tokens = sum(len(g.response_ids) for groups in (stages, codes, tests) for group in groups for g in group)
         return seconds, tokens, memory.extra_mb

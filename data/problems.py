@@ -77,17 +77,6 @@ def defined_names(source: str) -> set[str]:
     }
 
 
-def find_test_names(tests: str) -> list[str]:
-    """Names of the top-level `test_*` functions and `Test*` classes in a pytest source."""
-    tree = ast.parse(tests)
-    return [
-        node.name
-        for node in tree.body
-        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"))
-        or (isinstance(node, ast.ClassDef) and node.name.startswith("Test"))
-    ]
-
-
 def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
     """Build and check one `Problem`; raise `ProblemFormatError` naming source, id and field."""
     where = f"{source}: problem #{index}"
@@ -127,11 +116,13 @@ def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Pr
             f"{where}: field 'entry_point': the reference solution does not define "
             f"{problem.entry_point!r} (it defines {sorted(names) or 'nothing'})"
         )
+    from sandbox.matrix import collect_tests
+
     try:
-        found = find_test_names(problem.tests)
+        ast.parse(problem.tests)
     except SyntaxError as e:
         raise ProblemFormatError(f"{where}: field 'tests' does not parse: {e}") from None
-    if not found:
+    if not collect_tests(problem.tests):
         raise ProblemFormatError(f"{where}: field 'tests' has no test_* function")
     return problem
 
@@ -374,21 +365,21 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
     """Keep the sound problems: the reference passes all of its own tests and a trivially wrong solution
     (`trivial_solution`) fails at least one. Returns (valid problems in order, {id: reason} of the rest).
 
-    Verdicts are cached by `content_hash` under the model cache folder (`validation/<sandbox code
-    version>/`), so a second load of the same set runs nothing until the sandbox's code changes. A sandbox
-    is started only when something is not cached."""
+    Verdicts are cached by `content_hash` under the model cache folder (`validation/<verdict_version>/`: the
+    sandbox's code and limits), so a second load of the same set runs nothing until the sandbox's code or
+    limits change. A sandbox is started only when something is not cached."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    from sandbox import code_version
+    from sandbox import verdict_version
 
-    cache = _validation_cache()
+    cache = _validation_cache() / verdict_version(getattr(sandbox, "config", None))
     verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
     todo = []
     for p in problems:
         key = content_hash(p)
-        path = cache / code_version() / f"{key}.json"
+        path = cache / f"{key}.json"
         try:
             verdicts[key] = json.loads(path.read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -418,7 +409,7 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
         finally:
             if own:
                 sandbox.close()
-        folder = cache / code_version()
+        folder = cache
         folder.mkdir(parents=True, exist_ok=True)
         for p, reason in zip(todo, results):
             key = content_hash(p)

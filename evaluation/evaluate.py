@@ -132,7 +132,8 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     from evaluation.mutation import nonequivalent_mutants
     from evaluation.test_diversity import compute_test_diversity
     from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
-    from training.rewards import build_test_matrix, discriminator_terms, unique_columns
+    from sandbox.matrix import build_test_matrix, unique_columns
+    from training.rewards import discriminator_terms
 
     mutants = {} if mutants is None else mutants
     engine = InferenceEngine(generator, None, sandbox=sandbox,

@@ -1,5 +1,5 @@
-"""Evaluation metrics: pass and failure rates of sandbox results, diversity of Discriminator tests,
-coherence of Generator reasoning chains, and `aggregate_report`, which puts them in one `eval/...` dict.
+"""Evaluation metrics: diversity of Discriminator tests (`evaluation/test_diversity.py`, re-exported) and
+coherence of Generator reasoning chains (`reasoning_coherence`).
 
 Every function is pure and deterministic (no model, no sandbox); every score is in [0, 1].
 pass@k lives in `evaluation/pass_at_k.py`.
@@ -7,69 +7,18 @@ pass@k lives in `evaluation/pass_at_k.py`.
 from __future__ import annotations
 
 import ast
-import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evaluation.pass_at_k import estimate_pass_at_k
 from evaluation.test_diversity import TestDiversity, compute_test_diversity  # noqa: F401 (re-exported)
 from reasoning.stages import STAGE_NAMES
-from sandbox.executor import ExecutionResult
 
 if TYPE_CHECKING:
     from data.problems import Problem
-
-logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- pass and failure rates
-def _flat_results(results: Any) -> list[ExecutionResult] | None:
-    """`results` as a flat list when it holds `ExecutionResult`s (flat, or nested like `Sandbox.run_matrix`)."""
-    if isinstance(results, np.ndarray):
-        return None
-    items = [results] if isinstance(results, ExecutionResult) else list(results)
-    if items and isinstance(items[0], (list, tuple)) and items[0] and isinstance(items[0][0], ExecutionResult):
-        items = [r for row in items for r in row]
-    return items if items and all(isinstance(r, ExecutionResult) for r in items) else None
-
-
-def _per_execution(results: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(fraction of tests passed, all passed) per execution, from `ExecutionResult`s or a pass matrix
-    (rows executions, columns tests; a 1-D vector is one single-test execution per entry)."""
-    flat = _flat_results(results)
-    if flat is not None:
-        return np.array([r.pass_rate for r in flat]), np.array([r.all_passed for r in flat])
-    m = np.asarray(results)
-    if m.size == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    m = m[:, None] if m.ndim == 1 else m
-    if m.ndim != 2 or m.dtype == object or not np.isin(m, (0, 1)).all():
-        raise ValueError("expected ExecutionResults or a 0/1 pass matrix (rows: executions, columns: tests)")
-    return m.astype(bool).mean(axis=1), m.astype(bool).all(axis=1)
-
-
-def compute_pass_rate(results: Any, strict: bool = False) -> float:
-    """Pass rate over E executions (0.0 for none):
-
-        strict=False:  (1/E) Σ_e passed_e / total_e     mean fraction of tests passed (`ExecutionResult.pass_rate`,
-                                                        the generator reward's pass rate; 0 when nothing ran)
-        strict=True:   (1/E) Σ_e 1[e passed all tests]  fraction of executions that pass outright (pass@1)
-    """
-    fraction, all_passed = _per_execution(results)
-    return float((all_passed if strict else fraction).mean()) if fraction.size else 0.0
-
-
-def compute_failure_rate(results: Any, strict: bool = True) -> float:
-    """`1 − compute_pass_rate(results, strict)` (0.0 for no execution). By default (strict) the fraction of
-    executions that fail at least one test, error or time out: for the Generator's codes run on the
-    Discriminator's tests, the share of codes those tests catch."""
-    fraction, all_passed = _per_execution(results)
-    return 1.0 - float((all_passed if strict else fraction).mean()) if fraction.size else 0.0
-
 
 # ---------------------------------------------------------------- reasoning coherence
 @dataclass(frozen=True)
@@ -209,71 +158,3 @@ def reasoning_coherence(chain: Mapping[str, str], code: str, problem: Problem | 
 
     parts = [p for p in (flow, code_alignment, edge_coverage) if p is not None]
     return Coherence(flow, code_alignment, edge_coverage, float(np.mean(parts)) if parts else 0.0)
-
-
-def compute_reasoning_coherence(chain: Mapping[str, str], code: str, problem: Problem | str | None = None) -> float:
-    """`reasoning_coherence(chain, code, problem).score`, in [0, 1]."""
-    return reasoning_coherence(chain, code, problem).score
-
-
-# ---------------------------------------------------------------- one report
-def aggregate_report(
-    results: Any = None,
-    *,
-    test_sources: Sequence[str] | Sequence[Sequence[str]] | None = None,
-    entry_point: str | None = None,
-    chains: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
-    codes: str | Sequence[str] | None = None,
-    problems: Problem | str | Sequence[Problem | str] | None = None,
-    num_samples: int | Sequence[int] | None = None,
-    num_correct: Sequence[int] | None = None,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """One flat dict of `eval/...` metrics from whatever is given (a missing input adds no key):
-
-      results                   eval/pass_rate, eval/strict_pass_rate, eval/failure_rate, eval/num_executions,
-                                and for ExecutionResults eval/error_rate, eval/timeout_rate (status shares)
-      test_sources              eval/test_diversity, eval/num_tests, eval/distinct_tests, eval/distinct_inputs,
-                                eval/distinct_checks: means over problems (one list of modules per problem,
-                                or one flat list for one problem)
-      chains, codes, problems   eval/reasoning_coherence and eval/coherence_{flow,code_alignment,edge_coverage}:
-                                means over chains (chain i with code i and problem i, or the one problem)
-      num_samples, num_correct  eval/pass@k for each k in `ks` that every problem has samples for
-    """
-    report: dict[str, float] = {}
-    if results is not None:
-        report["eval/pass_rate"] = compute_pass_rate(results)
-        report["eval/strict_pass_rate"] = compute_pass_rate(results, strict=True)
-        report["eval/failure_rate"] = compute_failure_rate(results)
-        report["eval/num_executions"] = float(_per_execution(results)[0].size)
-        flat = _flat_results(results)
-        if flat:
-            report["eval/error_rate"] = sum(r.status == "error" for r in flat) / len(flat)
-            report["eval/timeout_rate"] = sum(r.status == "timeout" for r in flat) / len(flat)
-    if test_sources is not None:
-        groups = [test_sources] if isinstance(test_sources, str) or all(isinstance(t, str) for t in test_sources) \
-            else list(test_sources)
-        stats = [compute_test_diversity(g, entry_point) for g in groups]
-        for key, field in (("test_diversity", "score"), ("num_tests", "num_tests"),
-                           ("distinct_tests", "num_distinct_tests"), ("distinct_inputs", "num_distinct_inputs"),
-                           ("distinct_checks", "num_distinct_checks")):
-            report[f"eval/{key}"] = float(np.mean([getattr(d, field) for d in stats])) if stats else 0.0
-    if chains is not None and codes is not None:
-        chains = [chains] if isinstance(chains, Mapping) else list(chains)
-        codes = [codes] if isinstance(codes, str) else list(codes)
-        if len(codes) != len(chains):
-            raise ValueError(f"aggregate_report: {len(chains)} chains but {len(codes)} codes")
-        if problems is None or isinstance(problems, str) or not isinstance(problems, Sequence):
-            problems = [problems] * len(chains)
-        scores = [reasoning_coherence(ch, co, pr) for ch, co, pr in zip(chains, codes, problems)]
-        report["eval/reasoning_coherence"] = float(np.mean([c.score for c in scores])) if scores else 0.0
-        for part in ("flow", "code_alignment", "edge_coverage"):
-            values = [getattr(c, part) for c in scores if getattr(c, part) is not None]
-            if values:
-                report[f"eval/coherence_{part}"] = float(np.mean(values))
-    if num_samples is not None and num_correct is not None and len(num_correct):
-        smallest = int(np.min(num_samples))
-        for k in ks:
-            if k <= smallest:
-                report[f"eval/pass@{k}"] = float(estimate_pass_at_k(num_samples, num_correct, k).mean())
-    return report

@@ -212,12 +212,12 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
 # ---- with a sandbox: keep the mutants that the ground-truth tests kill ---------------------------------
 
 
-def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool) -> Path:
+def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool, sandbox: Sandbox) -> Path:
     from models.loading import cache_dir
-    from sandbox import code_version
+    from sandbox import verdict_version
 
-    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION, code_version()]
-                     + (["hardest"] if hardest else []))
+    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
+                      verdict_version(getattr(sandbox, "config", None))] + (["hardest"] if hardest else []))
     return cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
@@ -230,8 +230,9 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     Up to 4 × limit candidates (8 × limit with `hardest`) run in the sandbox; one that passes every
     ground-truth test is dropped as (probably) equivalent to the reference. The answer is cached on disk
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
-    MUTATOR_VERSION and the sandbox's code version, so a second call runs nothing."""
-    path = _cache_path(problem, limit, seed, hardest)
+    MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
+    nothing."""
+    path = _cache_path(problem, limit, seed, hardest, sandbox)
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]
     except (OSError, ValueError, KeyError, TypeError):

@@ -35,14 +35,13 @@ from data.problems import Problem
 from inference.config import InferenceConfig
 from models import LLMDiscriminator, LLMGenerator, load_model
 from models.base import TestsGeneration
-from reasoning.stages import STAGES, Chain
+from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
 from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
-from training.rewards import collect_tests, passed_test
+from sandbox.matrix import FEEDBACK_TESTS, collect_tests, module_columns, unique_columns
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_TESTS = 8  # failing tests shown to the generator per repair (as in training)
 PROBLEM_TESTS = -1  # results-cache column of the problem's own tests
 
 
@@ -269,7 +268,7 @@ class InferenceEngine:
             m = cfg.num_test_suites
             outs = self.discriminator.generate_tests(
                 [p for p in problems for _ in range(m)],
-                [chains[k][j % n_chains] for k in range(len(problems)) for j in range(m)],
+                [chain_for_suite(chains[k], j) for k in range(len(problems)) for j in range(m)],
                 num_samples=1, **self._sampling(cfg, m > 1, cfg.test_tokens))
             suites = [[o[0] for o in outs[k * m:(k + 1) * m]] for k in range(len(problems))]
         timings["tests"] += time.perf_counter() - t
@@ -302,12 +301,10 @@ class InferenceEngine:
         chains = [[{} for _ in range(per_problem)] for _ in problems]
         flat_problems = [p for p in problems for _ in range(per_problem)]
         flat_chains = [c for group in chains for c in group]
-        for stage in STAGES:
+        for stage in STAGES:  # (a stage at a time, to time each)
             t = time.perf_counter()
-            outs = self.generator.generate_stage_output(flat_problems, stage, flat_chains, num_samples=1,
-                                                        **self._sampling(cfg, per_problem > 1, cfg.stage_tokens))
-            for chain, out in zip(flat_chains, outs):
-                chain[stage.name] = out[0].text.strip()
+            self.generator.complete_chains(flat_problems, flat_chains, [stage],
+                                           **self._sampling(cfg, per_problem > 1, cfg.stage_tokens))
             timings[f"stage/{stage.name}"] += time.perf_counter() - t
         return chains
 
@@ -330,7 +327,7 @@ class InferenceEngine:
         """Every well-formed candidate against every test column's source (cached), then dual agreement."""
         self._run([(w, c.code, j) for w in works for c in w.candidates if c.ok for j in {j for j, _ in w.columns}])
         for w in works:
-            w.passes = np.array([[c.ok and passed_test(w.results[(c.code, j)], name) for j, name in w.columns]
+            w.passes = np.array([[c.ok and w.results[(c.code, j)].passed_test(name) for j, name in w.columns]
                                  for c in w.candidates], dtype=bool).reshape(len(w.candidates), len(w.columns))
             scores, w.chosen = dual_agreement(w.passes, [c.ok for c in w.candidates])
             for c, score, row in zip(w.candidates, scores, w.passes):
@@ -384,17 +381,11 @@ class InferenceEngine:
 
 def _columns(suites: list[TestsGeneration], problem: Problem | None = None) -> list[tuple[int, str]]:
     """The tests of the well-formed suites as (suite, name), then, when `problem` is given, its own tests
-    as (PROBLEM_TESTS, name). A test whose body repeats an earlier one's (`training.rewards.collect_tests`
+    as (PROBLEM_TESTS, name). A test whose body repeats an earlier one's (`sandbox.matrix.collect_tests`
     keys) counts once, so copies cannot outvote distinct tests."""
-    sources = [(j, s.tests, s.test_names) for j, s in enumerate(suites) if s.ok]
+    modules = [(j, s.test_names, s.tests) for j, s in enumerate(suites) if s.ok]
     if problem is not None and problem.tests.strip():
-        sources.append((PROBLEM_TESTS, problem.tests, list(collect_tests(problem.tests))))
-    seen, columns = set(), []
-    for j, source, names in sources:
-        keys = collect_tests(source)
-        for name in dict.fromkeys(names):
-            key = keys.get(name, f"{j}::{name}")
-            if key not in seen:
-                seen.add(key)
-                columns.append((j, name))
-    return columns
+        modules.append((PROBLEM_TESTS, list(collect_tests(problem.tests)), problem.tests))
+    columns, keys = module_columns(modules)
+    first = unique_columns(keys, np.ones(len(columns), dtype=bool))
+    return [column for column, keep in zip(columns, first) if keep]

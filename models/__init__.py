@@ -2,7 +2,7 @@
 
     from models import LLMGenerator, LLMDiscriminator, load_model
     gen = LLMGenerator("default")            # or "tiny", a Hugging Face id, a folder, a (model, tokenizer) pair
-    codes = gen.generate_code(problem, chain, num_samples=4, temperature=0.8, seed=0)
+    (codes,) = gen.generate_code([problem], chain, num_samples=4, temperature=0.8, seed=0)
 """
 from models.base import CodeGeneration, Generation, TestsGeneration, TokenBatch, build_token_batch
 from models.discriminator import LLMDiscriminator

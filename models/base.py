@@ -44,7 +44,6 @@ class Generation:
     prompt_ids: list[int]  # its token ids, no padding
     response_ids: list[int]  # the sampled ids, no padding, up to and including EOS when one was produced
     text: str  # the response decoded without special tokens
-    finished: bool  # True when it ended with EOS or a closed code block, False when it hit max_new_tokens
     prefix: str = ""  # start of the assistant's reply written by us (prefill), the end of `prompt`
     task: str = ""  # "stage", "code", "tests" or "critique"
     stage: str | None = None  # the reasoning stage for "stage" and "critique"
@@ -195,25 +194,23 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     return DynamicCache(layers, config=model.config), width
 
 
-def as_batch(problems, **per_problem) -> tuple[list, dict[str, list], bool]:
-    """Normalise a call made for one problem or for a list of problems.
-
-    Returns (problems, per-problem argument lists, single). For one problem every argument is taken
-    whole; for a list, an argument that is a list or tuple must have one entry per problem, anything
-    else (a dict chain, a string, None) is shared by all."""
-    single = not isinstance(problems, (list, tuple))
-    problems = [problems] if single else list(problems)
+def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
+    """The problems of a model call, which always takes a list of problems and returns one list of samples
+    per problem, and each per-problem argument as a list: a list or tuple must have one entry per problem,
+    anything else (a dict chain, a string, None) is shared by all."""
+    if not isinstance(problems, (list, tuple)):
+        raise TypeError(f"model methods take a list of problems, got {type(problems).__name__} "
+                        "(for one problem pass [problem]; the result is one list of samples per problem)")
+    problems = list(problems)
     lists = {}
     for name, value in per_problem.items():
-        if single:
-            lists[name] = [value]
-        elif isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)):
             if len(value) != len(problems):
                 raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
             lists[name] = list(value)
         else:
             lists[name] = [value] * len(problems)
-    return problems, lists, single
+    return problems, lists
 
 
 class LLMBase:
@@ -340,15 +337,13 @@ class LLMBase:
             i = row // num_samples
             if stopper is not None and stopper.stopped_at[row] is not None:
                 tokens = tokens[: stopper.stopped_at[row]]
-            response, finished = self._cut_at_eos(tokens)
-            finished = finished or (stopper is not None and stopper.stopped_at[row] is not None)
+            response = self._cut_at_eos(tokens)
             out[i].append(
                 Generation(
                     prompt=prompts[i],
                     prompt_ids=prompt_ids[i],
                     response_ids=response,
                     text=self.tokenizer.decode(response, skip_special_tokens=True),
-                    finished=finished,
                     prefix=prefixes[i],
                     sampler_logprobs=chosen[row][: len(response)] if chosen else [],
                 )
@@ -360,12 +355,12 @@ class LLMBase:
     def _rng_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
 
-    def _cut_at_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
+    def _cut_at_eos(self, tokens: list[int]) -> list[int]:
         """The response up to and including the first EOS (padding after it dropped)."""
         for t, token in enumerate(tokens):
             if token in self.eos_ids:
-                return tokens[: t + 1], True
-        return tokens, False
+                return tokens[: t + 1]
+        return tokens
 
     # ------------------------------------------------------------------ scoring
     def token_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> TokenBatch:

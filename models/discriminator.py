@@ -1,7 +1,7 @@
 """`LLMDiscriminator`: critiques reasoning stages and writes adversarial pytest tests.
 
-Batched like the Generator: one problem gives a flat list of `num_samples` records, a list of problems
-one list per problem, and every call is ONE `generate` over all of them.
+Batched like the Generator: a list of problems in, one list of `num_samples` records per problem out, and
+every call is ONE `generate` over all of them.
 """
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ class LLMDiscriminator(LLMBase):
 
     def generate_tests(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         chain_or_code: Chain | str | Sequence[Chain | str] | None = None,
         num_samples: int = 1,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[TestsGeneration] | list[list[TestsGeneration]]:
+    ) -> list[list[TestsGeneration]]:
         """Sample pytest test suites, sanitized (`models.sanitize.sanitize_tests`)."""
-        problems, args, single = as_batch(problem, context=chain_or_code)
+        problems, args = as_batch(problems, context=chain_or_code)
         prompts = [tests_prompt(p, tests_context(c)) for p, c in zip(problems, args["context"])]
         settings = self.settings(sampling, **overrides)
         prefix = TESTS_PREFIX if self.prefill else ""
@@ -66,22 +66,22 @@ class LLMDiscriminator(LLMBase):
             out.append(records)
         n_ok = sum(r.ok for group in out for r in group)
         logger.debug("test samples: %d of %d well-formed", n_ok, sum(map(len, out)))
-        return out[0] if single else out
+        return out
 
     def generate_critique(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         stage: ReasoningStage | str,
         stage_output: str | Sequence[str],
         chain: Chain | Sequence[Chain] | None = None,
         num_samples: int = 1,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[Generation] | list[list[Generation]]:
+    ) -> list[list[Generation]]:
         """Sample a critique of the Generator's text for `stage` (the stage's own critique prompt), given
         the stages before it in `chain`. `max_new_tokens` defaults to the stage's budget."""
         stage = get_stage(stage) if isinstance(stage, str) else stage
-        problems, args, single = as_batch(problem, output=stage_output, chain=chain)
+        problems, args = as_batch(problems, output=stage_output, chain=chain)
         prompts = [
             critique_prompt(p, stage, o, c or {}) for p, o, c in zip(problems, args["output"], args["chain"])
         ]
@@ -90,4 +90,4 @@ class LLMDiscriminator(LLMBase):
         for p, group in zip(problems, groups):
             for g in group:
                 g.task, g.stage, g.problem_id = "critique", stage.name, p.id
-        return groups[0] if single else groups
+        return groups

@@ -1,8 +1,7 @@
 """`LLMGenerator`: writes the reasoning stages and the final code (prompts from `reasoning/stages.py`).
 
-Every method takes one problem or a list of problems. All samples of all problems of a call go into ONE
-batched `generate` call; one problem gives a flat list of `num_samples` records, a list of problems
-gives one such list per problem.
+Every method takes a list of problems and returns one list of `num_samples` records per problem; all
+samples of all problems of a call go into ONE batched `generate` call.
 """
 from __future__ import annotations
 
@@ -46,59 +45,48 @@ class LLMGenerator(LLMBase):
     `temperature`, `top_p`, `top_k`, `top_k_first`, `max_new_tokens`, `do_sample`, `seed`."""
 
     system_prompt = "You are an expert Python programmer. You reason step by step and write correct, simple code."
-    prefill_signature = False  # also prefill the entry point's signature after the opening fence
 
     def generate_stage_output(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         stage: ReasoningStage | str,
         chain: Chain | Sequence[Chain] | None = None,
         num_samples: int = 1,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[Generation] | list[list[Generation]]:
+    ) -> list[list[Generation]]:
         """Sample the text of `stage` given the stages before it in `chain` (per problem, or shared).
         `max_new_tokens` defaults to the stage's budget."""
         stage = get_stage(stage) if isinstance(stage, str) else stage
-        problems, args, single = as_batch(problem, chain=chain)
+        problems, args = as_batch(problems, chain=chain)
         prompts = [generator_prompt(p, stage, c or {}) for p, c in zip(problems, args["chain"])]
         settings = self.settings(sampling, **overrides)
         groups = self.sample(prompts, num_samples, settings, stage.max_new_tokens)
         for p, group in zip(problems, groups):
             for g in group:
                 g.task, g.stage, g.problem_id = "stage", stage.name, p.id
-        return groups[0] if single else groups
+        return groups
 
     def code_prefix(self, problem: Problem) -> str:
-        """The prefilled start of a code reply: an open ```python block, then the problem's signature
-        when `prefill_signature` and the problem has one; "" without prefill."""
-        if not self.prefill:
-            return ""
-        if self.prefill_signature and problem.signature.strip():
-            # no newline after the signature: BPE merges ":\n    " into one token, so the model writes it
-            return f"{CODE_PREFIX}{problem.signature.strip()}"
-        return CODE_PREFIX
+        """The prefilled start of a code reply: an open ```python block ("" without prefill)."""
+        return CODE_PREFIX if self.prefill else ""
 
     def generate_code(
         self,
-        problem: Problem | Sequence[Problem],
+        problems: Sequence[Problem],
         chain: Chain | Sequence[Chain] | None = None,
         num_samples: int = 1,
-        feedback: Feedback | Sequence[Feedback] = None,
+        feedback: Sequence[Feedback] | None = None,
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[CodeGeneration] | list[list[CodeGeneration]]:
+    ) -> list[list[CodeGeneration]]:
         """Sample the final code after the chain, sanitized (`models.sanitize.sanitize_code`).
 
-        feedback: earlier attempts and their failing tests (see `Feedback`); for a list of problems, one
-        entry per problem."""
-        problems, args, single = as_batch(problem, chain=chain)
-        if single:
-            feedbacks = [feedback]
-        else:
-            feedbacks = list(feedback) if feedback else [None] * len(problems)
-            if len(feedbacks) != len(problems):
-                raise ValueError(f"{len(problems)} problems but {len(feedbacks)} feedback entries")
+        feedback: one entry per problem, its earlier attempts and their failing tests (see `Feedback`)."""
+        problems, args = as_batch(problems, chain=chain)
+        feedbacks = list(feedback) if feedback else [None] * len(problems)
+        if len(feedbacks) != len(problems):
+            raise ValueError(f"{len(problems)} problems but {len(feedbacks)} feedback entries")
         prompts = [
             code_prompt(p, c or {}, feedback_text(f)) for p, c, f in zip(problems, args["chain"], feedbacks)
         ]
@@ -117,27 +105,26 @@ class LLMGenerator(LLMBase):
             out.append(records)
         n_ok = sum(r.ok for group in out for r in group)
         logger.debug("code samples: %d of %d well-formed", n_ok, sum(map(len, out)))
-        return out[0] if single else out
+        return out
 
-    def generate_chain(
+    def complete_chains(
         self,
-        problem: Problem | Sequence[Problem],
-        num_samples: int = 1,
-        stages: Sequence[ReasoningStage | str] | None = None,
+        problems: Sequence[Problem],
+        chains: Sequence[Chain],
+        stages: Sequence[ReasoningStage | str],
         sampling: SamplingConfig | None = None,
         **overrides,
-    ) -> list[Chain] | list[list[Chain]]:
-        """Sample whole chains, stage by stage: sample i of each stage continues chain i. Each stage is
-        one batched call over all problems and samples. Returns chains (texts only)."""
-        from reasoning.stages import STAGES
-
-        problems, _, single = as_batch(problem)
-        stages = [get_stage(s) if isinstance(s, str) else s for s in (stages or STAGES)]
-        chains = [[{} for _ in range(num_samples)] for _ in problems]
+    ) -> Sequence[Chain]:
+        """The chain loop: fill `chains[k]` (a chain of `problems[k]`, changed in place) with each of `stages`
+        it lacks, in order, each stage written after the ones before it. Each stage is one batched call over
+        the chains that lack it (greedy or sampled as the settings say). Returns `chains`."""
         for stage in stages:
-            flat_problems = [p for p in problems for _ in range(num_samples)]
-            flat_chains = [c for per in chains for c in per]
-            groups = self.generate_stage_output(flat_problems, stage, flat_chains, 1, sampling, **overrides)
-            for chain, group in zip(flat_chains, groups):
-                chain[stage.name] = group[0].text.strip()
-        return chains[0] if single else chains
+            stage = get_stage(stage) if isinstance(stage, str) else stage
+            todo = [k for k, chain in enumerate(chains) if stage.name not in chain]
+            if not todo:
+                continue
+            outs = self.generate_stage_output([problems[k] for k in todo], stage, [dict(chains[k]) for k in todo],
+                                              1, sampling, **overrides)
+            for k, out in zip(todo, outs):
+                chains[k][stage.name] = out[0].text.strip()
+        return chains

@@ -10,6 +10,7 @@ critique template also `{stage_output}` (the text it critiques).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -137,6 +138,12 @@ def format_problem(problem: Problem) -> str:
     if problem.signature and problem.signature not in problem.description:
         text += f"\n\nSignature: {problem.signature}"
     return text
+
+
+def chain_for_suite(chains: Sequence[Chain], j: int) -> Chain:
+    """The chain a problem's test suite j is written against: chain j mod n of its n chains (training and
+    inference pair the discriminator's samples with the generator's this way)."""
+    return chains[j % len(chains)]
 
 
 def format_chain(chain: Chain) -> str:

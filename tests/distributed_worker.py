@@ -33,12 +33,20 @@ def main() -> None:
         lambda passes, valid, sample_ids, format_ok, *a, **k: np.random.rand(len(format_ok)))
 
     real_rollouts = trainer_module.make_rollouts
+    real_step = trainer_module.AdversarialTrainer.step
+    steps = []
 
-    def recorded_rollouts(trainer, problems, stage):
-        row = {"step": trainer.state.global_step, "problems": [p.id for p in problems]}
+    def step_recorded(self, *args, **kwargs):  # the step number, for the rollouts of that step
+        steps.append(self.state.global_step)
+        return real_step(self, *args, **kwargs)
+
+    def recorded_rollouts(generator, discriminator, sandbox, config, problems, *rest):
+        row = {"step": steps[-1], "problems": [p.id for p in problems]}
         with open(out / f"problems-rank{rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        return real_rollouts(trainer, problems, stage)
+        return real_rollouts(generator, discriminator, sandbox, config, problems, *rest)
+
+    trainer_module.AdversarialTrainer.step = step_recorded
 
     trainer_module.make_rollouts = recorded_rollouts
 

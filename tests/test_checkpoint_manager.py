@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from training.checkpoint_manager import (
-    MANIFEST, CheckpointError, CheckpointManager, capture_rng_state, checkpoint_score, load_checkpoint,
+    MANIFEST, CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint,
     resolve_checkpoint, restore_rng_state,
 )
 
@@ -49,10 +49,9 @@ def train_steps(model, optimizer, n: int) -> None:
         optimizer.step()
 
 
-def state(step: int, generator_reward=None, test_validity=None) -> dict:
-    metrics = {k: v for k, v in (("generator_reward", generator_reward), ("test_validity", test_validity))
-               if v is not None}
-    return {"stage": "understand", "phase": "generator", "step": step, "metrics": metrics, "config": {"seed": 0}}
+def state(step: int, score=None) -> dict:
+    return {"stage": "understand", "phase": "generator", "step": step, "metrics": {"score": score},
+            "config": {"seed": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +60,15 @@ def models_pair():
     return generator, discriminator, torch.optim.AdamW(generator.parameters(), lr=1e-2)
 
 
-def save(manager, step, models_pair, **metrics):
+def save(manager, step, models_pair, score=None):
     generator, discriminator, optimizer = models_pair
-    return manager.save_checkpoint(step, generator, discriminator, optimizer, None, state(step, **metrics))
+    return manager.save_checkpoint(step, generator, discriminator, optimizer, None, state(step, score), score=score)
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, models_pair):
     """One pristine checkpoint; corruption tests damage copies of it."""
-    return save(CheckpointManager(tmp_path_factory.mktemp("run")), 1, models_pair, generator_reward=0.5,
-                test_validity=0.5)
+    return save(CheckpointManager(tmp_path_factory.mktemp("run")), 1, models_pair, score=0.5)
 
 
 @pytest.fixture
@@ -88,12 +86,12 @@ def test_round_trip_weights_optimizer_rng_and_tokenizer(tmp_path):
     rng = capture_rng_state()
     expected_draws = (random.random(), np.random.rand(), torch.rand(3))
     path = CheckpointManager(tmp_path).save_checkpoint(
-        2, generator, discriminator, g_opt, d_opt, state(2, 0.4, 0.9), generator_tokenizer=tiny_tokenizer(),
+        2, generator, discriminator, g_opt, d_opt, state(2, 0.55), generator_tokenizer=tiny_tokenizer(),
         rng_state=rng)
     train_steps(generator, g_opt, 2)  # the run carries on from the saved state...
 
     ckpt = load_checkpoint(path)  # ...and a resumed run must do exactly the same
-    assert ckpt.trainer_state == state(2, 0.4, 0.9) and ckpt.step == 2 and ckpt.name == "step-000002"
+    assert ckpt.trainer_state == state(2, 0.55) and ckpt.step == 2 and ckpt.name == "step-000002"
     resumed = AutoModelForCausalLM.from_pretrained(ckpt.generator_dir)
     reloaded_disc = AutoModelForCausalLM.from_pretrained(ckpt.discriminator_dir)
     for a, b in zip(discriminator.state_dict().values(), reloaded_disc.state_dict().values()):
@@ -130,21 +128,23 @@ def test_manifest_lists_every_file_with_sha256_and_size(saved):
     assert entry["size"] == (saved / "generator/model.safetensors").stat().st_size and len(entry["sha256"]) == 64
 
 
-def test_score_formula_and_eligibility():
-    assert checkpoint_score({"generator_reward": 0.5, "test_validity": 1.0}) == pytest.approx(0.65)
-    assert checkpoint_score({"generator_reward": 0.5}) is None
-    assert checkpoint_score({"generator_reward": float("nan"), "test_validity": 1.0}) is None
-    assert checkpoint_score(None) is None
+def test_the_score_given_chooses_the_best_and_a_missing_or_nan_one_never_does(tmp_path, models_pair):
+    manager = CheckpointManager(tmp_path, keep_last=None)
+    save(manager, 1, models_pair, score=0.5)
+    save(manager, 2, models_pair, score=float("nan"))
+    save(manager, 3, models_pair)
+    assert [c.score for c in manager.list_checkpoints()] == [0.5, None, None]
+    assert manager.get_best_checkpoint().name == "step-000001"
 
 
 def test_best_latest_pointers_and_pruning(tmp_path, models_pair):
     run = tmp_path / "run"
     manager = CheckpointManager(run, keep_last=2)
     assert manager.get_latest_checkpoint() is None and manager.get_best_checkpoint() is None
-    save(manager, 10, models_pair, generator_reward=0.9, test_validity=0.9)  # the best, then old
-    save(manager, 20, models_pair, generator_reward=0.1, test_validity=0.1)
+    save(manager, 10, models_pair, score=0.9)  # the best, then old
+    save(manager, 20, models_pair, score=0.1)
     save(manager, 30, models_pair)  # no metrics: never best
-    save(manager, 5, models_pair, generator_reward=0.2, test_validity=0.2)  # resumed from an earlier step
+    save(manager, 5, models_pair, score=0.2)  # resumed from an earlier step
     names = [c.name for c in manager.list_checkpoints()]
     assert names == ["step-000010", "step-000030", "step-000005"]  # step 20 pruned; best and latest kept
     assert manager.get_best_checkpoint().name == "step-000010"
@@ -164,9 +164,9 @@ def test_best_latest_pointers_and_pruning(tmp_path, models_pair):
 
 def test_pruning_with_keep_last_one_keeps_best_and_latest(tmp_path, models_pair):
     manager = CheckpointManager(tmp_path, keep_last=1)
-    save(manager, 1, models_pair, generator_reward=1.0, test_validity=1.0)
+    save(manager, 1, models_pair, score=1.0)
     for step in (2, 3, 4):
-        save(manager, step, models_pair, generator_reward=0.0, test_validity=0.0)
+        save(manager, step, models_pair, score=0.0)
     assert [c.name for c in manager.list_checkpoints()] == ["step-000001", "step-000004"]
 
 
@@ -174,12 +174,12 @@ def test_named_checkpoint_replaces_one_of_the_same_name(tmp_path, models_pair):
     manager = CheckpointManager(tmp_path, keep_last=None)
     save(manager, 1, models_pair)
     generator, discriminator, optimizer = models_pair
-    for reward in (0.1, 0.3):
-        manager.save_checkpoint("stage-understand", generator, discriminator, optimizer, None,
-                                state(7, reward, 1.0))
+    for score in (0.1, 0.3):
+        manager.save_checkpoint("stage-understand", generator, discriminator, optimizer, None, state(7, score),
+                                score=score)
     infos = manager.list_checkpoints()
     assert [(c.name, c.step) for c in infos] == [("step-000001", 1), ("stage-understand", 7)]
-    assert load_checkpoint(infos[-1].path).trainer_state["metrics"]["generator_reward"] == 0.3
+    assert load_checkpoint(infos[-1].path).trainer_state["metrics"]["score"] == 0.3 == infos[-1].score
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     with pytest.raises(ValueError, match="bad checkpoint name"):
         manager.save_checkpoint("best", generator, discriminator, optimizer, None, state(8))
@@ -275,7 +275,7 @@ def test_failed_save_leaves_previous_latest(tmp_path, models_pair, monkeypatch):
 
 def test_failed_rename_leaves_pointers_that_resolve_to_the_previous_checkpoint(tmp_path, models_pair, monkeypatch):
     manager = CheckpointManager(tmp_path)
-    first = save(manager, 1, models_pair, generator_reward=0.1, test_validity=0.1)
+    first = save(manager, 1, models_pair, score=0.1)
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -285,7 +285,7 @@ def test_failed_rename_leaves_pointers_that_resolve_to_the_previous_checkpoint(t
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(CheckpointError, match="Input/output"):
-        save(manager, 2, models_pair, generator_reward=0.9, test_validity=0.9)
+        save(manager, 2, models_pair, score=0.9)
     assert [c.path for c in manager.list_checkpoints()] == [first]
     assert resolve_checkpoint(tmp_path, "latest") == first
     assert resolve_checkpoint(tmp_path, "best") == first
@@ -295,7 +295,7 @@ def test_crash_right_after_the_rename_leaves_no_stale_pointer(tmp_path, models_p
     import training.checkpoint_manager as cm
 
     manager = CheckpointManager(tmp_path)
-    save(manager, 1, models_pair, generator_reward=0.1, test_validity=0.1)
+    save(manager, 1, models_pair, score=0.1)
     real_fsync_dir = cm._fsync_dir
 
     def crash_once_published(path):
@@ -305,7 +305,7 @@ def test_crash_right_after_the_rename_leaves_no_stale_pointer(tmp_path, models_p
 
     monkeypatch.setattr(cm, "_fsync_dir", crash_once_published)
     with pytest.raises(KeyboardInterrupt):
-        save(manager, 2, models_pair, generator_reward=0.9, test_validity=0.9)
+        save(manager, 2, models_pair, score=0.9)
     monkeypatch.undo()
     assert resolve_checkpoint(tmp_path, "latest").name == "step-000002"
     assert resolve_checkpoint(tmp_path, "best").name == "step-000002"

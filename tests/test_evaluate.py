@@ -81,14 +81,14 @@ def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, t
     def codes(self, problems, chains, num_samples, **kw):
         wrong = lambda p: f"def {p.entry_point}(*args, **kwargs):\n    return None\n"  # noqa: E731
         pick = [lambda p: p.reference_solution] if num_samples == 1 else [wrong, lambda p: p.reference_solution]
-        return [[CodeGeneration("", [1], [1], "", True, code=f(p), ok=True) for f in pick] for p in problems]
+        return [[CodeGeneration("", [1], [1], "", code=f(p), ok=True) for f in pick] for p in problems]
 
     def tests(self, problems, chains, num_samples, **kw):
         out = []
         for p in problems:
             good = sanitize_tests(p.tests, p.entry_point)
             bad = sanitize_tests(f"def test_bad():\n    assert {p.entry_point} is None\n", p.entry_point)
-            out.append([TestsGeneration("", [1], [1], "", True, tests=s.tests, ok=s.ok, test_names=s.test_names)
+            out.append([TestsGeneration("", [1], [1], "", tests=s.tests, ok=s.ok, test_names=s.test_names)
                         for s in (good, bad)])
         return out
 

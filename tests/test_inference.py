@@ -36,8 +36,7 @@ def tiny_run(tmp_path_factory, tiny_pair):
     run = tmp_path_factory.mktemp("run")
     manager = CheckpointManager(run)
     for step, reward in ((1, 0.9), (2, 0.1)):
-        state = {"step": step, "metrics": {"generator_reward": reward, "test_validity": 0.5}}
-        manager.save_checkpoint(step, model, disc, None, None, state, tokenizer, tokenizer)
+        manager.save_checkpoint(step, model, disc, None, None, {"step": step}, tokenizer, tokenizer, score=reward)
     return run
 
 
@@ -191,12 +190,12 @@ def stub_models(monkeypatch, engine, codes, suites):
 
 def _code(src):
     s = sanitize_code(f"```python\n{src}```", "reverse_words")
-    return CodeGeneration("", [], [], src, True, code=s.code, ok=s.ok, reason=s.reason)
+    return CodeGeneration("", [], [], src, code=s.code, ok=s.ok, reason=s.reason)
 
 
 def _tests(src, entry_point):
     s = sanitize_tests(f"```python\n{src}```", entry_point)
-    return TestsGeneration("", [], [], src, True, tests=s.tests, ok=s.ok, test_names=s.test_names)
+    return TestsGeneration("", [], [], src, tests=s.tests, ok=s.ok, test_names=s.test_names)
 
 
 def test_engine_ranks_by_agreement_without_the_hidden_tests(engine, monkeypatch):

@@ -49,7 +49,8 @@ def canned_generate(monkeypatch, wrapper, texts):
 # ----------------------------------------------------------------------------- records and batching
 def test_stage_output_records(tiny_generator, example_problems):
     problem = example_problems[0]
-    records = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=3, max_new_tokens=8, seed=0)
+    (records,) = tiny_generator.generate_stage_output([problem], "understand", {}, num_samples=3, max_new_tokens=8,
+                                                      seed=0)
     assert len(records) == 3
     for r in records:
         assert r.task == "stage" and r.stage == "understand" and r.problem_id == problem.id
@@ -57,12 +58,12 @@ def test_stage_output_records(tiny_generator, example_problems):
         assert r.prompt_ids == tiny_generator.encode(r.prompt)
         assert 1 <= len(r.response_ids) <= 8
         assert r.text == tiny_generator.tokenizer.decode(r.response_ids, skip_special_tokens=True)
-        assert r.finished == (r.response_ids[-1] in tiny_generator.eos_ids)
+        assert all(t not in tiny_generator.eos_ids for t in r.response_ids[:-1])  # cut at the first EOS
 
 
 def test_stage_budget_is_the_default_max_new_tokens(tiny_generator, example_problems, monkeypatch):
     calls = count_generate_calls(monkeypatch, tiny_generator.model)
-    tiny_generator.generate_stage_output(example_problems[0], "pseudocode", {}, num_samples=1, seed=0,
+    tiny_generator.generate_stage_output(example_problems[:1], "pseudocode", {}, num_samples=1, seed=0,
                                          min_new_tokens=1, do_sample=False)
     assert calls[0]["max_new_tokens"] == get_stage("pseudocode").max_new_tokens
 
@@ -84,10 +85,10 @@ def test_problems_batch_into_one_left_padded_generate_call(tiny_generator, examp
 def test_seed_is_deterministic_and_leaves_global_rng_alone(tiny_generator, example_problems):
     problem = example_problems[1]
     state = torch.get_rng_state()
-    a = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
+    (a,) = tiny_generator.generate_stage_output([problem], "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
     assert torch.equal(state, torch.get_rng_state())
-    b = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
-    c = tiny_generator.generate_stage_output(problem, "understand", {}, num_samples=2, max_new_tokens=6, seed=8)
+    (b,) = tiny_generator.generate_stage_output([problem], "understand", {}, num_samples=2, max_new_tokens=6, seed=7)
+    (c,) = tiny_generator.generate_stage_output([problem], "understand", {}, num_samples=2, max_new_tokens=6, seed=8)
     assert [r.response_ids for r in a] == [r.response_ids for r in b]
     assert [r.response_ids for r in a] != [r.response_ids for r in c]
 
@@ -134,9 +135,9 @@ def test_shared_prefixes_group_neighbours_and_skip_when_nothing_is_shared(tiny_g
 
 def test_response_cut_at_first_eos_padding_dropped(tiny_generator, example_problems, monkeypatch):
     canned_generate(monkeypatch, tiny_generator, ["hello world", "a much longer answer than the first"])
-    records = tiny_generator.generate_stage_output(example_problems[0], "understand", {}, num_samples=2)
+    (records,) = tiny_generator.generate_stage_output(example_problems[:1], "understand", {}, num_samples=2)
     eos = tiny_generator.tokenizer.eos_token_id
-    assert records[0].text == "hello world" and records[0].finished
+    assert records[0].text == "hello world"
     assert records[0].response_ids[-1] == eos and records[0].response_ids.count(eos) == 1
     assert records[1].text == "a much longer answer than the first"
 
@@ -145,32 +146,22 @@ def test_code_records_carry_sanitization(tiny_generator, example_problems, monke
     p = example_problems[0]
     # the reply is prefilled with an open ```python block: the model continues inside it
     canned_generate(monkeypatch, tiny_generator, [p.reference_solution + "```\nSome prose.", "```"])
-    records = tiny_generator.generate_code(p, {}, num_samples=2)
+    (records,) = tiny_generator.generate_code([p], {}, num_samples=2)
     assert all(isinstance(r, CodeGeneration) and r.task == "code" for r in records)
     assert records[0].prompt.endswith(CODE_PREFIX) and records[0].reply == CODE_PREFIX + records[0].text
     assert records[0].ok and records[0].code == p.reference_solution and records[0].reason == ""
     assert not records[1].ok and records[1].code == "" and "no code" in records[1].reason
     unfilled = LLMGenerator((tiny_generator.model, tiny_generator.tokenizer), prefill=False)
     canned_generate(monkeypatch, unfilled, [f"Here:\n```python\n{p.reference_solution}```"])
-    (record,) = unfilled.generate_code(p, {}, num_samples=1)
+    ((record,),) = unfilled.generate_code([p], {}, num_samples=1)
     assert record.prefix == "" and not record.prompt.endswith(CODE_PREFIX) and record.ok
-
-
-def test_code_prefill_with_signature(tiny_pair, example_problems, monkeypatch):
-    p = example_problems[0]
-    gen = LLMGenerator(tiny_pair)
-    gen.prefill_signature = True
-    canned_generate(monkeypatch, gen, ["\n    return ' '.join(reversed(sentence.split()))\n```"])
-    (record,) = gen.generate_code(p, {}, num_samples=1)
-    assert record.prompt.endswith(CODE_PREFIX + p.signature) and record.prefix == CODE_PREFIX + p.signature
-    assert record.ok and record.code.startswith(p.signature)
 
 
 def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
     p = example_problems[0]
     feedback = [("def reverse_words(s):\n    return s\n", ["test_two_words", "test_empty"])]
-    (record,) = tiny_generator.generate_code(p, {"understand": "Split and reverse."}, 1, feedback=feedback,
-                                             max_new_tokens=2, seed=0)
+    ((record,),) = tiny_generator.generate_code([p], {"understand": "Split and reverse."}, 1, feedback=[feedback],
+                                                max_new_tokens=2, seed=0)
     assert "An earlier attempt failed" in record.prompt and "test_two_words" in record.prompt
     assert "return s" in record.prompt and "Split and reverse." in record.prompt
     batched = tiny_generator.generate_code(example_problems[:2], None, 1, feedback=[feedback, None],
@@ -178,20 +169,23 @@ def test_code_feedback_reaches_the_prompt(tiny_generator, example_problems):
     assert "test_empty" in batched[0][0].prompt and "earlier attempt" not in batched[1][0].prompt
 
 
-def test_generate_chain_fills_every_stage(tiny_generator, example_problems, monkeypatch):
+def test_complete_chains_fills_only_the_missing_stages_in_order(tiny_generator, example_problems, monkeypatch):
     calls = count_generate_calls(monkeypatch, tiny_generator.model)
-    chains = tiny_generator.generate_chain(example_problems[:2], num_samples=2, stages=["understand", "algorithm"],
-                                           max_new_tokens=3, seed=0)
-    assert len(calls) == 2  # one batched call per stage
-    assert [list(c) for c in chains[0]] == [["understand", "algorithm"]] * 2
+    problems = example_problems[:3]
+    chains = [{}, {"understand": "kept"}, {"understand": "kept", "algorithm": "kept too"}]
+    out = tiny_generator.complete_chains(problems, chains, ["understand", "algorithm"], max_new_tokens=3, seed=0)
+    assert out is chains and len(calls) == 2  # one batched call per stage that some chain lacks
+    assert [list(c) for c in chains] == [["understand", "algorithm"]] * 3
+    assert chains[1]["understand"] == chains[2]["understand"] == "kept" and chains[2]["algorithm"] == "kept too"
+    assert tiny_generator.complete_chains(problems, chains, ["understand"]) is chains and len(calls) == 2
 
 
 def test_tests_records_and_context(tiny_discriminator, example_problems, monkeypatch):
     p = example_problems[0]
     response = "two():\n    assert reverse_words('a b') == 'b a'\n```"  # continues the prefill "def test_"
     canned_generate(monkeypatch, tiny_discriminator, [response])
-    (from_code,) = tiny_discriminator.generate_tests(p, "def reverse_words(s):\n    return s\n", 1)
-    (from_chain,) = tiny_discriminator.generate_tests(p, {"understand": "Words reversed."}, 1)
+    ((from_code,),) = tiny_discriminator.generate_tests([p], "def reverse_words(s):\n    return s\n", 1)
+    ((from_chain,),) = tiny_discriminator.generate_tests([p], {"understand": "Words reversed."}, 1)
     assert isinstance(from_code, TestsGeneration) and from_code.task == "tests"
     assert from_code.ok and from_code.test_names == ["test_two"]
     assert from_code.tests.startswith("from solution import *")
@@ -200,8 +194,8 @@ def test_tests_records_and_context(tiny_discriminator, example_problems, monkeyp
 
 def test_critique_uses_the_stage_prompt(tiny_discriminator, example_problems):
     p = example_problems[0]
-    records = tiny_discriminator.generate_critique(p, "edge_cases", "Only the empty string.", {"understand": "x"},
-                                                   num_samples=2, max_new_tokens=3, seed=0)
+    (records,) = tiny_discriminator.generate_critique([p], "edge_cases", "Only the empty string.", {"understand": "x"},
+                                                      num_samples=2, max_new_tokens=3, seed=0)
     assert len(records) == 2 and records[0].task == "critique" and records[0].stage == "edge_cases"
     assert "Only the empty string." in records[0].prompt and "breaking inputs" in records[0].prompt
 
@@ -344,3 +338,10 @@ def test_sampling_config_validation_and_kwargs():
 def test_per_call_overrides_do_not_change_the_wrapper(tiny_generator):
     settings = tiny_generator.settings(temperature=0.3, seed=None)
     assert settings.temperature == 0.3 and tiny_generator.sampling.temperature == SamplingConfig().temperature
+
+
+def test_model_methods_take_a_batch_and_return_one(tiny_generator, tiny_discriminator, example_problems):
+    with pytest.raises(TypeError, match="take a list of problems"):
+        tiny_generator.generate_code(example_problems[0], None)
+    out = tiny_discriminator.generate_tests(example_problems[:1], None, num_samples=2, max_new_tokens=2, seed=0)
+    assert len(out) == 1 and len(out[0]) == 2  # one list of samples per problem, for one problem too

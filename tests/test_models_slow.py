@@ -14,12 +14,12 @@ def test_default_model_generates_sanitizes_and_scores(example_problems):
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # tied (models/loading.py)
     assert 490e6 < sum(p.numel() for p in model.parameters()) < 500e6
 
-    codes = generator.generate_code(problem, None, num_samples=2, max_new_tokens=128, seed=0)
+    (codes,) = generator.generate_code([problem], None, num_samples=2, max_new_tokens=128, seed=0)
     assert any(c.ok for c in codes), [c.reason for c in codes]
     assert all(c.ok or c.reason for c in codes)
 
     discriminator = LLMDiscriminator((generator.model, generator.tokenizer))
-    tests = discriminator.generate_tests(problem, None, num_samples=2, max_new_tokens=128, seed=0)
+    (tests,) = discriminator.generate_tests([problem], None, num_samples=2, max_new_tokens=128, seed=0)
     assert any(t.ok and t.test_names for t in tests), [t.reason for t in tests]
 
     logprobs, mask = generator.get_log_probs([c.prompt_ids for c in codes], [c.response_ids for c in codes])

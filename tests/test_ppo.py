@@ -329,7 +329,7 @@ def test_training_forward_scores_each_sampled_token_as_the_sampler_did(tiny_gene
         assert len(g.sampler_logprobs) == len(g.response_ids) > 0
         torch.testing.assert_close(lp[row, P:P + len(g.response_ids)], torch.tensor(g.sampler_logprobs),
                                    atol=1e-4, rtol=1e-4)
-    greedy = gen.generate_code(example_problems[0], None, do_sample=False, max_new_tokens=4)
+    (greedy,) = gen.generate_code(example_problems[:1], None, do_sample=False, max_new_tokens=4)
     assert greedy[0].sampler_logprobs == []  # nothing sampled, nothing recorded
 
 

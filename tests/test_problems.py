@@ -135,10 +135,15 @@ def test_problem_set_validation_reports_by_id_and_caches(sandbox, example_proble
             raise AssertionError("the sandbox ran although every verdict was cached")
 
     assert validate_problem_set([good, broken, empty_tests], NoSandbox()) == (valid, rejected)
-    # a changed sandbox does not trust the old verdicts: it decides again
+    # a changed sandbox, or other limits, do not trust the old verdicts: it decides again
     import sandbox as sandbox_package
+    from sandbox import SandboxConfig
 
+    NoSandbox.config = SandboxConfig(timeout_s=1.0)  # other limits: a verdict (a timeout) may differ
+    with pytest.raises(AssertionError, match="every verdict was cached"):
+        validate_problem_set([good], NoSandbox())
     monkeypatch.setattr(sandbox_package, "code_version", lambda: "another-sandbox")
+    del NoSandbox.config
     with pytest.raises(AssertionError, match="every verdict was cached"):
         validate_problem_set([good], NoSandbox())
 
@@ -147,11 +152,12 @@ def test_training_set_is_sound_and_apart_from_humaneval(sandbox):
     import re
     from collections import Counter
 
-    from data.problems import find_test_names, load_problem_set, validate_problem_set
+    from data.problems import load_problem_set, validate_problem_set
+    from sandbox.matrix import collect_tests
 
     problems = load_problem_set("train")
     assert len(problems) >= 150
-    assert all(len(find_test_names(p.tests)) >= 5 for p in problems)
+    assert all(len(collect_tests(p.tests)) >= 5 for p in problems)
     assert min(Counter(p.difficulty for p in problems).values()) >= 30  # easy, medium and hard
     humaneval = load_humaneval()
     assert not {p.entry_point.lower() for p in problems} & {p.entry_point.lower() for p in humaneval}

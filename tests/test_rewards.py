@@ -3,17 +3,14 @@ import numpy as np
 import pytest
 
 from sandbox import ExecutionResult
+from sandbox.matrix import build_test_matrix, collect_tests, ground_truth_matrix
 from training.config import RewardConfig
 from training.ppo import count_zero_signal_groups
 from training.rewards import (
-    build_test_matrix,
     compute_discriminator_reward,
     compute_generator_reward,
     discriminator_terms,
-    ground_truth_matrix,
     pass_rates,
-    passed_test,
-    collect_tests,
 )
 
 # the hand-computed numbers below use these weights (no mutation term); the mutation term has its own test
@@ -242,8 +239,8 @@ def test_test_functions_keys_identify_the_same_test_across_modules():
 
 def test_a_test_class_named_alone_passes_when_all_its_methods_do():
     r = result({"TestC::test_a": "passed", "TestC::test_b": "failed", "TestD::test_a": "passed"})
-    assert passed_test(r, "TestD") and not passed_test(r, "TestC") and not passed_test(r, "TestE")
-    assert passed_test(r, "TestC::test_a") and not passed_test(r, "TestC::test_b")
+    assert r.passed_test("TestD") and not r.passed_test("TestC") and not r.passed_test("TestE")
+    assert r.passed_test("TestC::test_a") and not r.passed_test("TestC::test_b")
 
 
 def test_ground_truth_matrix():

@@ -154,7 +154,10 @@ def test_multi_attempt_feedback_reaches_the_prompts_and_only_told_samples_rewrit
     told = rollout_module.discriminator_feedback  # keep the real text, but only sample 1 is told anything
     monkeypatch.setattr(rollout_module, "discriminator_feedback",
                         lambda r: [fb if j == 1 else "" for j, fb in enumerate(told(r))])
-    rollouts, metrics = rollout_module.make_rollouts(trainer, example_problems[:1], "understand")
+    problems = example_problems[:1]
+    rollouts, metrics = rollout_module.make_rollouts(
+        trainer.generator, trainer.discriminator, trainer.sandbox, trainer.config, problems, "understand",
+        trainer.chain_prefixes(problems, "understand"), [trainer.mutants_for(p) for p in problems])
 
     assert len(code_calls) == 2 and len(test_calls) == 2
     feedback = code_calls[1][1]["feedback"]

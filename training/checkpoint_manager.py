@@ -9,7 +9,7 @@ A checkpoint is a folder under `<run_dir>/checkpoints/`:
       generator_optimizer.pt       torch.save(optimizer.state_dict()); absent when that optimizer is None
       discriminator_optimizer.pt
       rng_state.pt                 capture_rng_state(): python, numpy, torch CPU and CUDA
-      trainer_state.json           the caller's dict: stage, phase, step, metrics, resolved config
+      trainer_state.json           the caller's dict (the trainer's: its state, last metrics, resolved config)
       manifest.json                format_version, name, step, sequence, score, sha256 and size of every file
 
 Everything is written into a hidden `.tmp-<pid>-<id>-<name>/` beside it, fsynced, the manifest last, and
@@ -49,8 +49,6 @@ REQUIRED_FILES = (TRAINER_STATE, RNG_STATE, "generator/config.json", "discrimina
 POINTERS = ("best", "latest")  # aliases, stored as <alias>.json in the checkpoints folder
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"  # in the run folder: `lock_run_folder`
-GENERATOR_REWARD_COEF = 0.7  # best checkpoint score (README 'Checkpoints and resume')
-TEST_VALIDITY_COEF = 0.3
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -68,7 +66,7 @@ class CheckpointInfo:
     path: Path
     step: int | None  # trainer step, when known
     sequence: int  # save order within the run folder: 1, 2, ...; defines "latest"
-    score: float | None  # checkpoint_score of its metrics; None: not eligible for best
+    score: float | None  # the score it was saved with (higher is better); None: not eligible for best
     created: str  # UTC ISO time, informational only
 
 
@@ -96,18 +94,6 @@ class Checkpoint:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         path = getattr(self, f"{role}_optimizer_path")
         return None if path is None else torch.load(path, map_location=map_location, weights_only=True)
-
-
-def checkpoint_score(metrics: dict | None) -> float | None:
-    """`metrics["score"]` when given (the trainer's validation score), else `0.7 * metrics["generator_reward"]
-    + 0.3 * metrics["test_validity"]`; None when missing or not finite (such a checkpoint is never "best")."""
-    try:
-        score = float(metrics["score"]) if "score" in metrics else (
-            GENERATOR_REWARD_COEF * float(metrics["generator_reward"])
-            + TEST_VALIDITY_COEF * float(metrics["test_validity"]))
-    except (TypeError, KeyError, ValueError):
-        return None
-    return score if math.isfinite(score) else None
 
 
 def capture_rng_state() -> dict:
@@ -150,10 +136,12 @@ class CheckpointManager:
 
     def save_checkpoint(self, name_or_step: int | str, generator, discriminator, generator_optimizer,
                         discriminator_optimizer, trainer_state: dict, generator_tokenizer=None,
-                        discriminator_tokenizer=None, rng_state: dict | None = None) -> Path:
+                        discriminator_tokenizer=None, rng_state: dict | None = None,
+                        score: float | None = None) -> Path:
         """Write a checkpoint atomically and return its folder. An int names it `step-000042`; a string
         (letters, digits, '_', '-') is used as is and replaces an existing checkpoint of that name.
-        `trainer_state` must be JSON-able; `rng_state` defaults to `capture_rng_state()` now."""
+        `trainer_state` must be JSON-able; `rng_state` defaults to `capture_rng_state()` now. `score`
+        (higher is better) chooses the best checkpoint; None or not finite: never the best."""
         name, step = _checkpoint_name(name_or_step, trainer_state)
         state_json = _to_json(trainer_state)  # fail before anything is written
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +165,7 @@ class CheckpointManager:
                 "format_version": FORMAT_VERSION, "name": name, "step": step,
                 "sequence": 1 + max((c.sequence for c in existing), default=0),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "score": checkpoint_score(trainer_state.get("metrics")),
+                "score": float(score) if score is not None and math.isfinite(score) else None,
                 "files": _hash_tree(tmp),  # fsyncs every file and folder on the way
             }
             _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2))
@@ -245,7 +233,7 @@ class CheckpointManager:
         return None
 
     def get_best_checkpoint(self) -> Path | None:
-        """The checkpoint with the highest `checkpoint_score` (ties: the newer); None if none is eligible."""
+        """The checkpoint with the highest score it was saved with (ties: the newer); None if none has one."""
         best = _best(self.list_checkpoints())
         return best.path if best else None
 
@@ -374,7 +362,7 @@ def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: s
     manager = CheckpointManager(ckpt_dir.parent, keep_last=None)
     found = manager.get_latest_checkpoint() if which == "latest" else manager.get_best_checkpoint()
     if found is None:
-        reason = "no checkpoint" if which == "latest" else "no checkpoint with generator_reward and test_validity"
+        reason = "no checkpoint" if which == "latest" else "no checkpoint saved with a score"
         raise CheckpointError(f"no {which} checkpoint in {ckpt_dir}: {reason}")
     return found
 

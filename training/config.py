@@ -256,35 +256,38 @@ def preset_overrides(name: str) -> str:
     return ", ".join(flat(PRESETS[name]))
 
 
+def add_dataclass_options(group, cls, shown: dict | None = None, skip: tuple = (), unset: bool = False) -> None:
+    """One option per field of the dataclass `cls` (`learning_rate` -> `--learning-rate`), the field's comment
+    as help and `shown[name]` (else the field's default) as the default shown: `--x/--no-x` for a bool, A,B,...
+    for a list. `unset`: every option defaults to None, so the caller can tell the options the user gave.
+    (The one builder of both command lines; `transformers.HfArgumentParser` does not leave defaults unset,
+    and importing transformers would make `--help` take seconds.)"""
+    import argparse
+
+    docs = field_docs(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        value = default if shown is None else shown[f.name]
+        kwargs = dict(dest=f.name, default=None if unset else default, help=f"{docs.get(f.name, '')} (default: {value})")
+        if isinstance(default, bool):
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        elif isinstance(default, list):
+            group.add_argument(_flag(f.name), type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                               metavar="A,B,...", **kwargs)
+        else:
+            group.add_argument(_flag(f.name), type=type(default), metavar=type(default).__name__.upper(), **kwargs)
+
+
 def add_config_arguments(parser, preset: str = "demo") -> None:
     """One option per field of `TrainingConfig` and its nested configs (`--learning-rate`, ...), grouped
     by config, with the field's comment as help and `preset`'s value as the default shown. Defaults stay
     unset, so only what the user gives overrides the preset chosen at run time."""
-    import argparse
-
     shown = asdict(preset_config(preset))
-
-    def add(group, cls, values: dict, skip=()):
-        docs = field_docs(cls)
-        for f in fields(cls):
-            if f.name in skip:
-                continue
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            value = values[f.name]
-            flag = _flag(f.name)
-            help_text = f"{docs.get(f.name, '')} (default: {value})"
-            if isinstance(default, bool):
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            elif isinstance(default, list):
-                group.add_argument(flag, dest=f.name, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                                   default=None, metavar="A,B,...", help=help_text)
-            else:
-                group.add_argument(flag, dest=f.name, type=type(default), default=None,
-                                   metavar=type(default).__name__.upper(), help=help_text)
-
-    add(parser.add_argument_group("training"), TrainingConfig, shown, skip=tuple(SECTIONS))
+    add_dataclass_options(parser.add_argument_group("training"), TrainingConfig, shown, skip=tuple(SECTIONS), unset=True)
     for name, cls in SECTIONS.items():
-        add(parser.add_argument_group(name, cls.__doc__), cls, shown[name])
+        add_dataclass_options(parser.add_argument_group(name, cls.__doc__), cls, shown[name], unset=True)
 
 
 def _given(args) -> dict:

@@ -2,8 +2,8 @@
 
 The trainer runs every generator code i against every discriminator test module j (`Sandbox.run_matrix`),
 the reference solution against every module (validity), and every code against the problem's own
-ground-truth tests. `build_test_matrix` and `ground_truth_matrix` turn those `ExecutionResult`s into plain
-arrays, one column per test *function*:
+ground-truth tests. `sandbox.matrix.build_test_matrix` and `ground_truth_matrix` turn those `ExecutionResult`s
+into plain arrays, one column per test *function*:
 
     passes[i, t]   bool (n, T)  code i passes test t (a parametrized test passes when all its cases do)
     valid[t]       bool (T,)    test t passes on the reference solution
@@ -52,136 +52,16 @@ Invalid tests never touch the generator's reward: they are outside V, so they ne
 """
 from __future__ import annotations
 
-import ast
-import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from sandbox.executor import ExecutionResult
+from sandbox.matrix import unique_columns
 from training.config import RewardConfig
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- from sandbox results to arrays
-@dataclass
-class TestMatrix:
-    """Discriminator tests as columns, generator codes as rows (see the module docstring)."""
-
-    passes: np.ndarray  # (n, T) bool: code i passes test t
-    valid: np.ndarray  # (T,) bool: test t passes on the reference solution
-    sample_ids: np.ndarray  # (T,) int: discriminator sample the test came from
-    keys: list[str]  # (T,) deduplication key of each test
-    names: list[str]  # (T,) test name within its module, as the sandbox reports it
-
-    __test__ = False  # not a pytest test class, despite its name
-
-
-def collect_tests(source: str) -> dict[str, str]:
-    """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
-
-    The key is the test's AST with its name blanked, plus the AST of the module-level helpers, constants
-    and fixtures it refers to (transitively), so two tests are the same only when they run the same code:
-    `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in another share a
-    key; two tests calling differently defined helpers `check()` do not. Returns {} for a source that does
-    not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return {}
-    top: dict[str, ast.AST] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            top[node.name] = node
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                for n in ast.walk(target):
-                    if isinstance(n, ast.Name):
-                        top[n.id] = node
-
-    def key(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-        anonymous = copy.copy(node)
-        anonymous.name = ""  # the name is not the test
-        seen, todo, parts = {node.name}, [anonymous], []
-        while todo:  # the test's code, then every module-level definition it reaches
-            cur = todo.pop()
-            parts.append(ast.dump(cur, annotate_fields=False))
-            for n in ast.walk(cur):
-                name = n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, ast.arg) else None
-                if name in top and name not in seen:
-                    seen.add(name)
-                    todo.append(top[name])
-        return "\n".join(parts[:1] + sorted(parts[1:]))
-
-    out: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-            out[node.name] = key(node)
-        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
-                    # a method depends on its class (setup methods, attributes): key the class too
-                    out[f"{node.name}::{item.name}"] = key(item) + "\n" + ast.dump(node)
-    return out
-
-
-def passed_test(result: ExecutionResult, name: str) -> bool:
-    """`result.passed_test(name)`: a parametrized test passes when all its cases do, and a `Test*` class
-    given by its name alone when all its methods (`TestC::test_m`) do (the result indexes its outcomes once,
-    so a whole test matrix stays linear in the outcomes)."""
-    return result.passed_test(name)
-
-
-def build_test_matrix(
-    results: Sequence[Sequence[ExecutionResult]],
-    test_names: Sequence[Sequence[str]],
-    reference_results: Sequence[ExecutionResult],
-    test_sources: Sequence[str] | None = None,
-) -> TestMatrix:
-    """Arrays from `Sandbox.run_matrix(codes, test_sources)` (`results[i][j]`: code i on module j) and
-    `reference_results[j]` (the reference solution on module j).
-
-    `test_names[j]`: the test functions of module j, named as the sandbox names them (`test_x`,
-    `TestC::test_y`, as `collect_tests` lists them; a bare class name `TestC` is one test over all its
-    methods); a parametrized test is one column that passes when all its cases pass (`passed_test`).
-    A test missing from a result (the module did not collect, the worker died, a timeout) counts as not
-    passed: a failure for a code, invalid on the reference. Give a sample that failed sanitization an
-    empty list. With `test_sources`, tests are deduplicated by `collect_tests` keys (the same test written
-    in two modules counts once); without, every (module, name) is distinct."""
-    n, m = len(results), len(test_names)
-    if len(reference_results) != m or any(len(row) != m for row in results):
-        raise ValueError(f"need results[i][j] and reference_results[j] for all {m} test samples")
-    if test_sources is not None and len(test_sources) != m:
-        raise ValueError("need one test source per test sample")
-    columns, sample_ids, keys, names = [], [], [], []
-    for j, sample_names in enumerate(test_names):
-        source_keys = collect_tests(test_sources[j]) if test_sources is not None else {}
-        for name in dict.fromkeys(sample_names):  # a name listed twice is one test
-            columns.append((j, name))
-            sample_ids.append(j)
-            keys.append(source_keys.get(name, f"{j}::{name}"))
-            names.append(name)
-    passes = np.array([[passed_test(results[i][j], name) for j, name in columns] for i in range(n)], dtype=bool)
-    return TestMatrix(
-        passes=passes.reshape(n, len(columns)),
-        valid=np.array([passed_test(reference_results[j], name) for j, name in columns], dtype=bool),
-        sample_ids=np.array(sample_ids, dtype=np.int64),
-        keys=keys,
-        names=names,
-    )
-
-
-def ground_truth_matrix(gt_results: Sequence[ExecutionResult], gt_names: Sequence[str]) -> np.ndarray:
-    """(n, G) bool: code i (`gt_results[i]`, its run on the problem's tests) passes ground-truth test g.
-    `gt_names` from `collect_tests(problem.tests)` (names the sandbox reports)."""
-    names = list(dict.fromkeys(gt_names))
-    return np.array([[passed_test(r, g) for g in names] for r in gt_results], dtype=bool).reshape(
-        len(gt_results), len(names)
-    )
 
 
 # ---------------------------------------------------------------- helpers
@@ -193,19 +73,6 @@ def pass_rates(passes: np.ndarray, columns: np.ndarray | None = None) -> np.ndar
     if passes.shape[1] == 0:
         return np.zeros(passes.shape[0])
     return passes.mean(axis=1)
-
-
-def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarray:
-    """(T,) bool: the selected columns, keeping only the first of each deduplication key."""
-    columns = np.asarray(columns, dtype=bool)
-    if keys is None:
-        return columns.copy()
-    out, seen = np.zeros_like(columns), set()
-    for t in np.flatnonzero(columns):
-        if keys[t] not in seen:
-            seen.add(keys[t])
-            out[t] = True
-    return out
 
 
 # ---------------------------------------------------------------- generator

@@ -2,7 +2,7 @@
 
 For each problem at stage s (README 'How it works'):
 
-    chain prefix   stages before s, greedy, cached per problem (`Trainer.chain_prefixes`)
+    chain prefix   stages before s, greedy, cached per problem (given: `AdversarialTrainer.chain_prefixes`)
     generator      n samples of stage s (the action), then (optionally) the remaining stages and the code
     discriminator  m samples: a critique of stage s (optional), then tests written against that chain
     sandbox        codes × test modules, the reference solution × test modules (validity), codes × the
@@ -10,6 +10,7 @@ For each problem at stage s (README 'How it works'):
     rewards        r_gen (n,) and r_disc (m,) from `training.rewards`
 
 All samples of all problems of a step go through each `generate` call together (one call per stage).
+Every function here takes what it uses (models, sandbox, config, problems, prefixes, mutants) and nothing else.
 """
 from __future__ import annotations
 
@@ -21,17 +22,15 @@ import numpy as np
 
 from data.problems import Problem
 from models.base import CodeGeneration, Generation, TestsGeneration
-from reasoning.stages import STAGES, Chain, format_chain, stage_index
+from reasoning.stages import STAGES, Chain, chain_for_suite, format_chain, stage_index
 from sandbox import ExecutionResult, Sandbox
+from sandbox.matrix import FEEDBACK_TESTS, build_test_matrix, collect_tests, ground_truth_matrix
 from training.config import TrainingConfig
 from training.rewards import (
-    build_test_matrix,
-    collect_tests,
     compute_discriminator_reward,
     compute_generator_reward,
     discriminator_terms,
     generator_terms,
-    ground_truth_matrix,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,49 +58,43 @@ class ProblemRollout:
     mutants: list[str] = field(default_factory=list)  # (K) non-equivalent mutants of the reference solution
 
 
-def sample_generator(trainer, problems: list[Problem], stage: str) -> tuple[list, list, list]:
-    """Stage-s samples, chains and codes for each problem (one generate call per stage)."""
-    cfg: TrainingConfig = trainer.config
+def sample_generator(generator, cfg: TrainingConfig, problems: list[Problem], stage: str,
+                     prefixes: list[Chain]) -> tuple[list, list, list]:
+    """Stage-s samples after each problem's prefix, their chains and codes (one generate call per stage)."""
     n = cfg.group_size
-    prefixes = trainer.chain_prefixes(problems, stage)
-    stage_groups = trainer.generator.generate_stage_output(problems, stage, prefixes, num_samples=n,
-                                                           max_new_tokens=cfg.stage_tokens or None)
+    stage_groups = generator.generate_stage_output(problems, stage, prefixes, num_samples=n,
+                                                   max_new_tokens=cfg.stage_tokens or None)
     chains = [[{**prefix, stage: g.text.strip()} for g in group] for prefix, group in zip(prefixes, stage_groups)]
     flat_problems = [p for p in problems for _ in range(n)]
     flat_chains = [c for group in chains for c in group]
     if cfg.rollout_remaining_stages:
-        for later in STAGES[stage_index(stage) + 1:]:
-            if later.name not in cfg.stages:
-                continue
-            outs = trainer.generator.generate_stage_output(flat_problems, later, flat_chains, num_samples=1,
-                                                           max_new_tokens=cfg.stage_tokens or None)
-            for chain, out in zip(flat_chains, outs):
-                chain[later.name] = out[0].text.strip()
-    codes = trainer.generator.generate_code(flat_problems, flat_chains, num_samples=1,
-                                            max_new_tokens=cfg.code_tokens or None)
+        later = [s for s in STAGES[stage_index(stage) + 1:] if s.name in cfg.stages]
+        generator.complete_chains(flat_problems, flat_chains, later, max_new_tokens=cfg.stage_tokens or None)
+    codes = generator.generate_code(flat_problems, flat_chains, num_samples=1, max_new_tokens=cfg.code_tokens or None)
     code_groups = [[c[0] for c in codes[i * n:(i + 1) * n]] for i in range(len(problems))]
     return stage_groups, chains, code_groups
 
 
-def sample_discriminator(trainer, problems: list[Problem], stage: str, chains: list[list[Chain]]) -> tuple[list, list]:
-    """Critiques (optional) and test suites: sample j of a problem sees generator chain j (mod n)."""
-    m = trainer.config.num_test_samples
-    flat_chains = [chains[i][j % len(chains[i])] for i in range(len(problems)) for j in range(m)]
-    critiques, tests = discriminator_samples(trainer, [p for p in problems for _ in range(m)], stage, flat_chains)
+def sample_discriminator(discriminator, cfg: TrainingConfig, problems: list[Problem], stage: str,
+                         chains: list[list[Chain]]) -> tuple[list, list]:
+    """Critiques (optional) and test suites: sample j of a problem sees its generator chain j mod n."""
+    m = cfg.num_test_samples
+    flat_chains = [chain_for_suite(chains[i], j) for i in range(len(problems)) for j in range(m)]
+    critiques, tests = discriminator_samples(discriminator, cfg, [p for p in problems for _ in range(m)], stage,
+                                             flat_chains)
     critique_groups = [critiques[i * m:(i + 1) * m] for i in range(len(problems))] if critiques else [[] for _ in problems]
     return critique_groups, [tests[i * m:(i + 1) * m] for i in range(len(problems))]
 
 
-def discriminator_samples(trainer, problems: list[Problem], stage: str, chains: list[Chain],
+def discriminator_samples(discriminator, cfg: TrainingConfig, problems: list[Problem], stage: str, chains: list[Chain],
                           feedback: list[str] | None = None) -> tuple[list[Generation], list]:
     """One discriminator sample per (problem, chain) pair, all in one batched call per step: a critique of
     `stage` (when `critique` is on) and a test suite, each told its `feedback` text when given. Returns the
     critiques ([] when off) and the test suites."""
-    cfg: TrainingConfig = trainer.config
     contexts = [format_chain(c) for c in chains]
     critiques: list[Generation] = []
     if cfg.critique:
-        outs = trainer.discriminator.generate_critique(
+        outs = discriminator.generate_critique(
             problems, stage, [c[stage] for c in chains],
             [{k: v for k, v in c.items() if k != stage} for c in chains], num_samples=1,
             max_new_tokens=cfg.stage_tokens or None,
@@ -111,8 +104,7 @@ def discriminator_samples(trainer, problems: list[Problem], stage: str, chains: 
                     for ctx, c in zip(contexts, critiques)]
     if feedback:
         contexts = [ctx + fb for ctx, fb in zip(contexts, feedback)]
-    outs = trainer.discriminator.generate_tests(problems, contexts, num_samples=1,
-                                                max_new_tokens=cfg.test_tokens or None)
+    outs = discriminator.generate_tests(problems, contexts, num_samples=1, max_new_tokens=cfg.test_tokens or None)
     return critiques, [o[0] for o in outs]
 
 
@@ -155,7 +147,7 @@ def failing_tests(rollout: ProblemRollout, i: int, matrix: list[list[ExecutionRe
     for j, valid in enumerate(rollout.validity):
         if valid:
             failures += [f"{name} (reviewer's test)" for name in matrix[i][j].failing_tests]
-    return failures[:8]
+    return failures[:FEEDBACK_TESTS]
 
 
 def discriminator_feedback(rollout: ProblemRollout) -> list[str]:
@@ -176,29 +168,29 @@ def discriminator_feedback(rollout: ProblemRollout) -> list[str]:
     return out
 
 
-def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[ProblemRollout], dict]:
-    """Roll out, run the sandbox and score every problem of a step, with up to `max_attempts` attempts:
-    failing codes get their failing tests as feedback, and discriminator samples whose tests were invalid
-    or caught nothing are told so. Returns the rollouts and timing/attempt metrics."""
-    cfg: TrainingConfig = trainer.config
+def make_rollouts(generator, discriminator, sandbox: Sandbox, cfg: TrainingConfig, problems: list[Problem],
+                  stage: str, prefixes: list[Chain], mutants: list[list[str]]) -> tuple[list[ProblemRollout], dict]:
+    """Roll out, run the sandbox and score every problem of a step (`prefixes[i]`: problem i's stages
+    before `stage`; `mutants[i]`: its reference's mutants), with up to `max_attempts` attempts: failing
+    codes get their failing tests as feedback, and discriminator samples whose tests were invalid or caught
+    nothing are told so. Returns the rollouts and timing/attempt metrics."""
     timing = {"time/generation_s": 0.0, "time/sandbox_s": 0.0}
     t = time.perf_counter()
-    stage_groups, chains, code_groups = sample_generator(trainer, problems, stage)
-    critique_groups, test_groups = sample_discriminator(trainer, problems, stage, chains)
+    stage_groups, chains, code_groups = sample_generator(generator, cfg, problems, stage, prefixes)
+    critique_groups, test_groups = sample_discriminator(discriminator, cfg, problems, stage, chains)
     timing["time/generation_s"] += time.perf_counter() - t
     rollouts = [
         ProblemRollout(problem=p, stage=stage, prefix=prefix, stage_samples=s,
-                       chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes),
-                       mutants=trainer.mutants_for(p))
-        for p, prefix, s, c, codes, cr, ts in zip(problems, trainer.chain_prefixes(problems, stage), stage_groups, chains,
-                                                  code_groups, critique_groups, test_groups)
+                       chains=c, codes=codes, critiques=cr, tests=ts, attempts=[1] * len(codes), mutants=mut)
+        for p, prefix, s, c, codes, cr, ts, mut in zip(problems, prefixes, stage_groups, chains, code_groups,
+                                                       critique_groups, test_groups, mutants)
     ]
     matrices = []
     executions = timeouts = 0
     timing["attempts/tests_rewritten"] = 0
     for attempt in range(1, cfg.max_attempts + 1):
         t = time.perf_counter()
-        matrices = [run_sandbox(trainer.sandbox, r) for r in rollouts]
+        matrices = [run_sandbox(sandbox, r) for r in rollouts]
         for r, mtx in zip(rollouts, matrices):
             score(r, mtx, cfg)
         executions += sum(len(row) for mtx in matrices for row in mtx)
@@ -216,7 +208,7 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
         if retry:
             feedback = [[(rollouts[k].codes[i].code or rollouts[k].codes[i].text,
                           failing_tests(rollouts[k], i, matrices[k]))] for k, i in retry]
-            new = trainer.generator.generate_code([rollouts[k].problem for k, _ in retry],
+            new = generator.generate_code([rollouts[k].problem for k, _ in retry],
                                                   [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
                                                   max_new_tokens=cfg.code_tokens or None)
             for (k, i), out in zip(retry, new):
@@ -225,8 +217,8 @@ def make_rollouts(trainer, problems: list[Problem], stage: str) -> tuple[list[Pr
         timing["attempts/tests_rewritten"] += len(redo)
         if redo:
             critiques, tests = discriminator_samples(
-                trainer, [rollouts[k].problem for k, _, _ in redo], stage,
-                [rollouts[k].chains[j % len(rollouts[k].chains)] for k, j, _ in redo], [fb for _, _, fb in redo])
+                discriminator, cfg, [rollouts[k].problem for k, _, _ in redo], stage,
+                [chain_for_suite(rollouts[k].chains, j) for k, j, _ in redo], [fb for _, _, fb in redo])
             for x, (k, j, _) in enumerate(redo):
                 rollouts[k].tests[j] = tests[x]
                 if critiques:

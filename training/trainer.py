@@ -79,8 +79,7 @@ class TrainerState:
     chain_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # problem id -> stage -> greedy text
     draw_state: dict = field(default_factory=dict)  # numpy bit-generator state of the problem draws
     uniform_groups: dict[str, bool] = field(default_factory=dict)  # problem id -> its last group all passed or all failed
-    validation: dict = field(default_factory=dict)  # the latest validation metrics (`validate`)
-    last_metrics: dict = field(default_factory=dict)  # the most recent step's metrics
+    last_metrics: dict = field(default_factory=dict)  # the most recent step's metrics (with validation's, if any)
     stage_metrics: dict[str, dict] = field(default_factory=dict)  # stage -> aggregated metrics of its steps
 
 
@@ -273,7 +272,9 @@ class AdversarialTrainer:
         step = self.state.global_step
         problems = self.next_problems()
         # rollout → sandbox → rewards (both models sample; neither has gradients), this process's share
-        own, metrics = make_rollouts(self, self.processes.shard(problems), stage)
+        share = self.processes.shard(problems)
+        own, metrics = make_rollouts(self.generator, self.discriminator, self.sandbox, self.config, share, stage,
+                                     self.chain_prefixes(share, stage), [self.mutants_for(p) for p in share])
         rollouts = self._gather_rollouts(problems, own, metrics) if self.processes.distributed else own
         for r in rollouts:  # dynamic sampling: a group that all passed or all failed draws its problem less
             solved = [res.all_passed for res in r.gt_results]
@@ -444,17 +445,11 @@ class AdversarialTrainer:
         return out
 
     def chain_prefixes(self, problems: list[Problem], stage: str) -> list[dict[str, str]]:
-        """The stages before `stage` for each problem, greedy, from the cache; missing ones are generated now,
-        one batched call per earlier stage for all problems that lack it."""
+        """The stages before `stage` for each problem, greedy, from the cache; missing ones are generated now
+        (`LLMGenerator.complete_chains`: one batched call per earlier stage for all problems that lack it)."""
         caches = [self.state.chain_cache.setdefault(p.id, {}) for p in problems]
-        for earlier in stages_before(stage):
-            todo = [k for k, cache in enumerate(caches) if earlier.name not in cache]
-            if todo:
-                outs = self.generator.generate_stage_output([problems[k] for k in todo], earlier,
-                                                            [dict(caches[k]) for k in todo], num_samples=1,
-                                                            do_sample=False, max_new_tokens=self.config.stage_tokens or None)
-                for k, out in zip(todo, outs):
-                    caches[k][earlier.name] = out[0].text.strip()
+        self.generator.complete_chains(problems, caches, stages_before(stage), do_sample=False,
+                                       max_new_tokens=self.config.stage_tokens or None)
         return [{s.name: cache[s.name] for s in stages_before(stage)} for cache in caches]
 
     def summary(self) -> dict:
@@ -494,10 +489,10 @@ class AdversarialTrainer:
 
     def save_checkpoint(self):
         """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
-        manager. The best checkpoint is chosen by `validation/score` (by the last step's rewards when there
-        is no validation slice). The state records the content hashes of every problem this run trains or
-        validates on, so an evaluation can refuse overlapping problems. With several processes every one
-        calls this (their RNG states are saved too) and only the main one writes; the others return None."""
+        manager, with its score (`checkpoint_score`). The state records the content hashes of every problem
+        this run trains or validates on, so an evaluation can refuse overlapping problems. With several
+        processes every one calls this (their RNG states are saved too) and only the main one writes; the
+        others return None."""
         from training.checkpoint_manager import capture_rng_state
 
         rng_states = self.processes.gather(capture_rng_state()) if self.processes.distributed else None
@@ -506,20 +501,16 @@ class AdversarialTrainer:
         metrics = dict(self.state.last_metrics)
         if "validation/score" not in metrics:  # not validated with the last step (a direct call)
             metrics.update(self.validate())
-        self.state.validation = {k: v for k, v in metrics.items() if k.startswith("validation/")}
-        if self.state.validation:
-            metrics["score"] = self.state.validation["validation/score"]
-        metrics["generator_reward"] = metrics.get("generator/reward_mean", 0.0)
-        metrics["test_validity"] = metrics.get("discriminator/valid_test_rate", 0.0)
-        state = {**asdict(self.state), "stage": self.state.last_metrics.get("stage"), "metrics": metrics,
-                 "config": self.config.to_dict(), "training_problems": sorted(content_hash(p) for p in self.problems)}
+        state = {**asdict(self.state), "last_metrics": metrics, "stage": metrics.get("stage"),
+                 "config": self.config.to_dict(),
+                 "training_problems": sorted(content_hash(p) for p in self.problems)}
         # named by steps taken, which never go back (a stage run again gets new names; the schedule
         # position is in the state)
         return self.checkpoints.save_checkpoint(
             self.state.global_step, self.generator.model, self.discriminator.model,
             self.optimizers["generator"], self.optimizers["discriminator"], state,
             self.generator.tokenizer, self.discriminator.tokenizer,
-            rng_state=rng_states and {**rng_states[0], "ranks": rng_states},
+            rng_state=rng_states and {**rng_states[0], "ranks": rng_states}, score=checkpoint_score(metrics),
         )
 
     def load_checkpoint(self, path: str | Path, start_stage: str | None = None, verify: bool = True) -> None:
@@ -641,6 +632,15 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def checkpoint_score(metrics: dict) -> float:
+    """What chooses the best checkpoint: `validation/score` (`AdversarialTrainer.validate`); without a
+    validation slice, 0.7 · the generator's mean reward + 0.3 · the discriminator's valid-test rate of the
+    last step (0 for each that is missing, e.g. before any step)."""
+    if "validation/score" in metrics:
+        return metrics["validation/score"]
+    return 0.7 * metrics.get("generator/reward_mean", 0.0) + 0.3 * metrics.get("discriminator/valid_test_rate", 0.0)
 
 
 def append_synced(path: Path, text: str) -> None:

@@ -1,0 +1,156 @@
+"""Code × tests: which test functions a set of pytest modules holds, which of them are the same test, and
+the matrix of which code passes which test, built from the sandbox's results. Training's rollouts and
+rewards (`training.rollout`, `training.rewards`), the evaluation (`evaluation.evaluate`), the inference
+engine's ranking and repair, and problem loading (`data.problems`) all read tests through here. (Host-side
+only: the sandbox's containers never import it, and `code_version` leaves it out.)
+
+    collect_tests      the test functions of a module (`test_x`, `TestC::test_y`) -> a deduplication key
+    module_columns     (module, test) columns of several modules in order, with their keys
+    unique_columns     the first column of each key: a test written twice counts once
+    build_test_matrix  `Sandbox.run_matrix` results -> `TestMatrix` (passes, valid, sample ids, keys, names)
+    ground_truth_matrix  codes × the problem's own tests
+    FEEDBACK_TESTS     how many failing tests a code is shown when it is written again
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sandbox.executor import ExecutionResult
+
+FEEDBACK_TESTS = 8  # failing tests shown to the generator per repair, in training and in inference
+
+
+@dataclass
+class TestMatrix:
+    """Tests as columns (deduplicated later by `keys`), codes as rows: `build_test_matrix`."""
+
+    passes: np.ndarray  # (n, T) bool: code i passes test t
+    valid: np.ndarray  # (T,) bool: test t passes on the reference solution
+    sample_ids: np.ndarray  # (T,) int: discriminator sample the test came from
+    keys: list[str]  # (T,) deduplication key of each test
+    names: list[str]  # (T,) test name within its module, as the sandbox reports it
+
+    __test__ = False  # not a pytest test class, despite its name
+
+
+def collect_tests(source: str) -> dict[str, str]:
+    """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
+
+    The key is the test's AST with its name blanked, plus the AST of the module-level helpers, constants
+    and fixtures it refers to (transitively), so two tests are the same only when they run the same code:
+    `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in another share a
+    key; two tests calling differently defined helpers `check()` do not. Returns {} for a source that does
+    not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    top: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for n in ast.walk(target):
+                    if isinstance(n, ast.Name):
+                        top[n.id] = node
+
+    def key(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+        anonymous = copy.copy(node)
+        anonymous.name = ""  # the name is not the test
+        seen, todo, parts = {node.name}, [anonymous], []
+        while todo:  # the test's code, then every module-level definition it reaches
+            cur = todo.pop()
+            parts.append(ast.dump(cur, annotate_fields=False))
+            for n in ast.walk(cur):
+                name = n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, ast.arg) else None
+                if name in top and name not in seen:
+                    seen.add(name)
+                    todo.append(top[name])
+        return "\n".join(parts[:1] + sorted(parts[1:]))
+
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            out[node.name] = key(node)
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
+                    # a method depends on its class (setup methods, attributes): key the class too
+                    out[f"{node.name}::{item.name}"] = key(item) + "\n" + ast.dump(node)
+    return out
+
+
+def module_columns(modules: Sequence[tuple[Hashable, Sequence[str], str | None]]) -> tuple[list[tuple], list[str]]:
+    """For modules given as (id, test names, source or None): every (id, name) column in order (a name listed
+    twice is one test) and its deduplication key, the `collect_tests` key from the source, else "id::name"
+    (distinct from every other test)."""
+    columns, keys = [], []
+    for module, names, source in modules:
+        source_keys = collect_tests(source) if source is not None else {}
+        for name in dict.fromkeys(names):
+            columns.append((module, name))
+            keys.append(source_keys.get(name, f"{module}::{name}"))
+    return columns, keys
+
+
+def build_test_matrix(
+    results: Sequence[Sequence[ExecutionResult]],
+    test_names: Sequence[Sequence[str]],
+    reference_results: Sequence[ExecutionResult],
+    test_sources: Sequence[str] | None = None,
+) -> TestMatrix:
+    """Arrays from `Sandbox.run_matrix(codes, test_sources)` (`results[i][j]`: code i on module j) and
+    `reference_results[j]` (the reference solution on module j).
+
+    `test_names[j]`: the test functions of module j, named as the sandbox names them (`test_x`,
+    `TestC::test_y`, as `collect_tests` lists them; a bare class name `TestC` is one test over all its
+    methods); a parametrized test is one column that passes when all its cases pass
+    (`ExecutionResult.passed_test`).
+    A test missing from a result (the module did not collect, the worker died, a timeout) counts as not
+    passed: a failure for a code, invalid on the reference. Give a sample that failed sanitization an
+    empty list. With `test_sources`, tests are deduplicated by `collect_tests` keys (the same test written
+    in two modules counts once); without, every (module, name) is distinct."""
+    n, m = len(results), len(test_names)
+    if len(reference_results) != m or any(len(row) != m for row in results):
+        raise ValueError(f"need results[i][j] and reference_results[j] for all {m} test samples")
+    if test_sources is not None and len(test_sources) != m:
+        raise ValueError("need one test source per test sample")
+    columns, keys = module_columns([(j, names, test_sources[j] if test_sources is not None else None)
+                                  for j, names in enumerate(test_names)])
+    passes = np.array([[results[i][j].passed_test(name) for j, name in columns] for i in range(n)], dtype=bool)
+    return TestMatrix(
+        passes=passes.reshape(n, len(columns)),
+        valid=np.array([reference_results[j].passed_test(name) for j, name in columns], dtype=bool),
+        sample_ids=np.array([j for j, _ in columns], dtype=np.int64),
+        keys=keys,
+        names=[name for _, name in columns],
+    )
+
+
+def ground_truth_matrix(gt_results: Sequence[ExecutionResult], gt_names: Sequence[str]) -> np.ndarray:
+    """(n, G) bool: code i (`gt_results[i]`, its run on the problem's tests) passes ground-truth test g.
+    `gt_names` from `collect_tests(problem.tests)` (names the sandbox reports)."""
+    names = list(dict.fromkeys(gt_names))
+    return np.array([[r.passed_test(g) for g in names] for r in gt_results], dtype=bool).reshape(
+        len(gt_results), len(names)
+    )
+
+
+def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarray:
+    """(T,) bool: the selected columns, keeping only the first of each deduplication key."""
+    columns = np.asarray(columns, dtype=bool)
+    if keys is None:
+        return columns.copy()
+    out, seen = np.zeros_like(columns), set()
+    for t in np.flatnonzero(columns):
+        if keys[t] not in seen:
+            seen.add(keys[t])
+            out[t] = True
+    return out
