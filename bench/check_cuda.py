@@ -60,8 +60,8 @@ def main():
     out = Path(args.out or tempfile.mkdtemp(prefix="check_cuda-"))
     check("cuda available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
     check("bf16 supported", torch.cuda.is_bf16_supported())
-    rollout.compute_generator_reward = lambda passes, *a, **k: np.random.rand(passes.shape[0])
-    rollout.compute_discriminator_reward = lambda passes, valid, ids, ok, *a, **k: np.random.rand(len(ok))
+    rollout.generator_reward = lambda terms, config: np.random.rand(len(terms["pass_rate"]))
+    rollout.discriminator_reward = lambda terms, config: np.random.rand(len(terms["format_ok"]))
 
     run_dir = run("bf16-weights", out)  # dtype auto: bf16 weights on the GPU
     run("fp32-weights-bf16-autocast", out, dtype="float32", ppo={"precision": "bf16"})

@@ -28,9 +28,8 @@ def main() -> None:
     out, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
     rank = int(os.environ["RANK"])
     out.mkdir(parents=True, exist_ok=True)
-    rollout_module.compute_generator_reward = lambda passes, *a, **k: np.random.rand(passes.shape[0])
-    rollout_module.compute_discriminator_reward = (
-        lambda passes, valid, sample_ids, format_ok, *a, **k: np.random.rand(len(format_ok)))
+    rollout_module.generator_reward = lambda terms, config: np.random.rand(len(terms["pass_rate"]))
+    rollout_module.discriminator_reward = lambda terms, config: np.random.rand(len(terms["format_ok"]))
 
     real_rollouts = trainer_module.make_rollouts
     real_step = trainer_module.AdversarialTrainer.step

@@ -12,7 +12,6 @@ from training.ppo import (
     compute_advantages,
     compute_policy_loss,
     compute_ref_logprobs,
-    count_zero_signal_groups,
     masked_mean,
     train_step,
 )
@@ -30,19 +29,17 @@ def test_group_relative_advantages_hand_computed():
     # group 0: std 0.5 -> ±1; group 7: population std sqrt(1/6) -> ±0.5 * sqrt(6) = ±1.2247
     s = 0.5 * math.sqrt(6)
     torch.testing.assert_close(norm, torch.tensor([1.0, -1.0, 0, 0, 0, -s, 0, s]), atol=1e-5, rtol=0)
-    assert count_zero_signal_groups(rewards, groups) == 1
 
 
 def test_equal_rewards_give_exactly_zero_advantages():
     rewards = torch.tensor([0.3, 0.3 + 1e-9, 0.3, 0.9])  # float noise in group 0; group 1 has one sample
     adv = compute_advantages(rewards, [0, 0, 0, 1])
     assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert count_zero_signal_groups(rewards, [0, 0, 0, 1]) == 2
-    assert count_zero_signal_groups([0.0, 1.0], [0, 0]) == 0
+    assert compute_advantages([0.0, 1.0], [0, 0]).abs().sum() > 0
     # problem ids may be strings; a tensor of ids works the same
     adv = compute_advantages([1.0, 0.0, 0.2], ["two_sum", "two_sum", "fizzbuzz"])
     torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, 0.0]), atol=1e-5, rtol=0)
-    assert count_zero_signal_groups([1.0, 0.0, 0.2], torch.tensor([3, 3, 9])) == 1
+    assert compute_advantages([1.0, 0.0, 0.2], torch.tensor([3, 3, 9])).tolist() == adv.tolist()
 
 
 # ---------------------------------------------------------------- the loss on hand tensors

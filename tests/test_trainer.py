@@ -22,10 +22,9 @@ STAGES = ["understand", "edge_cases"]
 @pytest.fixture
 def random_rewards(monkeypatch):
     """Rewards drawn from NumPy's global RNG (restored on resume, so runs stay reproducible)."""
-    monkeypatch.setattr(rollout_module, "compute_generator_reward",
-                        lambda passes, *a, **k: np.random.rand(passes.shape[0]))
-    monkeypatch.setattr(rollout_module, "compute_discriminator_reward",
-                        lambda passes, valid, sample_ids, format_ok, *a, **k: np.random.rand(len(format_ok)))
+    monkeypatch.setattr(rollout_module, "generator_reward", lambda terms, config: np.random.rand(len(terms["pass_rate"])))
+    monkeypatch.setattr(rollout_module, "discriminator_reward",
+                        lambda terms, config: np.random.rand(len(terms["format_ok"])))
 
 
 def tiny_config(**overrides):
@@ -304,7 +303,7 @@ def test_zero_signal_groups_are_left_out_of_the_batch(example_problems, sandbox,
 
     trainer = make_trainer(example_problems, sandbox, problems_per_step=2)
     rewards = iter([np.array([0.5, 0.5]), np.array([0.2, 0.9])])  # problem 1: no signal; problem 2: signal
-    monkeypatch.setattr(rollout_module, "compute_generator_reward", lambda passes, *a, **k: next(rewards))
+    monkeypatch.setattr(rollout_module, "generator_reward", lambda terms, config: next(rewards))
     sizes, real = [], trainer_module.train_step
     monkeypatch.setattr(trainer_module, "train_step", lambda m, o, batch, c, *rest: sizes.append(len(batch)) or real(m, o, batch, c, *rest))
     metrics = trainer.train_generator_epoch("understand", steps=1)[0]

@@ -88,17 +88,6 @@ def compute_advantages(
     return torch.where(flat[index], torch.zeros_like(advantages), advantages)
 
 
-def count_zero_signal_groups(
-    rewards: torch.Tensor | Sequence[float], group_ids: torch.Tensor | Sequence, atol: float = 1e-6
-) -> int:
-    """Number of groups whose rewards are all equal (max − min ≤ atol): their advantages are all 0."""
-    rewards = torch.as_tensor(rewards, dtype=torch.float32)  # (B,)
-    if rewards.numel() == 0:
-        return 0
-    index = _group_index(group_ids, rewards.device)  # (B,)
-    return int(_group_stats(rewards, index, atol)[2].sum())
-
-
 # ---------------------------------------------------------------- the loss
 def compute_policy_loss(
     logprobs: torch.Tensor,

@@ -115,7 +115,11 @@ def compute_generator_reward(
     passes (n, T), valid (T,): all discriminator samples' tests of the problem (`TestMatrix`); V = the
     valid ones, deduplicated by `keys`; gt_passes (n, G) the ground-truth tests. A code with
     format_ok False scores 0. With no valid test and no ground-truth test the pass rate is 0."""
-    terms = generator_terms(passes, valid, format_ok, gt_passes, keys)
+    return generator_reward(generator_terms(passes, valid, format_ok, gt_passes, keys), config)
+
+
+def generator_reward(terms: dict[str, np.ndarray], config: RewardConfig) -> np.ndarray:
+    """(n,) r_gen from its terms (`generator_terms`): what the rollout computes once and keeps."""
     return config.gen_pass_coef * terms["pass_rate"] + config.gen_format_coef * terms["format_ok"]
 
 
@@ -191,6 +195,11 @@ def compute_discriminator_reward(
     so copies cannot lift a sample over the floor τ."""
     terms = discriminator_terms(passes, valid, sample_ids, format_ok, config.validity_floor, code_format_ok, keys,
                                 mutant_passes)
+    return discriminator_reward(terms, config)
+
+
+def discriminator_reward(terms: dict[str, np.ndarray], config: RewardConfig) -> np.ndarray:
+    """(m,) r_disc from its terms (`discriminator_terms`, made with `config.validity_floor`)."""
     invalid = terms["num_tests"] - terms["num_valid"]  # (m,)
     scale = 1.0 - invalid / np.maximum(config.invalid_floor, terms["num_tests"]) if config.scale_by_validity else 1.0
     return (scale * (config.disc_discrimination_coef * terms["discrimination"]

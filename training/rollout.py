@@ -27,9 +27,9 @@ from sandbox import ExecutionResult, Sandbox
 from sandbox.matrix import FEEDBACK_TESTS, build_test_matrix, collect_tests, ground_truth_matrix
 from training.config import TrainingConfig
 from training.rewards import (
-    compute_discriminator_reward,
-    compute_generator_reward,
+    discriminator_reward,
     discriminator_terms,
+    generator_reward,
     generator_terms,
 )
 
@@ -131,12 +131,11 @@ def score(rollout: ProblemRollout, matrix: list[list[ExecutionResult]], config: 
     code_ok = np.array([c.ok for c in rollout.codes], dtype=bool)
     test_ok = np.array([t.ok for t in rollout.tests], dtype=bool)
     rc = config.rewards
-    rollout.gen_rewards = compute_generator_reward(passes, tm.valid, code_ok, rc, gt, tm.keys)
-    rollout.disc_rewards = compute_discriminator_reward(passes, tm.valid, tm.sample_ids, test_ok, rc, code_ok, tm.keys,
-                                                        mutant_passes)
     rollout.gen_terms = generator_terms(passes, tm.valid, code_ok, gt, tm.keys)
     rollout.disc_terms = discriminator_terms(passes, tm.valid, tm.sample_ids, test_ok, rc.validity_floor, code_ok,
                                              tm.keys, mutant_passes)
+    rollout.gen_rewards = generator_reward(rollout.gen_terms, rc)  # (each term computed once)
+    rollout.disc_rewards = discriminator_reward(rollout.disc_terms, rc)
     rollout.validity = [bool(ok and reference_row[j].all_passed) for j, ok in enumerate(test_ok)]
 
 
