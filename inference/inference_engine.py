@@ -38,7 +38,7 @@ from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
 from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
-from sandbox.matrix import FEEDBACK_TESTS, collect_tests, module_columns, unique_columns
+from sandbox.matrix import FEEDBACK_TESTS, module_columns, unique_columns
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _columns(suites: list[TestsGeneration], problem: Problem | None = None) -> l
     keys) counts once, so copies cannot outvote distinct tests."""
     modules = [(j, s.test_names, s.tests) for j, s in enumerate(suites) if s.ok]
     if problem is not None and problem.tests.strip():
-        modules.append((PROBLEM_TESTS, list(collect_tests(problem.tests)), problem.tests))
+        modules.append((PROBLEM_TESTS, None, problem.tests))  # every test of the source
     columns, keys = module_columns(modules)
     first = unique_columns(keys, np.ones(len(columns), dtype=bool))
     return [column for column, keep in zip(columns, first) if keep]

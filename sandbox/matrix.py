@@ -87,14 +87,16 @@ def collect_tests(source: str) -> dict[str, str]:
     return out
 
 
-def module_columns(modules: Sequence[tuple[Hashable, Sequence[str], str | None]]) -> tuple[list[tuple], list[str]]:
-    """For modules given as (id, test names, source or None): every (id, name) column in order (a name listed
-    twice is one test) and its deduplication key, the `collect_tests` key from the source, else "id::name"
-    (distinct from every other test)."""
+def module_columns(
+    modules: Sequence[tuple[Hashable, Sequence[str] | None, str | None]],
+) -> tuple[list[tuple], list[str]]:
+    """For modules given as (id, test names or None for every test of the source, source or None): every
+    (id, name) column in order (a name listed twice is one test) and its deduplication key, the
+    `collect_tests` key from the source, else "id::name" (distinct from every other test)."""
     columns, keys = [], []
     for module, names, source in modules:
         source_keys = collect_tests(source) if source is not None else {}
-        for name in dict.fromkeys(names):
+        for name in dict.fromkeys(source_keys if names is None else names):
             columns.append((module, name))
             keys.append(source_keys.get(name, f"{module}::{name}"))
     return columns, keys

@@ -61,10 +61,6 @@ class Processes:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
     def average_gradients(self, params: list[torch.Tensor], weight: float) -> float:
         """Replace each parameter's gradient by the weighted mean over processes, Σ_r w_r·g_r / Σ_r w_r
         (a process with weight 0 or no gradient contributes nothing; a parameter no process has a gradient

@@ -343,9 +343,9 @@ class AdversarialTrainer:
             out["ppo/no_signal_updates"] = 1
             return self._merged(out)
         wrapper = self.wrappers[role]
-        batch = self._update_batch(role, prompts, responses, sampled, advantages, out) if signal else None
+        top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
+        batch = self._update_batch(role, prompts, responses, sampled, advantages, top, out) if signal else None
         # gradients on by parameter name while the whole model is in place, then the top-only view
-        top = shares_bottom(self.config, wrapper.model)
         with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo, self.processes))
         self._sync_sampler(role)
@@ -359,8 +359,9 @@ class AdversarialTrainer:
         return merge_metrics(self.processes.gather(out), summed=("ppo/zero_signal_groups", "ppo/groups", "ppo/tokens"))
 
     def _update_batch(self, role: str, prompts: list, responses: list, sampled: list, advantages: torch.Tensor,
-                      out: dict) -> RolloutBatch:
-        """The update's token batch with the reference log-probs (and the frozen bottom's hidden states)."""
+                      top: int, out: dict) -> RolloutBatch:
+        """The update's token batch with the reference log-probs (and, with `top` trained blocks, the frozen
+        bottom's hidden states)."""
         wrapper = self.wrappers[role]
         tb = build_token_batch(prompts, responses, wrapper.pad_id, wrapper.device)
         P = tb.prompt_width
@@ -376,7 +377,6 @@ class AdversarialTrainer:
                              temperature=self.config.temperature)
         precision = self.config.ppo.precision
         t = time.perf_counter()
-        top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
         if top:
             batch.hidden_states = bottom_hidden_states(wrapper.model, batch.input_ids, batch.attention_mask, top,
                                                        precision)
