@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from sandbox.executor import test_functions
+
 logger = logging.getLogger(__name__)
 
 
@@ -223,17 +225,12 @@ def _module_tests(source: str, entry_point: str | None) -> list[frozenset]:
 def _read_module(tree: ast.Module, entry_point: str | None) -> list[frozenset]:
     env: dict[str, ast.expr] = {}
     defined = {"solution"}  # module-level functions, classes and imports (not `from solution import`)
-    funcs: list[ast.FunctionDef] = []
+    funcs = [f for _, f, _ in test_functions(tree)]
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", "") != "solution":
             defined.update((a.asname or a.name).split(".")[0] for a in node.names)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-            funcs.append(node)
-        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            funcs += [f for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                      and f.name.startswith("test")]
     # names never bound in the module come from elsewhere (builtins, the solution): they stay; the rest
     # are variables, replaced by their values or blanked
     nodes = list(ast.walk(tree))

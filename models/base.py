@@ -88,7 +88,7 @@ class TokenBatch:
     input_ids: torch.Tensor  # (B, P+R)
     attention_mask: torch.Tensor  # (B, P+R) 1 on real tokens
     response_ids: torch.Tensor  # (B, R) right-padded responses
-    response_mask: torch.Tensor  # (B, R) 1 on real response tokens
+    response_mask: torch.Tensor  # (B, P+R) 1 on real response tokens (never column 0: every prompt has a token)
     prompt_width: int  # P: responses start at this column of input_ids
 
 
@@ -109,7 +109,8 @@ def build_token_batch(
         input_ids[i, P - len(p) : P] = torch.tensor(p)
         input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, P - len(p) : P + len(r)] = 1
-    response_mask = attention_mask[:, P:].clone()  # (B, R)
+    response_mask = attention_mask.clone()  # (B, P+R)
+    response_mask[:, :P] = 0
     return TokenBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -381,7 +382,7 @@ class LLMBase:
         `requires_grad` (the PPO update). `temperature` divides the logits (score the sampling policy)."""
         batch = self.token_batch(prompt_ids, response_ids)
         R = batch.response_ids.shape[1]
-        mask = batch.response_mask.float()  # (B, R)
+        mask = batch.response_mask[:, batch.prompt_width:].float()  # (B, R)
         if R == 0:
             return torch.zeros_like(mask), mask
         with torch.set_grad_enabled(requires_grad):

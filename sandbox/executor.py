@@ -138,30 +138,34 @@ def analyse_tests(source: str) -> tuple[list[str], bool]:
     return list(expected), fast
 
 
-@functools.lru_cache(maxsize=1024)
-def _analysis(source: str) -> tuple[tuple[str, ...], bool]:
-    tree = ast.parse(source)
-    expected, fast = [], True
+def test_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]]:
+    """The tests pytest collects from a module, in source order: (id, function, its class or None) for every
+    module-level `test*` function and every `test*` method of a `Test*` class (id `Class::method`)."""
+    out = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-            expected.append(node.name)
-            args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
-            covered = []
-            for dec in node.decorator_list:
-                names = _param_names(dec) if _is_parametrize(dec) else None
-                if names is None:
-                    fast = False
-                    break
-                covered += names
-            if isinstance(node, ast.AsyncFunctionDef) or set(args) - set(covered) or node.args.vararg:
-                fast = False
+            out.append((node.name, node, None))
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            out += [(f"{node.name}::{f.name}", f, node) for f in node.body
+                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name.startswith("test")]
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _analysis(source: str) -> tuple[tuple[str, ...], bool]:
+    expected, fast = [], "fixture" not in source and "pytest.param" not in source
+    for name, node, cls in test_functions(ast.parse(source)):
+        expected.append(name)
+        args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+        covered = []
+        for dec in node.decorator_list:
+            names = _param_names(dec) if _is_parametrize(dec) else None
+            if names is None:
+                fast = False
+                break
+            covered += names
+        if cls or isinstance(node, ast.AsyncFunctionDef) or set(args) - set(covered) or node.args.vararg:
             fast = False
-            for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
-                    expected.append(f"{node.name}::{item.name}")
-    if "fixture" in source or "pytest.param" in source:
-        fast = False
     return tuple(expected), fast
 
 

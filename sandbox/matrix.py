@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import ast
 import copy
-from collections.abc import Hashable, Sequence
+import functools
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
-from sandbox.executor import ExecutionResult
+from sandbox.executor import ExecutionResult, test_functions
 
 FEEDBACK_TESTS = 8  # failing tests shown to the generator per repair, in training and in inference
 
@@ -38,18 +40,19 @@ class TestMatrix:
     __test__ = False  # not a pytest test class, despite its name
 
 
-def collect_tests(source: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=1024)  # a problem's own tests are read on every step it is drawn
+def collect_tests(source: str) -> Mapping[str, str]:
     """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
 
     The key is the test's AST with its name blanked, plus the AST of the module-level helpers, constants
     and fixtures it refers to (transitively), so two tests are the same only when they run the same code:
     `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in another share a
     key; two tests calling differently defined helpers `check()` do not. Returns {} for a source that does
-    not parse."""
+    not parse. Read-only (remembered per source)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
-        return {}
+        return MappingProxyType({})
     top: dict[str, ast.AST] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -75,16 +78,9 @@ def collect_tests(source: str) -> dict[str, str]:
                     todo.append(top[name])
         return "\n".join(parts[:1] + sorted(parts[1:]))
 
-    out: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-            out[node.name] = key(node)
-        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
-                    # a method depends on its class (setup methods, attributes): key the class too
-                    out[f"{node.name}::{item.name}"] = key(item) + "\n" + ast.dump(node)
-    return out
+    # a method depends on its class (setup methods, attributes): its key holds the class too
+    return MappingProxyType({name: key(node) + ("" if cls is None else "\n" + ast.dump(cls))
+                             for name, node, cls in test_functions(tree)})
 
 
 def module_columns(

@@ -227,7 +227,7 @@ def test_token_batch_layout():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
     assert position_ids(batch.attention_mask).tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]  # as generate's
     assert batch.response_ids.tolist() == [[5, 0], [6, 7]]
-    assert batch.response_mask.tolist() == [[1, 0], [1, 1]]
+    assert batch.response_mask.tolist() == [[0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
     assert batch.prompt_width == 3
 
 

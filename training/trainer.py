@@ -318,33 +318,29 @@ class AdversarialTrainer:
         left out of the batch (no tokens, no KL term) and counted in `ppo/zero_signal_groups`; a step with
         no group left has no update (`ppo/no_signal_updates`). With several processes each passes its own
         rollouts, all take the same update (`train_step`), and the metrics are those of all processes."""
-        prompts, responses, rewards, groups, sampled = [], [], [], [], []
-        zero_signal = 0
+        rows = []  # (generation, reward, group) of every sampled action
         for g, r in enumerate(rollouts):
             if role == "generator":
                 pairs = [(r.stage_samples[i], r.codes[i], r.gen_rewards[i]) for i in range(len(r.codes))]
             else:
                 pairs = [(r.critiques[j] if r.critiques else None, r.tests[j], r.disc_rewards[j]) for j in range(len(r.tests))]
-            if np.ptp([reward for _, _, reward in pairs]) <= 1e-6:
-                zero_signal += 1
-                continue
-            for first, second, reward in pairs:
-                for gen in (first, second):
-                    if gen is not None and gen.response_ids:
-                        prompts.append(gen.prompt_ids)
-                        responses.append(gen.response_ids)
-                        rewards.append(float(reward))
-                        groups.append(g)
-                        sampled.append(gen.sampler_logprobs)
-        out = {"ppo/zero_signal_groups": zero_signal, "ppo/groups": len(rollouts)}
-        advantages = compute_advantages(rewards, groups, self.config.ppo.normalize_advantages) if rewards else None
-        signal = advantages is not None and bool(advantages.abs().sum() > 0)
+            rows += [(gen, float(reward), g) for first, second, reward in pairs for gen in (first, second)
+                     if gen is not None and gen.response_ids]
+        advantages = compute_advantages([w for _, w, _ in rows], [g for _, _, g in rows],
+                                        self.config.ppo.normalize_advantages)  # zero in a group without signal
+        live = {g for (_, _, g), a in zip(rows, advantages.tolist()) if a != 0}
+        keep = [i for i, (_, _, g) in enumerate(rows) if g in live]
+        out = {"ppo/zero_signal_groups": len(rollouts) - len(live), "ppo/groups": len(rollouts)}
+        signal = bool(keep)
         if not any(self.processes.gather(signal)):
             out["ppo/no_signal_updates"] = 1
             return self._merged(out)
         wrapper = self.wrappers[role]
         top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
-        batch = self._update_batch(role, prompts, responses, sampled, advantages, top, out) if signal else None
+        batch = None
+        if signal:
+            gens = [rows[i][0] for i in keep]
+            batch = self._update_batch(role, gens, advantages[keep], top, out)
         # gradients on by parameter name while the whole model is in place, then the top-only view
         with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo, self.processes))
@@ -358,21 +354,19 @@ class AdversarialTrainer:
             return out
         return merge_metrics(self.processes.gather(out), summed=("ppo/zero_signal_groups", "ppo/groups", "ppo/tokens"))
 
-    def _update_batch(self, role: str, prompts: list, responses: list, sampled: list, advantages: torch.Tensor,
-                      top: int, out: dict) -> RolloutBatch:
-        """The update's token batch with the reference log-probs (and, with `top` trained blocks, the frozen
-        bottom's hidden states)."""
+    def _update_batch(self, role: str, gens: list, advantages: torch.Tensor, top: int, out: dict) -> RolloutBatch:
+        """The update's token batch of the sampled `gens` with the reference log-probs (and, with `top` trained
+        blocks, the frozen bottom's hidden states)."""
         wrapper = self.wrappers[role]
-        tb = build_token_batch(prompts, responses, wrapper.pad_id, wrapper.device)
+        tb = build_token_batch([g.prompt_ids for g in gens], [g.response_ids for g in gens], wrapper.pad_id,
+                               wrapper.device)
         P = tb.prompt_width
-        response_mask = torch.zeros_like(tb.attention_mask)  # (B, P+R)
-        response_mask[:, P:] = tb.response_mask
         sampler_logprobs = torch.full(tb.input_ids.shape, math.nan)  # (B, P+R) NaN where the sampler gave none
-        for i, (values, response) in enumerate(zip(sampled, responses)):
-            if len(values) == len(response):
-                sampler_logprobs[i, P:P + len(values)] = torch.tensor(values)
+        for i, g in enumerate(gens):
+            if len(g.sampler_logprobs) == len(g.response_ids):
+                sampler_logprobs[i, P:P + len(g.response_ids)] = torch.tensor(g.sampler_logprobs)
         batch = RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                             response_mask=response_mask, advantages=advantages.to(wrapper.device),
+                             response_mask=tb.response_mask, advantages=advantages.to(wrapper.device),
                              sampler_logprobs=sampler_logprobs.to(wrapper.device),
                              temperature=self.config.temperature)
         precision = self.config.ppo.precision
