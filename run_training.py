@@ -22,7 +22,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from training.config import PRESETS, add_config_arguments, config_from_args, preset_overrides, resumed_config
+from training.config import (PRESETS, add_config_arguments, config_from_args, launch_rank_and_size, preset_overrides,
+                             resumed_config)
 
 RESULT_COLUMNS = {  # header -> metric key
     "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
@@ -70,7 +71,7 @@ def print_results(summary: dict, run_dir: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))  # set by accelerate launch / torchrun; only rank 0 reports
+    rank, world_size = launch_rank_and_size()  # only rank 0 reports
     logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO,
                         format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
     if args.quiet or rank:  # every progress bar, transformers' weight-loading ones too (read when tqdm is imported, later)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         print("run_training.py: error: --resume without a path needs --output-dir (the run to continue)",
               file=sys.stderr)
         return 2
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not config.output_dir:
+    if world_size > 1 and not config.output_dir:
         print("run_training.py: error: a run on several processes needs --output-dir (the folder they share)",
               file=sys.stderr)
         return 2

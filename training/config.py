@@ -6,10 +6,16 @@ options (and `--help`) from these fields. Cross-field checks raise `ValueError` 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from reasoning.stages import STAGE_NAMES
 from sandbox import SandboxConfig
+
+
+def launch_rank_and_size() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as `accelerate launch` or `torchrun` set them; (0, 1) without a launcher."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_numbers(config) -> None:

@@ -20,11 +20,12 @@ One process is `Processes()`: every method is trivial and `accelerate` is never 
 from __future__ import annotations
 
 import math
-import os
 from datetime import timedelta
 from typing import Any, Sequence
 
 import torch
+
+from training.config import launch_rank_and_size
 
 
 class Processes:
@@ -91,7 +92,7 @@ def launched_processes(device: str = "auto") -> Processes:
     """The run's processes as the launcher set them up (`WORLD_SIZE` > 1 in the environment): accelerate's
     `PartialState` joins the process group (gloo on CPU, nccl on GPUs, one GPU per process). Otherwise one
     process, and accelerate is not imported."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launch_rank_and_size()[1] <= 1:
         return Processes()
     try:
         from accelerate import PartialState
