@@ -6,7 +6,7 @@
         print(result.chain["algorithm"], result.code, result.passed)
 """
 __all__ = [
-    "Candidate", "InferenceConfig", "InferenceEngine", "InferenceResult", "describe_test", "dual_agreement",
+    "Candidate", "InferenceConfig", "InferenceEngine", "InferenceResult", "dual_agreement",
     "repair_feedback",
 ]
 

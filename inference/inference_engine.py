@@ -20,7 +20,6 @@ fair score; use it only when the tests are public examples, or when there is no 
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import logging
 import time
@@ -38,7 +37,7 @@ from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
 from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
-from sandbox.matrix import FEEDBACK_TESTS, module_columns, unique_columns
+from sandbox.matrix import FEEDBACK_TESTS, feedback, module_columns, unique_columns
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +118,6 @@ def repair_feedback(passes, ok, chosen: int) -> list[int]:
         return failing
     support = rows.sum(axis=0)
     return sorted((t for t in failing if support[t] > 0), key=lambda t: (-support[t], t))
-
-
-def describe_test(source: str, name: str, limit: int = 160) -> str:
-    """`name: <its first assert>` for repair feedback (the name alone when there is none)."""
-    try:
-        for node in ast.parse(source).body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-                assert_ = next((s for s in ast.walk(node) if isinstance(s, ast.Assert)), None)
-                if assert_ is not None:
-                    text = ast.unparse(assert_)
-                    return f"{name}: {text[:limit]}{'...' if len(text) > limit else ''}"
-    except SyntaxError:
-        pass
-    return name
 
 
 @dataclass
@@ -338,11 +323,9 @@ class InferenceEngine:
     def _failures(self, w: _Work, i: int) -> list[str]:
         """What candidate i is told to fix: its format failure and the consensus-backed tests it fails."""
         c = w.candidates[i]
-        failures = [] if c.ok else [f"the code could not be used: {c.reason}"]
-        for t in repair_feedback(w.passes, [c.ok for c in w.candidates], i):
-            j, name = w.columns[t]
-            failures.append(describe_test(w.source(j), name) + (" (problem's test)" if j == PROBLEM_TESTS else ""))
-        return failures[:FEEDBACK_TESTS]
+        failing = (w.columns[t] for t in repair_feedback(w.passes, [c.ok for c in w.candidates], i))
+        failures = feedback((w.source(j), name, j == PROBLEM_TESTS) for j, name in failing)
+        return (([] if c.ok else [f"the code could not be used: {c.reason}"]) + failures)[:FEEDBACK_TESTS]
 
     def _repair(self, works: list[_Work], cfg: InferenceConfig, attempt: int, timings) -> bool:
         """One repair round, one generate call for all problems whose chosen code still fails: the latest

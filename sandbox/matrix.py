@@ -9,14 +9,16 @@ only: the sandbox's containers never import it, and `code_version` leaves it out
     unique_columns     the first column of each key: a test written twice counts once
     build_test_matrix  `Sandbox.run_matrix` results -> `TestMatrix` (passes, valid, sample ids, keys, names)
     ground_truth_matrix  codes × the problem's own tests
-    FEEDBACK_TESTS     how many failing tests a code is shown when it is written again
+    feedback           what a code is shown of the tests it failed when it is written again (`describe_test`
+                       lines, at most FEEDBACK_TESTS), in training and in inference alike
 """
 from __future__ import annotations
 
 import ast
 import copy
 import functools
-from collections.abc import Hashable, Mapping, Sequence
+import itertools
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -152,3 +154,24 @@ def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarra
             seen.add(keys[t])
             out[t] = True
     return out
+
+
+def describe_test(source: str, name: str, limit: int = 160) -> str:
+    """`name: <its first assert>` for repair feedback (the name alone when there is none)."""
+    try:
+        for node in ast.parse(source).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                assert_ = next((s for s in ast.walk(node) if isinstance(s, ast.Assert)), None)
+                if assert_ is not None:
+                    text = ast.unparse(assert_)
+                    return f"{name}: {text[:limit]}{'...' if len(text) > limit else ''}"
+    except SyntaxError:
+        pass
+    return name
+
+
+def feedback(failing: Iterable[tuple[str, str, bool]]) -> list[str]:
+    """Repair feedback from the failed tests, given as (module source, test name, the problem's own test?) in
+    the order to show them: a `describe_test` line each, at most `FEEDBACK_TESTS`."""
+    return [describe_test(source, name) + (" (problem's test)" if own else "")
+            for source, name, own in itertools.islice(failing, FEEDBACK_TESTS)]

@@ -164,7 +164,7 @@ def test_multi_attempt_feedback_reaches_the_prompts_and_only_told_samples_rewrit
     failed_code, failing = feedback[0][0]
     assert failing, "the retried code was not shown its failing tests"
     problem_tests = example_problems[0].tests
-    assert all(name.split(" (")[0] in problem_tests for name in failing)  # named tests it failed
+    assert all(line.split(":")[0].split(" (")[0] in problem_tests for line in failing)  # named tests it failed
     contexts = test_calls[1][0][1]
     assert len(contexts) == 1 and "Your earlier tests" in contexts[0]  # only sample 1 rewrote its tests
     assert metrics["attempts/tests_rewritten"] == 1

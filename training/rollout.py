@@ -24,7 +24,7 @@ from data.problems import Problem
 from models.base import CodeGeneration, Generation, TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite, format_chain, stage_index
 from sandbox import ExecutionResult, Sandbox
-from sandbox.matrix import FEEDBACK_TESTS, build_test_matrix, collect_tests, ground_truth_matrix
+from sandbox.matrix import build_test_matrix, collect_tests, feedback, ground_truth_matrix
 from training.config import TrainingConfig
 from training.rewards import (
     discriminator_reward,
@@ -140,13 +140,13 @@ def score(rollout: ProblemRollout, matrix: list[list[ExecutionResult]], config: 
 
 
 def failing_tests(rollout: ProblemRollout, i: int, matrix: list[list[ExecutionResult]]) -> list[str]:
-    """Names of the valid tests and ground-truth tests code i fails (feedback for another attempt)."""
+    """The ground-truth tests, then the valid tests, that code i fails, as `sandbox.matrix.feedback` shows them
+    (feedback for another attempt)."""
     m = len(rollout.tests)
-    failures = [f"{name} (problem's test)" for name in matrix[i][m].failing_tests]
-    for j, valid in enumerate(rollout.validity):
-        if valid:
-            failures += [f"{name} (reviewer's test)" for name in matrix[i][j].failing_tests]
-    return failures[:FEEDBACK_TESTS]
+    failing = [(rollout.problem.tests, name, True) for name in matrix[i][m].failing_tests]
+    failing += [(rollout.tests[j].tests, name, False) for j, valid in enumerate(rollout.validity) if valid
+                for name in matrix[i][j].failing_tests]
+    return feedback(failing)
 
 
 def discriminator_feedback(rollout: ProblemRollout) -> list[str]:
