@@ -42,7 +42,7 @@ class TestMatrix:
     __test__ = False  # not a pytest test class, despite its name
 
 
-@functools.lru_cache(maxsize=1024)  # a problem's own tests are read on every step it is drawn
+@functools.lru_cache(maxsize=1024)  # one source has several readers: problem loading, each attempt's scoring, ranking
 def collect_tests(source: str) -> Mapping[str, str]:
     """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
 
