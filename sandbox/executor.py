@@ -110,15 +110,14 @@ def _request(tests: str) -> dict:
     """What the tests' process is sent for one execution (SyntaxError if `tests` does not parse)."""
     tests = add_solution_import(tests)
     expected, fast = analyse_tests(tests)
-    return {"tests": tests, "expected": expected, "fast": fast}
-
-
-def _is_parametrize(dec) -> bool:
-    return isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"
+    return {"tests": tests, "expected": list(expected), "fast": fast}
 
 
 def _param_names(dec) -> list[str] | None:
-    """The argument names of a parametrize decorator, given by position or as `argnames=`; None if unknown."""
+    """The argument names of a parametrize decorator, given by position or as `argnames=`; None if unknown
+    or if `dec` is another decorator."""
+    if not (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"):
+        return None
     node = dec.args[0] if dec.args else next((k.value for k in dec.keywords if k.arg == "argnames"), None)
     try:
         names = ast.literal_eval(node)
@@ -127,15 +126,6 @@ def _param_names(dec) -> list[str] | None:
     if isinstance(names, str):
         return [n.strip() for n in names.split(",") if n.strip()]
     return list(names) if isinstance(names, (list, tuple)) else None
-
-
-def analyse_tests(source: str) -> tuple[list[str], bool]:
-    """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
-    does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
-    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest.
-    Remembered per source: `run_matrix` runs each test source against every code."""
-    expected, fast = _analysis(source)
-    return list(expected), fast
 
 
 def test_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]]:
@@ -152,14 +142,18 @@ def test_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.As
 
 
 @functools.lru_cache(maxsize=1024)
-def _analysis(source: str) -> tuple[tuple[str, ...], bool]:
+def analyse_tests(source: str) -> tuple[tuple[str, ...], bool]:
+    """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
+    does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
+    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest.
+    Remembered per source: `run_matrix` runs each test source against every code."""
     expected, fast = [], "fixture" not in source and "pytest.param" not in source
     for name, node, cls in test_functions(ast.parse(source)):
         expected.append(name)
         args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
         covered = []
         for dec in node.decorator_list:
-            names = _param_names(dec) if _is_parametrize(dec) else None
+            names = _param_names(dec)
             if names is None:
                 fast = False
                 break
@@ -279,12 +273,9 @@ class _Worker:
         outputs: dict[str, int] = {}
         reported, messages, timed_out, tampered, healthy = {}, [], False, False, True
         try:
-            c_host, c_child = socket.socketpair()
-            sockets += [c_host, c_child]
-            t_host, t_child = socket.socketpair()
-            sockets += [t_host, t_child]
-            c_peer, t_peer = socket.socketpair()
-            sockets += [c_peer, t_peer]
+            for _ in range(3):  # each pair joins `sockets` at once, so that it is closed whatever fails next
+                sockets += socket.socketpair()
+            c_host, c_child, t_host, t_child, c_peer, t_peer = sockets
             for name in ("c_out", "c_err", "t_out", "t_err"):
                 outputs[name] = os.memfd_create(f"sandbox-{name}")
             try:
@@ -423,11 +414,6 @@ _WORKER_SERIALS = itertools.count()  # every worker's cgroups get fresh names, r
 ALLOW_UNISOLATED_ENV = "ADVCODE_ALLOW_UNISOLATED"  # =1: as allow_unisolated, for tools without the option
 
 
-def unisolated_allowed(config: SandboxConfig) -> bool:
-    """Whether the "process" level may run as root: `config.allow_unisolated`, else the environment."""
-    return config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"
-
-
 class Sandbox:
     """Runs code against tests in isolated, warm workers. Thread-safe; use as a context manager or
     call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates."""
@@ -491,12 +477,9 @@ class Sandbox:
     def run_matrix(self, codes: list[str], tests: list[str]) -> list[list[ExecutionResult]]:
         """Result of every code against every test source: `matrix[i][j]` is codes[i] on tests[j].
         The pairs are spread over the parallel workers."""
-        pairs = [(i, j) for i in range(len(codes)) for j in range(len(tests))]
-        matrix: list[list[ExecutionResult | None]] = [[None] * len(tests) for _ in codes]
         with ThreadPoolExecutor(self.num_workers) as pool:
-            for (i, j), result in zip(pairs, pool.map(lambda p: self.execute_tests(codes[p[0]], tests[p[1]]), pairs)):
-                matrix[i][j] = result
-        return matrix  # type: ignore[return-value]
+            results = pool.map(self.execute_tests, [c for c in codes for _ in tests], [t for _ in codes for t in tests])
+            return [[next(results) for _ in tests] for _ in codes]
 
     def close(self):
         for i, worker in enumerate(self._workers):
@@ -525,7 +508,8 @@ class Sandbox:
         asked for by name raises. The "process" level as root needs `allow_unisolated` (or the environment
         variable ADVCODE_ALLOW_UNISOLATED=1). Returns the level."""
         while True:
-            if level == "process" and os.geteuid() == 0 and not unisolated_allowed(self.config):
+            if level == "process" and os.geteuid() == 0 and not (
+                    self.config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"):
                 self._spawner.shutdown(wait=False)
                 raise RuntimeError(
                     "sandbox isolation 'process' would run untrusted code as root with full access to this "
