@@ -144,7 +144,7 @@ class Server:
                 args = [self.decode(a) for a in request[2]]
                 kwargs = {k: self.decode(v) for k, v in request[3]}
                 result = self.objects[request[1]](*args, **kwargs)
-                changed = self.changed(request[2], args) + self.changed_kw(request[3], kwargs)
+                changed = self.changed([*enumerate(request[2]), *request[3]], args + [kwargs[k] for k, _ in request[3]])
                 return self.reply(result, changed)
             elif op == "op":
                 name, operands = request[1], request[2]
@@ -164,22 +164,14 @@ class Server:
             return ["fail", f"the value could not cross the sandbox boundary ({type(e).__name__})"]
 
     def changed(self, sent, args) -> list:
-        """[index, new value] for each argument the call changed in place."""
+        """[index or keyword, new value] for each argument the call changed in place, from the (index or
+        keyword, encoding) pairs it was sent as and the arguments it was called with, in the same order."""
         out = []
-        for i, (raw, arg) in enumerate(zip(sent, args)):
+        for (where, raw), arg in zip(sent, args):
             if type(raw) is list and raw[0] in MUTABLE_TAGS:
                 now = self.encode(arg)
                 if now != raw:
-                    out.append([i, now])
-        return out
-
-    def changed_kw(self, sent, kwargs) -> list:
-        out = []
-        for key, raw in sent:
-            if type(raw) is list and raw[0] in MUTABLE_TAGS:
-                now = self.encode(kwargs[key])
-                if now != raw:
-                    out.append([key, now])
+                    out.append([where, now])
         return out
 
     def public(self) -> list[str]:
