@@ -46,17 +46,8 @@ class Reporter:
 
 # ---------------------------------------------------------------- the fast runner
 def _case_id(values, index):
-    parts = [str(v) if isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) < 40 else f"v{index}"
-             for v in values]
-    return "-".join(parts)
-
-
-def _parametrize_arguments(mark):
-    """(argnames, argvalues) of a parametrize mark, given by position or by keyword."""
-    args, kwargs = tuple(mark.args), dict(mark.kwargs)
-    names = args[0] if args else kwargs["argnames"]
-    values = args[1] if len(args) > 1 else kwargs["argvalues"]
-    return names, values
+    return "-".join(str(v) if isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) < 40 else f"v{index}"
+                    for v in values)
 
 
 def cases(func):
@@ -66,7 +57,9 @@ def cases(func):
     for mark in reversed(getattr(func, "pytestmark", [])):
         if mark.name != "parametrize":
             continue
-        names, values = _parametrize_arguments(mark)
+        args, kwargs = tuple(mark.args), dict(mark.kwargs)  # given by position or by keyword
+        names = args[0] if args else kwargs["argnames"]
+        values = args[1] if len(args) > 1 else kwargs["argvalues"]
         names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
         rows = []
         for i, row in enumerate(values):
@@ -79,13 +72,8 @@ def cases(func):
         axes.append(rows)
     if not axes:
         return [("", {})]
-    out = []
-    for combo in itertools.product(*axes):
-        kwargs = {}
-        for _, kw in combo:
-            kwargs.update(kw)
-        out.append(("[" + "-".join(case for case, _ in combo) + "]", kwargs))
-    return out
+    return [("[" + "-".join(case for case, _ in combo) + "]", {k: v for _, kw in combo for k, v in kw.items()})
+            for combo in itertools.product(*axes)]
 
 
 def run_fast(reporter, expected, tree):
