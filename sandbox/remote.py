@@ -255,10 +255,8 @@ def _unary(name):
     return lambda self: self._channel.op(name, self)
 
 
-def _binary(name, reflected=False):
-    def method(self, other):
-        return self._channel.op(name, other, self) if reflected else self._channel.op(name, self, other)
-    return method
+def _binary(name):
+    return lambda self, other: self._channel.op(name, self, other)
 
 
 def _between_remotes(name, reflected=False):
