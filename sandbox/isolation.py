@@ -162,12 +162,6 @@ def _stdlib_dirs() -> tuple[str, str]:
     return tuple(os.path.realpath(sysconfig.get_path(name, vars=base)) for name in ("stdlib", "platstdlib"))
 
 
-def python_env() -> dict[str, str]:
-    stdlib, platstdlib = _stdlib_dirs()
-    home = PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}"
-    return {"PYTHONHOME": home, "LD_LIBRARY_PATH": f"{PYTHON}/lib"}
-
-
 def package_items(names) -> dict[str, str]:
     """Top-level files and folders (`numpy`, `numpy.libs`, `_pytest`, `py.py`, ...) of the installed
     distributions `names` and the distributions they require, by name -> absolute path."""
@@ -197,15 +191,11 @@ def package_items(names) -> dict[str, str]:
 
 def _required(requirement: str) -> str | None:
     """The distribution name of a requirement that applies here (markers evaluated), else None."""
-    try:
-        from packaging.requirements import Requirement
+    from packaging.requirements import Requirement  # a dependency of pytest, the tests' side's package
 
+    try:
         req = Requirement(requirement)
         return req.name if req.marker is None or req.marker.evaluate({"extra": ""}) else None
-    except ImportError:
-        if "extra ==" in requirement:
-            return None
-        return requirement.split(";")[0].split("[")[0].strip(" <>=!~()").split(" ")[0] or None
     except Exception:
         return None
 
@@ -221,7 +211,9 @@ def container_command(level: str, side: str, index: int, control_fd: int, tmp_mb
         env["SANDBOX_WORK_ROOT"] = work_root
         return [sys.executable, "-E", "-s", "-B", str(CODE_DIR / "zygote.py")], env
 
-    env.update(python_env(), SANDBOX_NAMESPACED="1", SANDBOX_SITE="/sandbox/site")
+    stdlib, platstdlib = _stdlib_dirs()
+    env.update(PYTHONHOME=PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}", LD_LIBRARY_PATH=f"{PYTHON}/lib",
+               SANDBOX_NAMESPACED="1", SANDBOX_SITE="/sandbox/site")
     zygote = [f"{PYTHON}/bin/python3", "-S", "-B", "/sandbox/code/zygote.py"]
     mounts = view(side)
     root = os.geteuid() == 0
@@ -294,10 +286,8 @@ def _unshare_script(mounts, sources, root: str, env, command) -> str:
     for m, src in zip(mounts, sources):
         dst = q(root + m.dst)
         if m.kind == "ro":
-            if os.path.isdir(m.src):
-                steps.append(f"mkdir -p {dst}")
-            else:
-                steps.append(f"mkdir -p {q(os.path.dirname(root + m.dst))} && touch {dst}")
+            steps.append(f"mkdir -p {dst}" if os.path.isdir(m.src)
+                         else f"mkdir -p {q(os.path.dirname(root + m.dst))} && touch {dst}")
             steps += [f"mount --bind {q(src)} {dst}", f"mount -o remount,bind,ro,nosuid {dst}"]
         elif m.kind == "symlink":
             steps.append(f"ln -s {q(m.src)} {dst}")
