@@ -65,19 +65,15 @@ class Cgroups:
         # opened here, by root: the kernel checks the opener's credentials when a process writes itself in
         self.fds = [os.open(os.path.join(f, "cgroup.procs"), os.O_WRONLY) for f in self.folders]
 
-    def pids(self) -> list[int]:
-        """Host pids still in the cgroups (every process joins both, so the pids cgroup lists them all)."""
-        try:
-            with open(os.path.join(self.folders[1], "cgroup.procs")) as f:
-                return [int(line) for line in f if line.strip()]
-        except OSError:
-            return []
-
     def empty(self, wait_s: float = 1.0) -> bool:
         """Kill whatever is left in the cgroups; True once they are empty."""
         deadline = time.monotonic() + wait_s
         while True:
-            left = self.pids()
+            try:  # every process joins both cgroups, so the pids cgroup lists them all
+                with open(os.path.join(self.folders[1], "cgroup.procs")) as f:
+                    left = [int(line) for line in f if line.strip()]
+            except OSError:
+                left = []
             if not left:
                 return True
             if time.monotonic() > deadline:
