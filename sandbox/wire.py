@@ -87,10 +87,8 @@ def encode(value, other):
         return [_SEQUENCES[kind], [encode(v, other) for v in value]]
     if kind is dict:
         return ["d", [[encode(k, other), encode(v, other)] for k, v in value.items()]]
-    if kind is bytes:
-        return ["b", binascii.b2a_base64(value, newline=False).decode()]
-    if kind is bytearray:
-        return ["a", binascii.b2a_base64(value, newline=False).decode()]
+    if kind is bytes or kind is bytearray:
+        return ["b" if kind is bytes else "a", binascii.b2a_base64(value, newline=False).decode()]
     if kind is complex:
         return ["c", value.real, value.imag]
     return other(value)
