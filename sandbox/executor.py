@@ -12,6 +12,7 @@ source's syntax tree, never from exit codes or output. It never raises on bad co
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import itertools
 import json
@@ -222,10 +223,8 @@ class _Zygote:
             return None
 
     def close(self):
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(self.proc.pid, 9)
-        except OSError:
-            pass
         self.proc.wait()
         self.control.close()
         self.log.close()
@@ -335,9 +334,7 @@ class _Worker:
         other's out."""
         cap = self.config.max_output_chars
         read = {n: _read_capped(outputs[n], cap) if n in outputs else "" for n in ("c_out", "c_err", "t_out", "t_err")}
-        stdout = read["c_out"] + read["t_out"]
-        stderr = _cap("".join(messages), cap) + read["c_err"] + read["t_err"]
-        return stdout, stderr
+        return read["c_out"] + read["t_out"], _cap("".join(messages), cap) + read["c_err"] + read["t_err"]
 
     def close(self):
         for zygote in self.zygotes.values():
@@ -471,8 +468,7 @@ class Sandbox:
 
     def validate_tests_against_solution(self, tests: list[str], reference_solution: str) -> list[bool]:
         """For each test source, whether all of its tests pass on the reference solution (validity)."""
-        results = self.run_matrix([reference_solution], tests)[0]
-        return [r.all_passed for r in results]
+        return [r.all_passed for r in self.run_matrix([reference_solution], tests)[0]]
 
     def run_matrix(self, codes: list[str], tests: list[str]) -> list[list[ExecutionResult]]:
         """Result of every code against every test source: `matrix[i][j]` is codes[i] on tests[j].

@@ -19,6 +19,7 @@ Each child, before any untrusted byte arrives (where the level has namespaces):
   size, core dumps; process count without cgroups); keeps only its sockets (host, peer) and its
   stdout/stderr memory files.
 """
+import contextlib
 import ctypes
 import fcntl
 import gc
@@ -49,15 +50,11 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _last_cap():
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return 63
-
-
-LAST_CAP = _last_cap()
+try:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        LAST_CAP = int(f.read())
+except OSError:
+    LAST_CAP = 63
 
 
 def _check(result, what):
@@ -140,10 +137,8 @@ def spare_main(sock, workdir):
             why = traceback.format_exc()
             for fd, text in ((report, why.strip().splitlines()[-1][-4000:] or "?"),
                              (err, f"sandbox: the execution's isolation could not be set up:\n{why}")):
-                try:
+                with contextlib.suppress(OSError):
                     os.write(fd, text.encode())
-                except OSError:
-                    pass
         finally:
             os._exit(1)
     try:
@@ -244,10 +239,8 @@ class Server:
             if why:
                 self.error = "the execution's isolation could not be set up: " + why.decode(errors="replace")
         if pid is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL) if NAMESPACED else os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
     def reap(self):
         while self.dying:
