@@ -61,10 +61,7 @@ def collect_tests(source: str) -> Mapping[str, str]:
             top[node.name] = node
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                for n in ast.walk(target):
-                    if isinstance(n, ast.Name):
-                        top[n.id] = node
+            top.update((n.id, node) for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
 
     def key(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
         anonymous = copy.copy(node)
@@ -138,9 +135,8 @@ def ground_truth_matrix(gt_results: Sequence[ExecutionResult], gt_names: Sequenc
     """(n, G) bool: code i (`gt_results[i]`, its run on the problem's tests) passes ground-truth test g.
     `gt_names` from `collect_tests(problem.tests)` (names the sandbox reports)."""
     names = list(dict.fromkeys(gt_names))
-    return np.array([[r.passed_test(g) for g in names] for r in gt_results], dtype=bool).reshape(
-        len(gt_results), len(names)
-    )
+    passes = [[r.passed_test(g) for g in names] for r in gt_results]
+    return np.array(passes, dtype=bool).reshape(len(gt_results), len(names))
 
 
 def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarray:
