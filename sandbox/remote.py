@@ -335,9 +335,6 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         return importlib.util.spec_from_loader(fullname, self) if fullname == "solution" else None
 
-    def create_module(self, spec):
-        return None
-
     def exec_module(self, module):
         channel = self.channel
         try:
