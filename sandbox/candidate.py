@@ -129,17 +129,15 @@ class Server:
         if op == "exports":
             return ["ok", None, self.exports(request[1])]
         try:
-            if op == "getattr":
+            if op in ("getattr", "setattr", "delattr"):
                 target = self.objects[request[1]]
-                result = getattr(target, self._name(target, request[2]))
-            elif op == "setattr":
-                target = self.objects[request[1]]
-                setattr(target, self._name(target, request[2]), self.decode(request[3]))
-                result = None
-            elif op == "delattr":
-                target = self.objects[request[1]]
-                delattr(target, self._name(target, request[2]))
-                result = None
+                name, result = self._name(target, request[2]), None
+                if op == "getattr":
+                    result = getattr(target, name)
+                elif op == "setattr":
+                    setattr(target, name, self.decode(request[3]))
+                else:
+                    delattr(target, name)
             elif op == "call":
                 args = [self.decode(a) for a in request[2]]
                 kwargs = {k: self.decode(v) for k, v in request[3]}
