@@ -93,11 +93,7 @@ class Server:
         return wire.encode(value, self._other)
 
     def _other(self, value):
-        """Subclasses of plain types cross as the plain type (a namedtuple as a tuple, an IntEnum as an int,
-        a Counter as a dict), NumPy scalars as Python numbers; anything else as a handle."""
-        for base in wire.PLAIN_BASES:
-            if isinstance(value, base):
-                return self.encode(base(value))
+        """What is not plain (`wire.encode`): NumPy scalars cross as Python numbers, anything else as a handle."""
         if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
             return self.encode(value.item())
         if isinstance(value, types.ModuleType):  # its name only: the module of that name over there, if any

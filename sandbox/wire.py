@@ -76,8 +76,9 @@ class FrameReader:
 
 # ---------------------------------------------------------------- values
 def encode(value, other):
-    """`value` in the tagged form. A value of any other type (subclasses included) is passed to `other`,
-    which returns its encoding (a handle, or the encoding of a plain equivalent) or raises."""
+    """`value` in the tagged form. A subclass of a plain type crosses as that type (a namedtuple as a tuple, an
+    IntEnum as an int, a Counter as a dict); a value of any other type is passed to `other`, which returns its
+    encoding (a handle, or the encoding of a plain equivalent) or raises."""
     kind = type(value)
     if value is None or kind is bool or kind is str or kind is float:
         return value
@@ -91,6 +92,9 @@ def encode(value, other):
         return ["b" if kind is bytes else "a", binascii.b2a_base64(value, newline=False).decode()]
     if kind is complex:
         return ["c", value.real, value.imag]
+    for base in PLAIN_BASES:
+        if isinstance(value, base):
+            return encode(base(value), other)
     return other(value)
 
 
