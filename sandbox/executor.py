@@ -183,12 +183,8 @@ def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: boo
         status = "error"
     elif timed_out:
         status = "timeout"
-    elif total == 0:
-        status = "error"
-    elif passed == total:
-        status = "passed"
-    else:
-        status = "error" if errors == total else "failed"
+    else:  # all errors, or no test at all: nothing ran
+        status = "error" if errors == total else "passed" if passed == total else "failed"
     return dict(status=status, passed=passed, failed=total - passed - errors, errors=errors, total=total,
                 timed_out=timed_out, test_outcomes=outcomes)
 
@@ -397,8 +393,7 @@ def _read_reports(sock, deadline: float):
 
 def _read_capped(fd: int, limit: int) -> str:
     data = os.pread(fd, limit + 1, 0)
-    text = data[:limit].decode("utf-8", "replace")
-    return text + ("\n[output truncated]" if len(data) > limit else "")
+    return data[:limit].decode("utf-8", "replace") + ("\n[output truncated]" if len(data) > limit else "")
 
 
 def _cap(text: str, limit: int) -> str:
@@ -515,9 +510,8 @@ class Sandbox:
                     "(run_inference.py, python -m evaluation, bench/)")
             self.isolation = level
             try:
-                worker = self._worker(0)
-                reply, healthy = worker.execute("def f():\n    return 1\n",
-                                                _request("def test_f():\n    assert f() == 1\n"), timeout=30)
+                reply, healthy = self._worker(0).execute("def f():\n    return 1\n",
+                                                         _request("def test_f():\n    assert f() == 1\n"), timeout=30)
                 if reply["status"] != "passed" or not healthy:
                     raise RuntimeError(f"a trivial execution did not pass: {reply['stderr'][-1000:]}")
                 return level
