@@ -9,6 +9,7 @@ machine has cgroup v1 only); elsewhere `available()` is False and the limits are
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -79,10 +80,8 @@ class Cgroups:
             if time.monotonic() > deadline:
                 return False
             for pid in left:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
             time.sleep(0.01)
 
     def close(self):

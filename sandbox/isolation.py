@@ -212,8 +212,8 @@ def container_command(level: str, side: str, index: int, control_fd: int, tmp_mb
         return [sys.executable, "-E", "-s", "-B", str(CODE_DIR / "zygote.py")], env
 
     stdlib, platstdlib = _stdlib_dirs()
-    env.update(PYTHONHOME=PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}", LD_LIBRARY_PATH=f"{PYTHON}/lib",
-               SANDBOX_NAMESPACED="1", SANDBOX_SITE="/sandbox/site")
+    env.update(PYTHONHOME=PYTHON if platstdlib == stdlib else f"{PYTHON}:{PYTHON_EXEC}",
+               LD_LIBRARY_PATH=f"{PYTHON}/lib", SANDBOX_NAMESPACED="1", SANDBOX_SITE="/sandbox/site")
     zygote = [f"{PYTHON}/bin/python3", "-S", "-B", "/sandbox/code/zygote.py"]
     mounts = view(side)
     root = os.geteuid() == 0
