@@ -51,7 +51,7 @@ class Channel:
         self.lock = threading.Lock()
         self.broken = ""  # why the channel can no longer be used
         self.violated = False  # the candidate's side answered out of protocol
-        self.mirrors: dict[tuple, type] = {}  # (module, qualname) -> exception class made here
+        self.mirrors: dict[tuple, type] = {}  # (module, qualname, base) -> exception class made here
 
     def request(self, message: list):
         with self.lock:
@@ -136,9 +136,8 @@ class Channel:
 
     # ------------------------------------------------------------ operations
     def call(self, handle, args, kwargs):
-        for key in kwargs:
-            if type(key) is not str:
-                raise TypeError("keyword names must be strings")
+        if any(type(key) is not str for key in kwargs):
+            raise TypeError("keyword names must be strings")
         sent_args = [self.encode(a) for a in args]
         sent_kwargs = [[k, self.encode(v)] for k, v in kwargs.items()]
         reply = self.request(["call", handle, sent_args, sent_kwargs])
