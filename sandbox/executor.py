@@ -374,11 +374,9 @@ def _read_reports(sock, deadline: float):
             try:
                 record = json.loads(buffer[start:end])
                 test, outcome, message = str(record["t"]), str(record["o"]), str(record.get("m", ""))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
                 test = outcome = message = ""
-            except RecursionError:  # nested deeper than any report: not the runner's line
-                test = outcome = message = ""
-                tampered = True
+                tampered |= isinstance(e, RecursionError)  # nested deeper than any report: not the runner's line
             if test == DONE:
                 return reported, messages, False, tampered
             if test == PROTOCOL:
@@ -473,10 +471,8 @@ class Sandbox:
             return [[next(results) for _ in tests] for _ in codes]
 
     def close(self):
-        for i, worker in enumerate(self._workers):
-            if worker is not None:
-                worker.close()
-                self._workers[i] = None
+        for i in range(len(self._workers)):
+            self._replace(i, count=False)
         self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> Sandbox:
