@@ -148,10 +148,8 @@ def _python_mounts() -> list[Mount]:
         mounts.append(Mount("ro", f"{PYTHON}/lib/{version}", stdlib))
     if platstdlib != stdlib:
         mounts.append(Mount("ro", f"{PYTHON_EXEC}/lib/{os.path.basename(platstdlib)}", platstdlib))
-    for sub in ("site-packages", "dist-packages"):
-        if os.path.isdir(os.path.join(stdlib, sub)):
-            mounts.append(Mount("tmpfs", f"{PYTHON}/lib/{version}/{sub}"))
-    return mounts
+    return mounts + [Mount("tmpfs", f"{PYTHON}/lib/{version}/{sub}") for sub in ("site-packages", "dist-packages")
+                     if os.path.isdir(os.path.join(stdlib, sub))]
 
 
 def _stdlib_dirs() -> tuple[str, str]:
