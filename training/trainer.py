@@ -44,6 +44,7 @@ from training.config import (  # noqa: F401 (ScheduleEntry, build_schedule: also
     ScheduleEntry,
     TrainingConfig,
     build_schedule,
+    leaves,
     schedule_prefix_matches,
 )
 from training.policy import (
@@ -605,17 +606,9 @@ class TensorBoardLog:
         except ImportError:
             raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step)
-
-        def flat(values: dict, prefix: str = "") -> dict:
-            out = {}
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    out.update(flat(value, f"{prefix}{key}/"))
-                else:
-                    out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-            return out
-
-        self.writer.add_hparams(flat(config), {}, run_name=".")
+        hparams = {"/".join(keys): value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                   for keys, value in leaves(config)}
+        self.writer.add_hparams(hparams, {}, run_name=".")
 
     def add_metrics(self, metrics: dict, step: int) -> None:
         for key, value in metrics.items():
