@@ -14,7 +14,6 @@ Every function here takes what it uses (models, sandbox, config, problems, prefi
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -32,8 +31,6 @@ from training.rewards import (
     generator_reward,
     generator_terms,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
