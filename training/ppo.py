@@ -42,27 +42,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- advantages
-def _group_index(group_ids: torch.Tensor | Sequence, device: torch.device) -> torch.Tensor:
-    """(B,) group number in 0..G-1 of each sample; ids may be a tensor or any hashables (problem ids)."""
-    if isinstance(group_ids, torch.Tensor):
-        return torch.unique(group_ids, return_inverse=True)[1].to(device)  # (B,)
-    numbers: dict = {}
-    return torch.tensor([numbers.setdefault(g, len(numbers)) for g in group_ids], dtype=torch.long, device=device)
-
-
-def _group_stats(rewards: torch.Tensor, index: torch.Tensor, atol: float):
-    """Per-sample group mean and population std, and whether the sample's group has a zero spread."""
-    num_groups = int(index.max()) + 1 if index.numel() else 0
-    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
-    count.index_add_(0, index, torch.ones_like(rewards))  # (G,)
-    mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
-    var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
-    high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
-    low = torch.full_like(count, math.inf).scatter_reduce_(0, index, rewards, "amin")  # (G,)
-    flat = (high - low) <= atol  # (G,) all rewards of the group equal: no signal
-    return mean[index], var.sqrt()[index], flat
-
-
 def compute_advantages(
     rewards: torch.Tensor | Sequence[float],
     group_ids: torch.Tensor | Sequence,
@@ -76,16 +55,26 @@ def compute_advantages(
     group. A group whose rewards are all equal (max − min ≤ atol, a single sample included) carries no
     signal and gets exactly zero advantages (float noise is not amplified by the division)."""
     rewards = torch.as_tensor(rewards, dtype=torch.float32)  # (B,)
-    index = _group_index(group_ids, rewards.device)  # (B,)
+    if isinstance(group_ids, torch.Tensor):  # index (B,): the group number in 0..G-1 of each sample
+        index = torch.unique(group_ids, return_inverse=True)[1].to(rewards.device)
+    else:  # any hashables (problem ids)
+        numbers: dict = {}
+        index = torch.tensor([numbers.setdefault(g, len(numbers)) for g in group_ids], dtype=torch.long,
+                             device=rewards.device)
     if rewards.shape != index.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(index.shape)} must match")
     if rewards.numel() == 0:
         return rewards.clone()
-    mean, std, flat = _group_stats(rewards, index, atol)  # (B,), (B,), (G,)
-    advantages = rewards - mean  # (B,)
+    count = torch.bincount(index).to(rewards.dtype)  # (G,)
+    mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
+    var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
+    high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
+    low = torch.full_like(count, math.inf).scatter_reduce_(0, index, rewards, "amin")  # (G,)
+    advantages = rewards - mean[index]  # (B,)
     if normalize:
-        advantages = advantages / (std + eps)
-    return torch.where(flat[index], torch.zeros_like(advantages), advantages)
+        advantages = advantages / (var.sqrt()[index] + eps)
+    no_signal = (high - low) <= atol  # (G,) all rewards of the group equal
+    return torch.where(no_signal[index], torch.zeros_like(advantages), advantages)
 
 
 # ---------------------------------------------------------------- the loss
