@@ -412,11 +412,9 @@ class AdversarialTrainer:
         settings = EvalSettings(chain="full", num_samples=0, num_test_suites=1, stage_tokens=cfg.stage_tokens or 32,
                                 code_tokens=cfg.code_tokens or 256, test_tokens=cfg.test_tokens or 256,
                                 mutants_per_problem=cfg.mutants_per_problem, seed=cfg.seed)
-        for p in self.validation_problems:
-            self.mutants_for(p)
         results = evaluate_problems(self.generator, self.discriminator, self.validation_problems, self.sandbox,
                                     settings, batch_size=len(self.validation_problems), desc="validation",
-                                    mutants=self.mutants)
+                                    mutants={p.id: self.mutants_for(p) for p in self.validation_problems})
         scores = [r.mutation_score for r in results if r.mutation_score is not None]
         out = {"validation/pass@1": float(np.mean([r.greedy_passed for r in results])),
                "validation/valid_test_rate": float(np.mean([r.valid_test_rate for r in results])),
