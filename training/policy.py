@@ -116,10 +116,9 @@ def trainable_names(model: torch.nn.Module, last_layers: int) -> set[str] | None
     if layers is None:
         raise ValueError("train_last_layers needs a model with a known layer stack; use train_last_layers=0")
     keep = {id(p) for layer in list(layers)[-last_layers:] for p in layer.parameters()}
-    names = {n for n, p in model.named_parameters() if id(p) in keep}
-    names |= {n for n, _ in model.named_parameters() if n.endswith(("norm.weight", "ln_f.weight", "ln_f.bias"))
-              and ".layers." not in n and ".h." not in n}
-    return names
+    final_norm = {n for n, _ in model.named_parameters() if n.endswith(("norm.weight", "ln_f.weight", "ln_f.bias"))
+                  and ".layers." not in n and ".h." not in n}
+    return {n for n, p in model.named_parameters() if id(p) in keep} | final_norm
 
 
 def is_lora(model: torch.nn.Module) -> bool:
