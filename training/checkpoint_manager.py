@@ -249,10 +249,8 @@ class CheckpointManager:
         if self.keep_last is None:
             return
         infos = self.list_checkpoints()
-        keep = {c.name for c in infos[-self.keep_last:]}  # includes the latest
         best = _best(infos)
-        if best is not None:
-            keep.add(best.name)
+        keep = {c.name for c in infos[-self.keep_last:]} | ({best.name} if best else set())  # the latest, the best
         for info in infos:
             if info.name not in keep:
                 logger.info("pruning checkpoint %s", info.path)
@@ -490,7 +488,7 @@ def _save_model(model, out_dir: Path, adapter_dir: Path) -> None:
         from peft import PeftModel  # optional dependency
     except ImportError:
         PeftModel = ()
-    if PeftModel and isinstance(model, PeftModel):
+    if isinstance(model, PeftModel):
         model.save_pretrained(adapter_dir)
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out_dir)

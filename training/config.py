@@ -172,16 +172,13 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
         """Inverse of `to_dict` (a saved config.json); unknown keys are an error naming them."""
-        nested = {f.name: f.type for f in fields(cls) if f.name in ("rewards", "ppo", "sandbox")}
-        kinds = {"rewards": RewardConfig, "ppo": PPOConfig, "sandbox": SandboxConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         values = dict(data)
-        for name in nested:
+        for name, kind in SECTIONS.items():
             if isinstance(values.get(name), dict):
-                values[name] = kinds[name](**values[name])
+                values[name] = kind(**values[name])
         return cls(**values)
 
 
@@ -227,6 +224,16 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def leaves(values: dict, path: tuple = ()):
+    """(keys, value) of every value of a nested dict that is not a dict itself, in order: `{"ppo": {"kl_coef":
+    0.1}}` gives (("ppo", "kl_coef"), 0.1)."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from leaves(value, path + (key,))
+        else:
+            yield path + (key,), value
+
+
 # ---------------------------------------------------------------- command line, generated from the fields
 def field_docs(cls) -> dict[str, str]:
     """Each field's one-line comment in the class source: the `--help` text of its option."""
@@ -251,17 +258,9 @@ def _flag(name: str) -> str:
 
 def preset_overrides(name: str) -> str:
     """What a preset sets, as command-line options (for `--help`)."""
-    def flat(values: dict) -> list[str]:
-        out = []
-        for key, value in values.items():
-            if isinstance(value, dict):
-                out += flat(value)
-            elif isinstance(value, bool):
-                out.append(_flag(key) if value else _flag(f"no_{key}"))
-            else:
-                out.append(f"{_flag(key)}={value}")
-        return out
-    return ", ".join(flat(PRESETS[name]))
+    def option(key: str, value) -> str:
+        return _flag(key if value else f"no_{key}") if isinstance(value, bool) else f"{_flag(key)}={value}"
+    return ", ".join(option(keys[-1], value) for keys, value in leaves(PRESETS[name]))
 
 
 def add_dataclass_options(group, cls, shown: dict | None = None, skip: tuple = (), unset: bool = False) -> None:
@@ -382,12 +381,7 @@ def resumed_config(args, saved: dict, preset: str | None = None, position: int |
         raise ValueError(f"the run's config.json cannot be read as a config: {e}") from None
     config = (config_from_args(args, preset) if preset
               else TrainingConfig.from_dict(_merge(asdict(base), _given(args))))
-
-    def flat(values: dict) -> dict:
-        return {k: v for key, value in values.items()
-                for k, v in (flat(value).items() if isinstance(value, dict) else [(key, value)])}
-
-    old, new = flat(asdict(base)), flat(asdict(config))
+    old, new = ({keys[-1]: value for keys, value in leaves(asdict(c))} for c in (base, config))
     changes = {key: [old.get(key), value] for key, value in new.items()
                if value != old.get(key) and key not in RESUME_MAY_CHANGE}
     schedule_ok = start_stage is not None or position is None or schedule_prefix_matches(asdict(base), config, position)

@@ -101,8 +101,6 @@ def launched_processes(device: str = "auto") -> Processes:
     # the others wait while the main process validates problems or checkpoints (minutes): NCCL's default
     # timeout of 10 minutes would end the run
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), timeout=timedelta(hours=2))
-    if state.num_processes <= 1:
-        return Processes()
     return Processes(state.process_index, state.num_processes, str(state.device))
 
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 
 import torch
 
 from training.config import TrainingConfig
 from models.logprobs import autocast, position_ids
 from training.ppo import RolloutBatch, compute_ref_logprobs
-
-logger = logging.getLogger(__name__)
 
 
 def freeze(model: torch.nn.Module) -> None:
@@ -119,20 +116,9 @@ def trainable_names(model: torch.nn.Module, last_layers: int) -> set[str] | None
     if layers is None:
         raise ValueError("train_last_layers needs a model with a known layer stack; use train_last_layers=0")
     keep = {id(p) for layer in list(layers)[-last_layers:] for p in layer.parameters()}
-    names = {n for n, p in model.named_parameters() if id(p) in keep}
-    names |= {n for n, _ in model.named_parameters() if n.endswith(("norm.weight", "ln_f.weight", "ln_f.bias"))
-              and ".layers." not in n and ".h." not in n}
-    return names
-
-
-def add_lora(model: torch.nn.Module, rank: int, alpha: int, targets: list[str]) -> torch.nn.Module:
-    """Wrap `model` with LoRA adapters (peft, imported only here)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ImportError("lora_rank > 0 needs peft: pip install peft") from None
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    final_norm = {n for n, _ in model.named_parameters() if n.endswith(("norm.weight", "ln_f.weight", "ln_f.bias"))
+                  and ".layers." not in n and ".h." not in n}
+    return {n for n, p in model.named_parameters() if id(p) in keep} | final_norm
 
 
 def is_lora(model: torch.nn.Module) -> bool:
@@ -149,14 +135,18 @@ def prepare_policy(model: torch.nn.Module, config: TrainingConfig,
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if config.lora_rank > 0:
-        model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
+        try:  # peft is imported only here
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ImportError("lora_rank > 0 needs peft: pip install peft") from None
+        model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                                 target_modules=config.lora_targets, task_type="CAUSAL_LM"))
         names = {n for n, _ in model.named_parameters() if "lora_" in n}
-        _cast_frozen(model, names, frozen_dtype)
-        unfreeze(model, names)
-        return model, None
-    names = trainable_names(model, config.train_last_layers)
+    else:
+        names = trainable_names(model, config.train_last_layers)
     _cast_frozen(model, names, frozen_dtype)
-    reference = frozen_copy(model, names, frozen_dtype) if config.ppo.kl_coef > 0 else None  # copies what trains
+    # the reference copies what trains; with LoRA the model with its adapters off serves
+    reference = frozen_copy(model, names, frozen_dtype) if config.ppo.kl_coef > 0 and not config.lora_rank else None
     unfreeze(model, names)
     return model, reference
 

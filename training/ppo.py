@@ -22,12 +22,12 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from models.logprobs import autocast, entropy_from_logits, forward_logprobs, logprobs_from_logits  # noqa: F401
+from models.logprobs import forward_logprobs
 
 if TYPE_CHECKING:  # annotation only: this module imports nothing but torch (and `models.logprobs`) at run time
     from training.config import PPOConfig
@@ -42,27 +42,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- advantages
-def _group_index(group_ids: torch.Tensor | Sequence, device: torch.device) -> torch.Tensor:
-    """(B,) group number in 0..G-1 of each sample; ids may be a tensor or any hashables (problem ids)."""
-    if isinstance(group_ids, torch.Tensor):
-        return torch.unique(group_ids, return_inverse=True)[1].to(device)  # (B,)
-    numbers: dict = {}
-    return torch.tensor([numbers.setdefault(g, len(numbers)) for g in group_ids], dtype=torch.long, device=device)
-
-
-def _group_stats(rewards: torch.Tensor, index: torch.Tensor, atol: float):
-    """Per-sample group mean and population std, and whether the sample's group has a zero spread."""
-    num_groups = int(index.max()) + 1 if index.numel() else 0
-    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
-    count.index_add_(0, index, torch.ones_like(rewards))  # (G,)
-    mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
-    var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
-    high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
-    low = torch.full_like(count, math.inf).scatter_reduce_(0, index, rewards, "amin")  # (G,)
-    flat = (high - low) <= atol  # (G,) all rewards of the group equal: no signal
-    return mean[index], var.sqrt()[index], flat
-
-
 def compute_advantages(
     rewards: torch.Tensor | Sequence[float],
     group_ids: torch.Tensor | Sequence,
@@ -76,16 +55,26 @@ def compute_advantages(
     group. A group whose rewards are all equal (max − min ≤ atol, a single sample included) carries no
     signal and gets exactly zero advantages (float noise is not amplified by the division)."""
     rewards = torch.as_tensor(rewards, dtype=torch.float32)  # (B,)
-    index = _group_index(group_ids, rewards.device)  # (B,)
+    if isinstance(group_ids, torch.Tensor):  # index (B,): the group number in 0..G-1 of each sample
+        index = torch.unique(group_ids, return_inverse=True)[1].to(rewards.device)
+    else:  # any hashables (problem ids)
+        numbers: dict = {}
+        index = torch.tensor([numbers.setdefault(g, len(numbers)) for g in group_ids], dtype=torch.long,
+                             device=rewards.device)
     if rewards.shape != index.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(index.shape)} must match")
     if rewards.numel() == 0:
         return rewards.clone()
-    mean, std, flat = _group_stats(rewards, index, atol)  # (B,), (B,), (G,)
-    advantages = rewards - mean  # (B,)
+    count = torch.bincount(index).to(rewards.dtype)  # (G,)
+    mean = torch.zeros_like(count).index_add_(0, index, rewards) / count  # (G,)
+    var = torch.zeros_like(count).index_add_(0, index, (rewards - mean[index]) ** 2) / count  # (G,)
+    high = torch.full_like(count, -math.inf).scatter_reduce_(0, index, rewards, "amax")  # (G,)
+    low = torch.full_like(count, math.inf).scatter_reduce_(0, index, rewards, "amin")  # (G,)
+    advantages = rewards - mean[index]  # (B,)
     if normalize:
-        advantages = advantages / (std + eps)
-    return torch.where(flat[index], torch.zeros_like(advantages), advantages)
+        advantages = advantages / (var.sqrt()[index] + eps)
+    no_signal = (high - low) <= atol  # (G,) all rewards of the group equal
+    return torch.where(no_signal[index], torch.zeros_like(advantages), advantages)
 
 
 # ---------------------------------------------------------------- the loss
@@ -182,10 +171,14 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def apply(self, fn) -> RolloutBatch:
+        """A batch of `fn(tensor)` for each tensor field (the others as they are)."""
+        return RolloutBatch(**{f.name: fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v
+                               for f in fields(self)})
+
     def select(self, index: torch.Tensor) -> RolloutBatch:
         """The rows `index` (a minibatch)."""
-        return RolloutBatch(**{f.name: getattr(self, f.name) if not isinstance(getattr(self, f.name), torch.Tensor)
-                               else getattr(self, f.name)[index] for f in fields(self)})
+        return self.apply(lambda t: t[index])
 
 
 def first_scored_column(mask: torch.Tensor | None) -> int:
@@ -245,7 +238,6 @@ def train_step(
     `ppo/entropy`, `ppo/grad_norm` (before clipping), averaged over the steps taken (NaN when none);
     `ppo/steps`, `ppo/skipped_steps`, `ppo/tokens` (response tokens in the batch), `ppo/time_s`."""
     start = time.perf_counter()
-    precision = config.precision
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
     distributed = processes is not None and processes.distributed
@@ -262,7 +254,7 @@ def train_step(
             metrics, weight = None, 0.0
             if len(index):
                 mb = batch.select(index.to(device))
-                logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, precision,
+                logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, config.precision,
                                                      keep_from=keep_from, entropy_mask=mb.response_mask,
                                                      temperature=mb.temperature,
                                                      hidden_states=mb.hidden_states)  # (b, T), (b, T)
@@ -285,8 +277,9 @@ def train_step(
                 else:
                     loss.backward()
                     weight = float(mb.response_mask.sum())
-            if distributed and _sync_gradients(params, optimizer, processes, weight):
-                continue  # no process had rows in this minibatch
+            if distributed and processes.average_gradients(params, weight) == 0:
+                optimizer.zero_grad(set_to_none=True)
+                continue  # no process had rows in this minibatch: no step anywhere
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 logger.warning("PPO step skipped: non-finite gradient norm %s", grad_norm.item())
@@ -316,15 +309,6 @@ def train_step(
     return out
 
 
-def _sync_gradients(params: list[torch.Tensor], optimizer: torch.optim.Optimizer, processes, weight: float) -> bool:
-    """Average the gradients over the processes (`train_step` with several); True when no process had
-    rows in this minibatch (no step anywhere)."""
-    if processes.average_gradients(params, weight) == 0:
-        optimizer.zero_grad(set_to_none=True)
-        return True
-    return False
-
-
 def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: PPOConfig, distributed: bool,
                    device: torch.device) -> tuple[RolloutBatch | None, int, list]:
     """`train_step`'s batch on the model's device with position 0 unscored, the first logit column it needs,
@@ -332,20 +316,10 @@ def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: P
     None (a process with no rows of its own): `config.num_minibatches` empty minibatches per epoch."""
     if batch is None:
         return None, 0, [[torch.zeros(0, dtype=torch.long)] * config.num_minibatches for _ in range(config.ppo_epochs)]
-    precision = config.precision
     response_mask = batch.response_mask.clone()  # (B, T)
     response_mask[:, 0] = 0  # nothing predicts position 0
-    batch = RolloutBatch(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        response_mask=response_mask.to(device),
-        advantages=batch.advantages.to(device=device, dtype=torch.float32),
-        old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs.to(device),
-        ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs.to(device),
-        temperature=batch.temperature,
-        sampler_logprobs=None if batch.sampler_logprobs is None else batch.sampler_logprobs.to(device),
-        hidden_states=None if batch.hidden_states is None else batch.hidden_states.to(device),
-    )
+    batch = replace(batch, response_mask=response_mask, advantages=batch.advantages.float()).apply(
+        lambda t: t.to(device))
     keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
     num_minibatches = config.num_minibatches if distributed else min(config.num_minibatches, len(batch))
     minibatches = [torch.randperm(len(batch)).tensor_split(num_minibatches) for _ in range(config.ppo_epochs)]
@@ -359,6 +333,6 @@ def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: P
                     continue
                 index = index.to(device)
                 batch.old_logprobs[index] = batch_logprobs(
-                    model, batch.input_ids[index], batch.attention_mask[index], precision, keep_from, batch.temperature,
-                    None if batch.hidden_states is None else batch.hidden_states[index])
+                    model, batch.input_ids[index], batch.attention_mask[index], config.precision, keep_from,
+                    batch.temperature, None if batch.hidden_states is None else batch.hidden_states[index])
     return batch, keep_from, minibatches

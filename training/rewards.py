@@ -52,16 +52,12 @@ Invalid tests never touch the generator's reward: they are outside V, so they ne
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from sandbox.matrix import unique_columns
 from training.config import RewardConfig
-
-logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- helpers

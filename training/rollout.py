@@ -14,7 +14,6 @@ Every function here takes what it uses (models, sandbox, config, problems, prefi
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -32,8 +31,6 @@ from training.rewards import (
     generator_reward,
     generator_terms,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,8 +79,8 @@ def sample_discriminator(discriminator, cfg: TrainingConfig, problems: list[Prob
     flat_chains = [chain_for_suite(chains[i], j) for i in range(len(problems)) for j in range(m)]
     critiques, tests = discriminator_samples(discriminator, cfg, [p for p in problems for _ in range(m)], stage,
                                              flat_chains)
-    critique_groups = [critiques[i * m:(i + 1) * m] for i in range(len(problems))] if critiques else [[] for _ in problems]
-    return critique_groups, [tests[i * m:(i + 1) * m] for i in range(len(problems))]
+    groups = range(len(problems))  # (no critiques: an empty list each)
+    return [critiques[i * m:(i + 1) * m] for i in groups], [tests[i * m:(i + 1) * m] for i in groups]
 
 
 def discriminator_samples(discriminator, cfg: TrainingConfig, problems: list[Problem], stage: str, chains: list[Chain],
@@ -184,7 +181,6 @@ def make_rollouts(generator, discriminator, sandbox: Sandbox, cfg: TrainingConfi
         for p, prefix, s, c, codes, cr, ts, mut in zip(problems, prefixes, stage_groups, chains, code_groups,
                                                        critique_groups, test_groups, mutants)
     ]
-    matrices = []
     executions = timeouts = 0
     timing["attempts/tests_rewritten"] = 0
     for attempt in range(1, cfg.max_attempts + 1):
@@ -208,8 +204,8 @@ def make_rollouts(generator, discriminator, sandbox: Sandbox, cfg: TrainingConfi
             feedback = [[(rollouts[k].codes[i].code or rollouts[k].codes[i].text,
                           failing_tests(rollouts[k], i, matrices[k]))] for k, i in retry]
             new = generator.generate_code([rollouts[k].problem for k, _ in retry],
-                                                  [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
-                                                  max_new_tokens=cfg.code_tokens or None)
+                                          [rollouts[k].chains[i] for k, i in retry], 1, feedback=feedback,
+                                          max_new_tokens=cfg.code_tokens or None)
             for (k, i), out in zip(retry, new):
                 rollouts[k].codes[i] = out[0]
                 rollouts[k].attempts[i] = attempt + 1

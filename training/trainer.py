@@ -33,17 +33,16 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
-from evaluation.run_metrics import BOOKKEEPING, load_metrics, summarize_metrics
-from models.base import build_token_batch
+from evaluation.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
-from training.config import (  # noqa: F401 (ScheduleEntry, build_schedule: also used from here)
+from training.config import (
     CHECKPOINT_KEYS,
     ROLES,
-    ScheduleEntry,
     TrainingConfig,
     build_schedule,
+    leaves,
     schedule_prefix_matches,
 )
 from training.policy import (
@@ -227,10 +226,11 @@ class AdversarialTrainer:
 
     def _run_phase(self, stage: str, phase: str, count: int) -> list[dict]:
         """`count` steps of `phase` at `stage`: the schedule's next entries when they are of that stage and
-        phase (alternating: up to the k-th generator step), else extra steps outside the schedule."""
-        following = [e for e in self.schedule if e.index >= self.state.position]
+        phase (alternating: up to the k-th generator step), else extra steps outside the schedule. Schedule
+        entries run in order: a step each, the position advanced after it, validation before the stage's
+        last step's checkpoint, `--save-every` checkpoints, and a clean stop when `max_minutes` is up."""
         run = []
-        for entry in following:
+        for entry in self.schedule[self.state.position:]:
             if entry.stage != stage or entry.phase != phase or len(run) == count:
                 break
             run.append(entry)
@@ -239,13 +239,8 @@ class AdversarialTrainer:
         if not run:  # off the schedule: extra steps, the position stays
             roles = [r for _ in range(count // 2) for r in ROLES] if phase == "alternating" else [phase] * count
             return [self.step(role, stage, phase) for role in roles]
-        return self._run_entries(run)
-
-    def _run_entries(self, entries: list[ScheduleEntry]) -> list[dict]:
-        """Schedule entries in order: a step each, the position advanced after it, validation before the
-        stage's last step's checkpoint, `--save-every` checkpoints, and a clean stop when `max_minutes` is up."""
         rows = []
-        for entry in entries:
+        for entry in run:
             last = entry.index == max(e.index for e in self.schedule if e.stage == entry.stage)
             save_every = self.config.save_every and (entry.index + 1) % self.config.save_every == 0
             rows.append(self.step(entry.role, entry.stage, entry.phase,
@@ -320,10 +315,8 @@ class AdversarialTrainer:
         rollouts, all take the same update (`train_step`), and the metrics are those of all processes."""
         rows = []  # (generation, reward, group) of every sampled action
         for g, r in enumerate(rollouts):
-            if role == "generator":
-                pairs = [(r.stage_samples[i], r.codes[i], r.gen_rewards[i]) for i in range(len(r.codes))]
-            else:
-                pairs = [(r.critiques[j] if r.critiques else None, r.tests[j], r.disc_rewards[j]) for j in range(len(r.tests))]
+            pairs = (zip(r.stage_samples, r.codes, r.gen_rewards) if role == "generator"
+                     else zip(r.critiques or [None] * len(r.tests), r.tests, r.disc_rewards))
             rows += [(gen, float(reward), g) for first, second, reward in pairs for gen in (first, second)
                      if gen is not None and gen.response_ids]
         advantages = compute_advantages([w for _, w, _ in rows], [g for _, _, g in rows],
@@ -331,16 +324,12 @@ class AdversarialTrainer:
         live = {g for (_, _, g), a in zip(rows, advantages.tolist()) if a != 0}
         keep = [i for i, (_, _, g) in enumerate(rows) if g in live]
         out = {"ppo/zero_signal_groups": len(rollouts) - len(live), "ppo/groups": len(rollouts)}
-        signal = bool(keep)
-        if not any(self.processes.gather(signal)):
+        if not any(self.processes.gather(bool(keep))):
             out["ppo/no_signal_updates"] = 1
             return self._merged(out)
         wrapper = self.wrappers[role]
         top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
-        batch = None
-        if signal:
-            gens = [rows[i][0] for i in keep]
-            batch = self._update_batch(role, gens, advantages[keep], top, out)
+        batch = self._update_batch(role, [rows[i][0] for i in keep], advantages[keep], top, out) if keep else None
         # gradients on by parameter name while the whole model is in place, then the top-only view
         with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo, self.processes))
@@ -358,8 +347,7 @@ class AdversarialTrainer:
         """The update's token batch of the sampled `gens` with the reference log-probs (and, with `top` trained
         blocks, the frozen bottom's hidden states)."""
         wrapper = self.wrappers[role]
-        tb = build_token_batch([g.prompt_ids for g in gens], [g.response_ids for g in gens], wrapper.pad_id,
-                               wrapper.device)
+        tb = wrapper.token_batch([g.prompt_ids for g in gens], [g.response_ids for g in gens])
         P = tb.prompt_width
         sampler_logprobs = torch.full(tb.input_ids.shape, math.nan)  # (B, P+R) NaN where the sampler gave none
         for i, g in enumerate(gens):
@@ -424,11 +412,9 @@ class AdversarialTrainer:
         settings = EvalSettings(chain="full", num_samples=0, num_test_suites=1, stage_tokens=cfg.stage_tokens or 32,
                                 code_tokens=cfg.code_tokens or 256, test_tokens=cfg.test_tokens or 256,
                                 mutants_per_problem=cfg.mutants_per_problem, seed=cfg.seed)
-        for p in self.validation_problems:
-            self.mutants_for(p)
         results = evaluate_problems(self.generator, self.discriminator, self.validation_problems, self.sandbox,
                                     settings, batch_size=len(self.validation_problems), desc="validation",
-                                    mutants=self.mutants)
+                                    mutants={p.id: self.mutants_for(p) for p in self.validation_problems})
         scores = [r.mutation_score for r in results if r.mutation_score is not None]
         out = {"validation/pass@1": float(np.mean([r.greedy_passed for r in results])),
                "validation/valid_test_rate": float(np.mean([r.valid_test_rate for r in results])),
@@ -472,14 +458,10 @@ class AdversarialTrainer:
         for name, text in rows.items():
             append_synced(self.run_dir / name, text)
         if self.config.report_to == "tensorboard":
-            self._tensorboard(step).add_metrics(metrics, step)
-
-    def _tensorboard(self, step: int) -> TensorBoardLog:
-        """The run's TensorBoard log, opened at the first step this process logs: steps from there on are
-        dropped from earlier event files (a resume runs them again, as `_drop_logged_steps_after` does)."""
-        if self._board is None:
-            self._board = TensorBoardLog(self.run_dir / "tensorboard", self.config.to_dict(), first_step=step)
-        return self._board
+            if self._board is None:  # opened at the first step logged: steps from there on are dropped from
+                # earlier event files (a resume runs them again, as `_drop_logged_steps_after` does)
+                self._board = TensorBoardLog(self.run_dir / "tensorboard", self.config.to_dict(), first_step=step)
+            self._board.add_metrics(metrics, step)
 
     def save_checkpoint(self):
         """Validate, then save both models, optimizers, RNG and trainer state through the checkpoint
@@ -545,8 +527,8 @@ class AdversarialTrainer:
             if state is not None:
                 self.optimizers[role].load_state_dict(state)
             self._sync_sampler(role)
-        fields_ = {f for f in TrainerState.__dataclass_fields__}
-        self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in fields_})
+        known = TrainerState.__dataclass_fields__
+        self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in known})
         if start_stage is not None:
             self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
         else:
@@ -605,22 +587,13 @@ class TensorBoardLog:
         except ImportError:
             raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step)
-
-        def flat(values: dict, prefix: str = "") -> dict:
-            out = {}
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    out.update(flat(value, f"{prefix}{key}/"))
-                else:
-                    out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-            return out
-
-        self.writer.add_hparams(flat(config), {}, run_name=".")
+        hparams = {"/".join(keys): value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                   for keys, value in leaves(config)}
+        self.writer.add_hparams(hparams, {}, run_name=".")
 
     def add_metrics(self, metrics: dict, step: int) -> None:
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                    and key not in BOOKKEEPING:
+            if key not in BOOKKEEPING and number(value) is not None:
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
@@ -737,14 +710,12 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     manager = CheckpointManager(run_dir, keep_last=config.keep_last)
     if processes.is_main:
         manager.prepare()  # a folder that cannot take a checkpoint fails now, not after the first steps
-    checkpoint, fresh_logs, verified = None, False, False
+    checkpoint = None
     metrics_file = run_dir / "metrics.jsonl"
     if resume == "latest":  # the run's own newest checkpoint that verifies, listed once (by the main process)
         checkpoint = processes.broadcast(manager.latest_verified_checkpoint() if processes.is_main else None)
-        verified = checkpoint is not None  # every file hashed just now: not again when loading
         if checkpoint is None:
             logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
-            fresh_logs = True
     elif resume is None and metrics_file.is_file() and metrics_file.stat().st_size > 0:
         raise ValueError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume, or choose "
                          "another --output-dir")
@@ -768,11 +739,11 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
         raise
     trainer._own_sandbox = True
     try:
-        if fresh_logs:
+        if resume == "latest" and checkpoint is None:
             trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
         if checkpoint is not None:
-            # (files are hashed once, by the main process; the others check sizes)
-            trainer.load_checkpoint(checkpoint, start_stage, verify=not verified and processes.is_main)
+            # files are hashed once, by the main process (the latest one just now); the others check sizes
+            trainer.load_checkpoint(checkpoint, start_stage, verify=resume != "latest" and processes.is_main)
         elif start_stage is not None:
             trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
         return trainer.train_full_pipeline()
