@@ -28,7 +28,7 @@ import torch
 
 from transformers import DynamicCache
 
-from models.loading import contiguous_head_input, load_model, resolve_device, resolve_dtype
+from models.loading import contiguous_head_input, load_model, prepare_tokenizer, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
 from models.sampling import TopKFirstTopPLogitsProcessor
 from models.logprobs import autocast, forward_logprobs
@@ -122,12 +122,7 @@ def build_token_batch(
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def cache_argument(model) -> str:
@@ -214,6 +209,17 @@ def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
     return problems, lists
 
 
+def sanitized_records(problems: list, groups: list[list[Generation]], task: str, sanitize, record: type) -> list[list]:
+    """Each sample of `groups` (one list per problem) as a `record` (`CodeGeneration`, `TestsGeneration`) with
+    its `task`, its problem's id and the fields of `sanitize(reply, entry_point)` (`models.sanitize`)."""
+    out = [[record(**dataclasses.asdict(g) | {"task": task, "problem_id": p.id},
+                   **dataclasses.asdict(sanitize(g.reply, p.entry_point))) for g in group]
+           for p, group in zip(problems, groups)]
+    logger.debug("%s samples: %d of %d well-formed", task.removesuffix("s"),
+                 sum(r.ok for group in out for r in group), sum(map(len, out)))
+    return out
+
+
 class LLMBase:
     """A causal LM with its tokenizer, sampling settings and chat formatting.
 
@@ -239,9 +245,7 @@ class LLMBase:
             if dtype != "auto":
                 self.model.to(resolve_dtype(dtype, self.model.device))
             contiguous_head_input(self.model)
-            self.tokenizer.padding_side = "left"
-            if self.tokenizer.pad_token_id is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            prepare_tokenizer(self.tokenizer)
         else:
             self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.sampling = sampling or SamplingConfig()
@@ -358,10 +362,7 @@ class LLMBase:
 
     def _cut_at_eos(self, tokens: list[int]) -> list[int]:
         """The response up to and including the first EOS (padding after it dropped)."""
-        for t, token in enumerate(tokens):
-            if token in self.eos_ids:
-                return tokens[: t + 1]
-        return tokens
+        return tokens[: next((t + 1 for t, token in enumerate(tokens) if token in self.eos_ids), len(tokens))]
 
     # ------------------------------------------------------------------ scoring
     def token_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> TokenBatch:
