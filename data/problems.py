@@ -353,11 +353,12 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
     sandbox's code and limits), so a second load of the same set runs nothing until the sandbox's code or
     limits change. A sandbox is started only when something is not cached."""
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     from tqdm.auto import tqdm
 
     from models.loading import cache_dir
-    from sandbox import verdict_version
+    from sandbox import Sandbox, verdict_version
 
     cache = cache_dir() / "validation" / verdict_version(getattr(sandbox, "config", None))
     verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
@@ -369,30 +370,23 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
         except (OSError, ValueError, KeyError, TypeError):
             todo.append(p)
     if todo:
-        own = sandbox is None
-        if own:
-            from sandbox import Sandbox as _Sandbox
+        def check(p: Problem) -> str:
+            ref = validate_problem(p, sandbox)
+            if not ref.all_passed:
+                failing = ", ".join(ref.failing_tests[:3]) or ref.status
+                detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
+                return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
+            stub = sandbox.execute_tests(trivial_solution(p), p.tests)
+            if stub.all_passed:
+                return "a solution that returns None passes every test (the tests check nothing)"
+            return ""
 
-            sandbox = _Sandbox()
-        try:
-            def check(p: Problem) -> str:
-                ref = validate_problem(p, sandbox)
-                if not ref.all_passed:
-                    failing = ", ".join(ref.failing_tests[:3]) or ref.status
-                    detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
-                    return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
-                stub = sandbox.execute_tests(trivial_solution(p), p.tests)
-                if stub.all_passed:
-                    return "a solution that returns None passes every test (the tests check nothing)"
-                return ""
-
-            with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
-                results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
-                                    unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
-                                    **({"disable": True} if not show_progress or len(todo) < 8 else {})))
-        finally:
-            if own:
-                sandbox.close()
+        # a sandbox of our own is closed after; one passed in is left open
+        with (nullcontext(sandbox) if sandbox is not None else Sandbox() as sandbox,
+              ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool):
+            results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
+                                unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
+                                **({"disable": True} if not show_progress or len(todo) < 8 else {})))
         cache.mkdir(parents=True, exist_ok=True)
         for p, reason in zip(todo, results):
             key = content_hash(p)
