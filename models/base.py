@@ -198,15 +198,11 @@ def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
         raise TypeError(f"model methods take a list of problems, got {type(problems).__name__} "
                         "(for one problem pass [problem]; the result is one list of samples per problem)")
     problems = list(problems)
-    lists = {}
     for name, value in per_problem.items():
-        if isinstance(value, (list, tuple)):
-            if len(value) != len(problems):
-                raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
-            lists[name] = list(value)
-        else:
-            lists[name] = [value] * len(problems)
-    return problems, lists
+        if isinstance(value, (list, tuple)) and len(value) != len(problems):
+            raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
+    return problems, {name: list(value) if isinstance(value, (list, tuple)) else [value] * len(problems)
+                      for name, value in per_problem.items()}
 
 
 def sanitized_records(problems: list, groups: list[list[Generation]], task: str, sanitize, record: type) -> list[list]:
@@ -324,8 +320,9 @@ class LLMBase:
             stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
         model = self.model if self.sampling_model is None else self.sampling_model
+        rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
-        with autocast(model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
+        with autocast(model), torch.random.fork_rng(devices=rng_devices, enabled=settings.seed is not None):
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             cached = prefill_shared_prefixes(model, rows) if settings.share_prefix else None
@@ -356,9 +353,6 @@ class LLMBase:
         n_tokens = sum(len(g.response_ids) for gens in out for g in gens)
         logger.debug("sampled %d responses, %d tokens", len(new_tokens), n_tokens)
         return out
-
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
 
     def _cut_at_eos(self, tokens: list[int]) -> list[int]:
         """The response up to and including the first EOS (padding after it dropped)."""

@@ -26,10 +26,8 @@ Feedback = Union[str, Sequence[tuple[str, Sequence[str]]], None]
 
 def feedback_text(feedback: Feedback) -> str:
     """The feedback block of the code prompt ("" for none)."""
-    if not feedback:
-        return ""
-    if isinstance(feedback, str):
-        return feedback
+    if not feedback or isinstance(feedback, str):
+        return feedback or ""
     return "".join(format_feedback(code, list(failures)) for code, failures in feedback)
 
 
