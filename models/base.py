@@ -146,8 +146,6 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     cache=cache)` (`cache_argument`) then prefills only the last S columns. Used when some group has two rows or more
     and the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the
     plain path."""
-    if not rows:
-        return None
     groups: list[list[int]] = []  # row indices
     shared: list[int] = []  # each group's common prefix length
     for r, ids in enumerate(rows):
@@ -185,8 +183,6 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
                 if n > 0:
                     keys[r, :, width - n:] = layer.keys[0, :, :n]
                     values[r, :, width - n:] = layer.values[0, :, :n]
-    if not layers:
-        return None
     return DynamicCache(layers, config=model.config), width
 
 
