@@ -83,11 +83,6 @@ def _int(value: int) -> ast.expr:
     return ast.Constant(value) if value >= 0 else ast.UnaryOp(ast.USub(), ast.Constant(-value))
 
 
-def _has_docstring(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    first = func.body[0]
-    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
-
-
 def _empty_return(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
     """The empty value of the one literal type every `return` of `func` (not of nested scopes) returns."""
     kinds, stack = set(), list(func.body)
@@ -144,7 +139,7 @@ def _edits(node: ast.AST) -> Iterator[tuple[str, str, Edit]]:
         if node.orelse:
             yield "drop_branch", "else removed", lambda n: _set(n, "orelse", [])
     elif isinstance(node, _FUNCS):
-        at = int(_has_docstring(node))
+        at = int(ast.get_docstring(node, clean=False) is not None)
         for value in dict.fromkeys(["None", _empty_return(node) or "None"]):
             yield "early_return", f"return {value} at the top of {node.name}()", lambda n, value=value: _set(
                 n, "body", n.body[:at] + [ast.Return(ast.parse(value, mode="eval").body)] + n.body[at:])
@@ -158,15 +153,14 @@ class _Replace(ast.NodeTransformer):
         return self.new if node is self.old else self.generic_visit(node)
 
 
-def _mutate(tree: ast.Module, node: ast.AST, edit: Edit) -> str:
-    """The source of `tree` with `edit` applied to (a copy of) `node`; the tree itself is left unchanged."""
+def edited_copy(tree: ast.AST, node: ast.AST, edit: Edit) -> ast.AST:
+    """A copy of `tree` with `edit` applied to the copy of `node` (a node of `tree`, or `tree` itself);
+    the tree itself is left unchanged."""
     memo: dict[int, object] = {}
     new_tree = copy.deepcopy(tree, memo)
     target = memo[id(node)]
     replacement = edit(target)
-    if replacement is not target:
-        new_tree = _Replace(target, replacement).visit(new_tree)
-    return ast.unparse(ast.fix_missing_locations(new_tree))
+    return new_tree if replacement is target else _Replace(target, replacement).visit(new_tree)
 
 
 def _spread(mutants: list[Mutant], limit: int, seed: int) -> list[Mutant]:
@@ -199,7 +193,7 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
     for node in _code_nodes(tree):
         for operator, change, edit in _edits(node):
             try:  # a mutant that unparse cannot write or that does not parse back (`case --1:`) is skipped
-                text = _mutate(tree, node, edit)
+                text = ast.unparse(ast.fix_missing_locations(edited_copy(tree, node, edit)))
                 changed = ast.dump(ast.parse(text)) != original
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 continue
