@@ -35,14 +35,13 @@ import logging
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.pass_at_k import estimate_pass_at_k
+from evaluation.pass_at_k import pass_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +84,16 @@ class ProblemResult:
     greedy_ok: bool  # the greedy code parses and defines the entry point
     n: int  # sampled codes
     c: int  # sampled codes that pass
-    ranked_passed: bool | None  # the discriminator-ranked sampled code passes (None: no ranking)
-    num_tests: float | None  # tests per suite (None: no discriminator)
-    valid_test_rate: float | None  # mean over suites of valid tests / tests (a malformed suite: 0)
-    mutation_score: float | None  # mean over suites of the share of mutants killed (None: no mutants)
-    test_diversity: float | None  # `compute_test_diversity` score of the problem's suites
-    coherence: float | None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
+    ranked_passed: bool | None = None  # the discriminator-ranked sampled code passes (None: no ranking)
+    num_tests: float | None = None  # tests per suite (None: no discriminator)
+    valid_test_rate: float | None = None  # mean over suites of valid tests / tests (a malformed suite: 0)
+    mutation_score: float | None = None  # mean over suites of the share of mutants killed (None: no mutants)
+    test_diversity: float | None = None  # `compute_test_diversity` score of the problem's suites
+    coherence: float | None = None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
 
 
 def _pass_at(k: int):
-    return lambda r: float(estimate_pass_at_k(np.array([r.n]), np.array([r.c]), k)[0]) if r.n >= k else None
+    return lambda r: pass_at_k(r.n, r.c, k) if r.n >= k else None
 
 
 def measures(num_samples: int) -> dict:
@@ -115,14 +114,6 @@ def measures(num_samples: int) -> dict:
 
 
 # ---------------------------------------------------------------- running one model
-def execute_pairs(sandbox, pairs: list[tuple[str, str]]) -> list:
-    """`sandbox.execute_tests(code, tests)` for every pair, spread over the sandbox's workers."""
-    if not pairs:
-        return []
-    with ThreadPoolExecutor(sandbox.num_workers) as pool:
-        return list(pool.map(lambda p: sandbox.execute_tests(*p), pairs))
-
-
 def evaluate_problems(generator, discriminator, problems, sandbox, settings: EvalSettings, batch_size: int = 8,
                       desc: str = "evaluating", mutants: dict | None = None) -> list[ProblemResult]:
     """Run one model (an `LLMGenerator`, and an `LLMDiscriminator` or None) on `problems`; one batched
@@ -131,7 +122,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     from evaluation.metrics import reasoning_coherence
     from evaluation.mutation import nonequivalent_mutants
     from evaluation.test_diversity import compute_test_diversity
-    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
+    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement, execute_pairs
     from sandbox.matrix import build_test_matrix, unique_columns
     from training.rewards import discriminator_terms
 
@@ -168,7 +159,6 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
             passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
             result = ProblemResult(
                 id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
-                ranked_passed=None, num_tests=None, valid_test_rate=None, mutation_score=None, test_diversity=None,
                 coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
             if m:
                 names = [s.test_names if s.ok else [] for s in suites[k]]
