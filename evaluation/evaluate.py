@@ -257,14 +257,6 @@ def load_models(spec: str, device: str, use_discriminator: bool):
     return LLMGenerator(pair), LLMDiscriminator(pair) if use_discriminator else None, None
 
 
-def overlap(trainer_state: dict | None, problems) -> list[str]:
-    """Ids of `problems` whose content hash is among the checkpoint's recorded training problems."""
-    from data.problems import content_hash
-
-    trained = set((trainer_state or {}).get("training_problems", []))
-    return [p.id for p in problems if content_hash(p) in trained]
-
-
 def reusable_runs(path: str, problems, settings: EvalSettings, batch_size: int) -> dict:
     """model spec -> run dict of the earlier report at `path`, or ValueError when it was measured otherwise
     (another problem list, other settings or batch size: its results would not pair with this run's)."""
@@ -322,7 +314,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from data.problems import ProblemFormatError, load_problem_set, validate_problem_set
+    from data.problems import ProblemFormatError, content_hash, load_problem_set, validate_problem_set
     from sandbox import Sandbox
 
     def fail(message: str, code: int) -> int:
@@ -335,8 +327,7 @@ def main(argv=None) -> int:
         settings = EvalSettings(args.chain, args.num_samples, 0 if args.no_discriminator else args.num_test_suites,
                                 args.temperature, 0.95, args.stage_tokens, args.code_tokens, args.test_tokens,
                                 args.mutants, args.seed)
-        problems = load_problem_set(args.problems)[args.skip:]
-        problems = problems[:args.limit] if args.limit > 0 else problems
+        problems = load_problem_set(args.problems)[args.skip:][:args.limit or None]
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; give a folder")
@@ -362,7 +353,8 @@ def main(argv=None) -> int:
             except (OSError, RuntimeError, ValueError) as e:
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
-            seen = overlap(state, problems)
+            trained = set((state or {}).get("training_problems", []))  # content hashes of its training problems
+            seen = [p.id for p in problems if content_hash(p) in trained]
             if seen and not args.allow_overlap:
                 return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
                             "other problems, or pass --allow-overlap", 2)

@@ -35,7 +35,6 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -206,15 +205,6 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
 # ---- with a sandbox: keep the mutants that the ground-truth tests kill ---------------------------------
 
 
-def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool, sandbox: Sandbox) -> Path:
-    from models.loading import cache_dir
-    from sandbox import verdict_version
-
-    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
-                      verdict_version(getattr(sandbox, "config", None))] + (["hardest"] if hardest else []))
-    return cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-
-
 def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, seed: int = 0,
                           hardest: bool = False) -> list[Mutant]:
     """At most `limit` mutants of the reference solution that fail at least one of `problem.tests`
@@ -226,7 +216,12 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
-    path = _cache_path(problem, limit, seed, hardest, sandbox)
+    from models.loading import cache_dir
+    from sandbox import verdict_version
+
+    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
+                      verdict_version(getattr(sandbox, "config", None))] + (["hardest"] if hardest else []))
+    path = cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]
     except (OSError, ValueError, KeyError, TypeError):
