@@ -139,12 +139,6 @@ def print_chains(chains, problems: list[Problem], as_json: bool, seconds: float)
     return 0
 
 
-def summary(results, seconds: float) -> dict:
-    executed = [r for r in results if r.execution is not None]
-    return {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
-            "well_formed": sum(r.code_ok for r in results), "seconds": round(seconds, 2)}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -203,7 +197,9 @@ def main(argv=None) -> int:
         return fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     if args.chain_only:
         return print_chains(results, problems, args.json, time.perf_counter() - start)
-    totals = summary(results, time.perf_counter() - start)
+    executed = [r for r in results if r.execution is not None]
+    totals = {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
+              "well_formed": sum(r.code_ok for r in results), "seconds": round(time.perf_counter() - start, 2)}
     if args.json:
         print(json.dumps({"checkpoint": str(engine.checkpoint) if engine.checkpoint else None,
                           "model": None if args.checkpoint else (args.model or "default"),

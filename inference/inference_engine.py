@@ -91,9 +91,8 @@ def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
     tests they pass; a group scores (#codes in it) x (#tests it passes), and every code gets its group's
     score. Returns (scores (n,), index of the chosen code): the first code of the best group; ties go to
     the larger group, then the earlier code."""
-    passes = np.asarray(passes, dtype=bool)
-    n = passes.shape[0]
-    passes = passes.reshape(n, -1)
+    n = len(passes)
+    passes = np.asarray(passes, dtype=bool).reshape(n, -1)
     ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
     groups: dict[bytes, list[int]] = {}
     for i in np.flatnonzero(ok):
