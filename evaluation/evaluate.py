@@ -172,8 +172,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
                 result.num_tests = float(terms["num_tests"].mean())
                 result.valid_test_rate = float(terms["valid_frac"].mean())
                 result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
-                ok_sources = [s for s in sources if s]
-                result.test_diversity = compute_test_diversity(ok_sources, p.entry_point).score if ok_sources else 0.0
+                result.test_diversity = compute_test_diversity(sources, p.entry_point).score  # "" (malformed): no tests
                 if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
                     ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
                     chosen = dual_agreement(ranking, code_ok)[1]
@@ -206,13 +205,10 @@ def compare(runs: list[dict], num_samples: int) -> dict:
         if not common:
             continue
         arrays = [np.array([v[i] for i in common], dtype=float) for v in values]
-        rows = []
-        for k, a in enumerate(arrays):
-            row = {"model": runs[k]["model"], "mean": float(a.mean()), "problems": len(common)}
-            if k:
-                row["diff"], row["ci_low"], row["ci_high"] = paired_bootstrap(arrays[0], a)
-            rows.append(row)
-        table[name] = rows
+        table[name] = [{"model": run["model"], "mean": float(a.mean()), "problems": len(common)}
+                       for run, a in zip(runs, arrays)]
+        for row, a in zip(table[name][1:], arrays[1:]):
+            row["diff"], row["ci_low"], row["ci_high"] = paired_bootstrap(arrays[0], a)
     return table
 
 
