@@ -310,7 +310,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from data.problems import ProblemFormatError, content_hash, load_problem_set, validate_problem_set
+    from data.problems import content_hash, load_problem_set, validate_problem_set
     from sandbox import Sandbox
 
     def fail(message: str, code: int) -> int:
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; give a folder")
-    except (ValueError, ProblemFormatError) as e:
+    except ValueError as e:  # ProblemFormatError too
         return fail(str(e), 2)
     runs = []
     with Sandbox() as sandbox:

@@ -20,12 +20,11 @@ fair score; use it only when the tests are public examples, or when there is no 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +229,7 @@ class InferenceEngine:
         repair round, over all problems and candidates. `execute` runs each problem's own tests on its
         final answer (problems without tests are not executed)."""
         overrides = {"num_candidates": num_candidates, "max_attempts": max_attempts}
-        cfg = dataclasses.replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
+        cfg = replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
         problems = list(problems)
         if not problems:
             return []
