@@ -15,11 +15,13 @@ import argparse
 import json
 import logging
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
 from data.problems import Problem, ProblemFormatError, load_problem_set, problem_from_dict
 from inference.config import InferenceConfig
+from reasoning.stages import STAGES
 from training.config import add_dataclass_options
 
 PROG = "run_inference.py"
@@ -98,13 +100,16 @@ def read_problems(args) -> list[Problem]:
                     reference_solution="", tests="", signature=args.signature)]
 
 
-def print_result(result, problem: Problem, execute: bool) -> None:
-    """Each stage under its title, the code, and the table of the problem's tests."""
-    from reasoning.stages import STAGES
-
+def print_chain(chain, problem: Problem) -> None:
+    """The problem's id and title, then each reasoning stage under its title."""
     print(f"\n{'=' * 80}\n{problem.id}: {problem.title}\n{'=' * 80}")
     for stage in STAGES:
-        print(f"\n[{stage.title}]\n{result.chain.get(stage.name, '').strip() or '(empty)'}")
+        print(f"\n[{stage.title}]\n{chain.get(stage.name, '').strip() or '(empty)'}")
+
+
+def print_result(result, problem: Problem, execute: bool) -> None:
+    """Each stage under its title, the code, and the table of the problem's tests."""
+    print_chain(result.chain, problem)
     n = len(result.candidates)
     chosen = result.candidates[result.chosen]
     detail = f"candidate {result.chosen + 1} of {n}, attempt {chosen.attempt}, agreement score {result.score:g}"
@@ -124,24 +129,14 @@ def print_result(result, problem: Problem, execute: bool) -> None:
 
 def print_chains(chains, problems: list[Problem], as_json: bool, seconds: float) -> int:
     """`--chain-only`: each problem's stages under their titles, or one JSON object."""
-    from reasoning.stages import STAGES
-
     if as_json:
         print(json.dumps({"results": [{"problem_id": p.id, "chain": c} for c, p in zip(chains, problems)],
                           "summary": {"problems": len(chains), "seconds": round(seconds, 2)}}, indent=2))
         return 0
     for chain, problem in zip(chains, problems):
-        print(f"\n{'=' * 80}\n{problem.id}: {problem.title}\n{'=' * 80}")
-        for stage in STAGES:
-            print(f"\n[{stage.title}]\n{chain.get(stage.name, '').strip() or '(empty)'}")
+        print_chain(chain, problem)
     print(f"\n{len(chains)} problem(s), reasoning only, {seconds:.1f} s")
     return 0
-
-
-def summary(results, seconds: float) -> dict:
-    executed = [r for r in results if r.execution is not None]
-    return {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
-            "well_formed": sum(r.code_ok for r in results), "seconds": round(seconds, 2)}
 
 
 def main(argv=None) -> int:
@@ -168,8 +163,6 @@ def main(argv=None) -> int:
         problems = read_problems(args)
     except (ValueError, ImportError) as e:  # ProblemFormatError is a ValueError
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 2 if type(e) is ValueError else 1)
-
-    import time
 
     from tqdm.auto import tqdm
 
@@ -204,7 +197,9 @@ def main(argv=None) -> int:
         return fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     if args.chain_only:
         return print_chains(results, problems, args.json, time.perf_counter() - start)
-    totals = summary(results, time.perf_counter() - start)
+    executed = [r for r in results if r.execution is not None]
+    totals = {"problems": len(results), "executed": len(executed), "solved": sum(bool(r.passed) for r in executed),
+              "well_formed": sum(r.code_ok for r in results), "seconds": round(time.perf_counter() - start, 2)}
     if args.json:
         print(json.dumps({"checkpoint": str(engine.checkpoint) if engine.checkpoint else None,
                           "model": None if args.checkpoint else (args.model or "default"),

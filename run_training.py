@@ -93,16 +93,12 @@ def main(argv=None) -> int:
             if args.allow_changes:
                 raise ValueError("--allow-changes goes with --resume of a run that has a config.json")
             config = config_from_args(args, args.preset or "demo")
+        if args.resume == "latest" and not config.output_dir:
+            raise ValueError("--resume without a path needs --output-dir (the run to continue)")
+        if world_size > 1 and not config.output_dir:
+            raise ValueError("a run on several processes needs --output-dir (the folder they share)")
     except (ValueError, TypeError) as e:
         print(f"run_training.py: error: {e}", file=sys.stderr)
-        return 2
-    if args.resume == "latest" and not config.output_dir:
-        print("run_training.py: error: --resume without a path needs --output-dir (the run to continue)",
-              file=sys.stderr)
-        return 2
-    if world_size > 1 and not config.output_dir:
-        print("run_training.py: error: a run on several processes needs --output-dir (the folder they share)",
-              file=sys.stderr)
         return 2
     run_dir = Path(config.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if not rank:

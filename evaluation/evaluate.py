@@ -35,14 +35,13 @@ import logging
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.pass_at_k import estimate_pass_at_k
+from evaluation.pass_at_k import pass_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +84,16 @@ class ProblemResult:
     greedy_ok: bool  # the greedy code parses and defines the entry point
     n: int  # sampled codes
     c: int  # sampled codes that pass
-    ranked_passed: bool | None  # the discriminator-ranked sampled code passes (None: no ranking)
-    num_tests: float | None  # tests per suite (None: no discriminator)
-    valid_test_rate: float | None  # mean over suites of valid tests / tests (a malformed suite: 0)
-    mutation_score: float | None  # mean over suites of the share of mutants killed (None: no mutants)
-    test_diversity: float | None  # `compute_test_diversity` score of the problem's suites
-    coherence: float | None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
+    ranked_passed: bool | None = None  # the discriminator-ranked sampled code passes (None: no ranking)
+    num_tests: float | None = None  # tests per suite (None: no discriminator)
+    valid_test_rate: float | None = None  # mean over suites of valid tests / tests (a malformed suite: 0)
+    mutation_score: float | None = None  # mean over suites of the share of mutants killed (None: no mutants)
+    test_diversity: float | None = None  # `compute_test_diversity` score of the problem's suites
+    coherence: float | None = None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
 
 
 def _pass_at(k: int):
-    return lambda r: float(estimate_pass_at_k(np.array([r.n]), np.array([r.c]), k)[0]) if r.n >= k else None
+    return lambda r: pass_at_k(r.n, r.c, k) if r.n >= k else None
 
 
 def measures(num_samples: int) -> dict:
@@ -115,14 +114,6 @@ def measures(num_samples: int) -> dict:
 
 
 # ---------------------------------------------------------------- running one model
-def execute_pairs(sandbox, pairs: list[tuple[str, str]]) -> list:
-    """`sandbox.execute_tests(code, tests)` for every pair, spread over the sandbox's workers."""
-    if not pairs:
-        return []
-    with ThreadPoolExecutor(sandbox.num_workers) as pool:
-        return list(pool.map(lambda p: sandbox.execute_tests(*p), pairs))
-
-
 def evaluate_problems(generator, discriminator, problems, sandbox, settings: EvalSettings, batch_size: int = 8,
                       desc: str = "evaluating", mutants: dict | None = None) -> list[ProblemResult]:
     """Run one model (an `LLMGenerator`, and an `LLMDiscriminator` or None) on `problems`; one batched
@@ -131,7 +122,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     from evaluation.metrics import reasoning_coherence
     from evaluation.mutation import nonequivalent_mutants
     from evaluation.test_diversity import compute_test_diversity
-    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
+    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement, execute_pairs
     from sandbox.matrix import build_test_matrix, unique_columns
     from training.rewards import discriminator_terms
 
@@ -168,7 +159,6 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
             passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
             result = ProblemResult(
                 id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
-                ranked_passed=None, num_tests=None, valid_test_rate=None, mutation_score=None, test_diversity=None,
                 coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
             if m:
                 names = [s.test_names if s.ok else [] for s in suites[k]]
@@ -182,8 +172,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
                 result.num_tests = float(terms["num_tests"].mean())
                 result.valid_test_rate = float(terms["valid_frac"].mean())
                 result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
-                ok_sources = [s for s in sources if s]
-                result.test_diversity = compute_test_diversity(ok_sources, p.entry_point).score if ok_sources else 0.0
+                result.test_diversity = compute_test_diversity(sources, p.entry_point).score  # "" (malformed): no tests
                 if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
                     ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
                     chosen = dual_agreement(ranking, code_ok)[1]
@@ -216,13 +205,10 @@ def compare(runs: list[dict], num_samples: int) -> dict:
         if not common:
             continue
         arrays = [np.array([v[i] for i in common], dtype=float) for v in values]
-        rows = []
-        for k, a in enumerate(arrays):
-            row = {"model": runs[k]["model"], "mean": float(a.mean()), "problems": len(common)}
-            if k:
-                row["diff"], row["ci_low"], row["ci_high"] = paired_bootstrap(arrays[0], a)
-            rows.append(row)
-        table[name] = rows
+        table[name] = [{"model": run["model"], "mean": float(a.mean()), "problems": len(common)}
+                       for run, a in zip(runs, arrays)]
+        for row, a in zip(table[name][1:], arrays[1:]):
+            row["diff"], row["ci_low"], row["ci_high"] = paired_bootstrap(arrays[0], a)
     return table
 
 
@@ -265,14 +251,6 @@ def load_models(spec: str, device: str, use_discriminator: bool):
         raise FileNotFoundError(f"{spec}: no such run folder")
     pair = load_model(spec, device)
     return LLMGenerator(pair), LLMDiscriminator(pair) if use_discriminator else None, None
-
-
-def overlap(trainer_state: dict | None, problems) -> list[str]:
-    """Ids of `problems` whose content hash is among the checkpoint's recorded training problems."""
-    from data.problems import content_hash
-
-    trained = set((trainer_state or {}).get("training_problems", []))
-    return [p.id for p in problems if content_hash(p) in trained]
 
 
 def reusable_runs(path: str, problems, settings: EvalSettings, batch_size: int) -> dict:
@@ -332,7 +310,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from data.problems import ProblemFormatError, load_problem_set, validate_problem_set
+    from data.problems import content_hash, load_problem_set, validate_problem_set
     from sandbox import Sandbox
 
     def fail(message: str, code: int) -> int:
@@ -345,12 +323,11 @@ def main(argv=None) -> int:
         settings = EvalSettings(args.chain, args.num_samples, 0 if args.no_discriminator else args.num_test_suites,
                                 args.temperature, 0.95, args.stage_tokens, args.code_tokens, args.test_tokens,
                                 args.mutants, args.seed)
-        problems = load_problem_set(args.problems)[args.skip:]
-        problems = problems[:args.limit] if args.limit > 0 else problems
+        problems = load_problem_set(args.problems)[args.skip:][:args.limit or None]
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; give a folder")
-    except (ValueError, ProblemFormatError) as e:
+    except ValueError as e:  # ProblemFormatError too
         return fail(str(e), 2)
     runs = []
     with Sandbox() as sandbox:
@@ -372,7 +349,8 @@ def main(argv=None) -> int:
             except (OSError, RuntimeError, ValueError) as e:
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
-            seen = overlap(state, problems)
+            trained = set((state or {}).get("training_problems", []))  # content hashes of its training problems
+            seen = [p.id for p in problems if content_hash(p) in trained]
             if seen and not args.allow_overlap:
                 return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
                             "other problems, or pass --allow-overlap", 2)

@@ -35,7 +35,6 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -81,11 +80,6 @@ def _set(node: ast.AST, field: str, value) -> ast.AST:
 def _int(value: int) -> ast.expr:
     """An int literal as the parser writes it: a negative one is `-` applied to a positive constant."""
     return ast.Constant(value) if value >= 0 else ast.UnaryOp(ast.USub(), ast.Constant(-value))
-
-
-def _has_docstring(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    first = func.body[0]
-    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
 
 
 def _empty_return(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
@@ -144,7 +138,7 @@ def _edits(node: ast.AST) -> Iterator[tuple[str, str, Edit]]:
         if node.orelse:
             yield "drop_branch", "else removed", lambda n: _set(n, "orelse", [])
     elif isinstance(node, _FUNCS):
-        at = int(_has_docstring(node))
+        at = int(ast.get_docstring(node, clean=False) is not None)
         for value in dict.fromkeys(["None", _empty_return(node) or "None"]):
             yield "early_return", f"return {value} at the top of {node.name}()", lambda n, value=value: _set(
                 n, "body", n.body[:at] + [ast.Return(ast.parse(value, mode="eval").body)] + n.body[at:])
@@ -158,15 +152,14 @@ class _Replace(ast.NodeTransformer):
         return self.new if node is self.old else self.generic_visit(node)
 
 
-def _mutate(tree: ast.Module, node: ast.AST, edit: Edit) -> str:
-    """The source of `tree` with `edit` applied to (a copy of) `node`; the tree itself is left unchanged."""
+def edited_copy(tree: ast.AST, node: ast.AST, edit: Edit) -> ast.AST:
+    """A copy of `tree` with `edit` applied to the copy of `node` (a node of `tree`, or `tree` itself);
+    the tree itself is left unchanged."""
     memo: dict[int, object] = {}
     new_tree = copy.deepcopy(tree, memo)
     target = memo[id(node)]
     replacement = edit(target)
-    if replacement is not target:
-        new_tree = _Replace(target, replacement).visit(new_tree)
-    return ast.unparse(ast.fix_missing_locations(new_tree))
+    return new_tree if replacement is target else _Replace(target, replacement).visit(new_tree)
 
 
 def _spread(mutants: list[Mutant], limit: int, seed: int) -> list[Mutant]:
@@ -199,7 +192,7 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
     for node in _code_nodes(tree):
         for operator, change, edit in _edits(node):
             try:  # a mutant that unparse cannot write or that does not parse back (`case --1:`) is skipped
-                text = _mutate(tree, node, edit)
+                text = ast.unparse(ast.fix_missing_locations(edited_copy(tree, node, edit)))
                 changed = ast.dump(ast.parse(text)) != original
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 continue
@@ -210,15 +203,6 @@ def make_mutants(source: str, limit: int = 0, seed: int = 0) -> list[Mutant]:
 
 
 # ---- with a sandbox: keep the mutants that the ground-truth tests kill ---------------------------------
-
-
-def _cache_path(problem: Problem, limit: int, seed: int, hardest: bool, sandbox: Sandbox) -> Path:
-    from models.loading import cache_dir
-    from sandbox import verdict_version
-
-    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
-                      verdict_version(getattr(sandbox, "config", None))] + (["hardest"] if hardest else []))
-    return cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, seed: int = 0,
@@ -232,7 +216,12 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
-    path = _cache_path(problem, limit, seed, hardest, sandbox)
+    from models.loading import cache_dir
+    from sandbox import verdict_version
+
+    key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
+                      verdict_version(getattr(sandbox, "config", None))] + (["hardest"] if hardest else []))
+    path = cache_dir() / "mutants" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     try:
         return [Mutant(**record) for record in json.loads(path.read_text())["mutants"]]
     except (OSError, ValueError, KeyError, TypeError):

@@ -4,11 +4,9 @@
     python -m evaluation.plot runs/my_run/metrics.jsonl --out curves.png --keys ppo/kl_ref,ppo/entropy
     python -m evaluation.plot runs/my_run --smooth 10      # a moving average over 10 steps on top
 
-`metrics.jsonl` holds one JSON object per line: namespaced metrics (`generator/reward_mean`, `ppo/kl_ref`,
-...) plus the bookkeeping fields `step` (int), `stage` (reasoning stage name), `phase` and `role` (which
-model was updated). One panel per metric, the reasoning stages shaded; a metric outside the role
-namespaces (`ppo/...`) gets one curve per role. matplotlib is an optional dependency, imported only
-when a figure is drawn.
+One panel per metric (the file's format: `evaluation.run_metrics`), the reasoning stages shaded; a metric
+outside the role namespaces (`ppo/...`) gets one curve per role. matplotlib is an optional dependency,
+imported only when a figure is drawn.
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from evaluation.mutation import edited_copy
 from sandbox.executor import test_functions
 
 logger = logging.getLogger(__name__)
@@ -138,15 +138,7 @@ class _TestReader:
                 left, op, right = right, _FLIP[type(op)](), left
             if left is call:
                 return f"{type(op).__name__} {_canon(right)}"
-        memo: dict[int, Any] = {}
-        dup = copy.deepcopy(part, memo)
-        target = memo[id(call)]
-
-        class _Blank(ast.NodeTransformer):
-            def visit_Call(self, node):
-                return ast.Name("__call__", ast.Load()) if node is target else self.generic_visit(node)
-
-        return ast.unparse(_Blank().visit(dup))
+        return ast.unparse(edited_copy(part, call, lambda _: ast.Name("__call__", ast.Load())))
 
     def read(self, stmts: list[ast.stmt], env: dict[str, ast.expr], out: set, expect: str | None = None) -> None:
         """Add the checks of `stmts` to `out`; `expect` overrides (inside `pytest.raises`)."""
@@ -176,8 +168,7 @@ class _TestReader:
                         _bind(item.optional_vars, None, env)
                 self.read(st.body, env, out, inner_expect)
             elif isinstance(st, (ast.For, ast.AsyncFor)):
-                items = _elements(sub(st.iter)) or [None]
-                for item in items:
+                for item in _elements(sub(st.iter)) or [None]:
                     inner = dict(env)
                     _bind(st.target, item, inner)
                     self.read(st.body, inner, out, expect)

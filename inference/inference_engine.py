@@ -20,12 +20,11 @@ fair score; use it only when the tests are public examples, or when there is no 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +90,8 @@ def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
     tests they pass; a group scores (#codes in it) x (#tests it passes), and every code gets its group's
     score. Returns (scores (n,), index of the chosen code): the first code of the best group; ties go to
     the larger group, then the earlier code."""
-    passes = np.asarray(passes, dtype=bool)
-    n = passes.shape[0]
-    passes = passes.reshape(n, -1)
+    n = len(passes)
+    passes = np.asarray(passes, dtype=bool).reshape(n, -1)
     ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
     groups: dict[bytes, list[int]] = {}
     for i in np.flatnonzero(ok):
@@ -105,6 +103,14 @@ def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
         return scores, 0
     best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]))
     return scores, best[0]
+
+
+def execute_pairs(sandbox: Sandbox, pairs: list[tuple[str, str]]) -> list[ExecutionResult]:
+    """`sandbox.execute_tests(code, tests)` for every pair, spread over the sandbox's workers."""
+    if not pairs:
+        return []
+    with ThreadPoolExecutor(sandbox.num_workers) as pool:
+        return list(pool.map(lambda p: sandbox.execute_tests(*p), pairs))
 
 
 def repair_feedback(passes, ok, chosen: int) -> list[int]:
@@ -151,20 +157,18 @@ class InferenceEngine:
     def __init__(self, generator="default", discriminator=None, device="auto", dtype="auto",
                  sandbox: Sandbox | None = None, config: InferenceConfig | None = None):
         self.config = config or InferenceConfig()
-        pair = None
-        if isinstance(generator, LLMGenerator):
-            self.generator = generator
-        else:
-            pair = tuple(generator) if isinstance(generator, (tuple, list)) else load_model(generator, device, dtype)
-            self.generator = LLMGenerator(pair)
+
+        def pair(spec):  # a loaded (model, tokenizer) pair, or one loaded from a name
+            return tuple(spec) if isinstance(spec, (tuple, list)) else load_model(spec, device, dtype)
+
+        gen_pair = None if isinstance(generator, LLMGenerator) else pair(generator)
+        self.generator = generator if gen_pair is None else LLMGenerator(gen_pair)
         if discriminator is None or isinstance(discriminator, LLMDiscriminator):
             self.discriminator = discriminator
-        elif isinstance(discriminator, str) and discriminator == generator and pair is not None:
-            self.discriminator = LLMDiscriminator(pair)  # same weights: nothing trains at inference
+        elif isinstance(discriminator, str) and discriminator == generator and gen_pair is not None:
+            self.discriminator = LLMDiscriminator(gen_pair)  # same weights: nothing trains at inference
         else:
-            d_pair = tuple(discriminator) if isinstance(discriminator, (tuple, list)) else load_model(
-                discriminator, device, dtype)
-            self.discriminator = LLMDiscriminator(d_pair)
+            self.discriminator = LLMDiscriminator(pair(discriminator))
         self._sandbox, self._own_sandbox = sandbox, sandbox is None
         self.checkpoint: Path | None = None  # set by from_checkpoint
 
@@ -210,10 +214,9 @@ class InferenceEngine:
     # ------------------------------------------------------------------ public interface
     def get_reasoning_chain(self, problem: Problem | list[Problem]) -> Chain | list[Chain]:
         """The five stages, greedy, without writing or running code (a list of problems: one call per stage)."""
-        problems = problem if isinstance(problem, (list, tuple)) else [problem]
-        chains = self._chains(list(problems), 1, self.config, defaultdict(float))
-        out = [c[0] for c in chains]
-        return out if isinstance(problem, (list, tuple)) else out[0]
+        batch = isinstance(problem, (list, tuple))
+        chains = [c[0] for c in self._chains(list(problem) if batch else [problem], 1, self.config, defaultdict(float))]
+        return chains if batch else chains[0]
 
     def solve_problem(self, problem: Problem, execute: bool = True, num_candidates: int | None = None,
                       max_attempts: int | None = None) -> InferenceResult:
@@ -226,7 +229,7 @@ class InferenceEngine:
         repair round, over all problems and candidates. `execute` runs each problem's own tests on its
         final answer (problems without tests are not executed)."""
         overrides = {"num_candidates": num_candidates, "max_attempts": max_attempts}
-        cfg = dataclasses.replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
+        cfg = replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
         problems = list(problems)
         if not problems:
             return []
@@ -298,15 +301,9 @@ class InferenceEngine:
         todo = list({(id(w), code, j): (w, code, j) for w, code, j in jobs if (code, j) not in w.results}.values())
         if not todo:
             return
-        sandbox = self.sandbox
-
-        def run(job):
-            w, code, j = job
-            return sandbox.execute_tests(code, w.source(j))
-
-        with ThreadPoolExecutor(sandbox.num_workers) as pool:
-            for (w, code, j), result in zip(todo, pool.map(run, todo)):
-                w.results[(code, j)] = result
+        results = execute_pairs(self.sandbox, [(code, w.source(j)) for w, code, j in todo])
+        for (w, code, j), result in zip(todo, results):
+            w.results[(code, j)] = result
 
     def _rank(self, works: list[_Work]) -> None:
         """Every well-formed candidate against every test column's source (cached), then dual agreement."""
