@@ -122,7 +122,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     from evaluation.metrics import reasoning_coherence
     from evaluation.mutation import nonequivalent_mutants
     from evaluation.test_diversity import compute_test_diversity
-    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement, execute_pairs
+    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
     from sandbox.matrix import build_test_matrix, unique_columns
     from training.rewards import discriminator_terms
 
@@ -151,7 +151,7 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
             rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []
             where.append((len(pairs), len(codes), len(rows), len(modules)))
             pairs += [(code, p.tests) for code in codes] + [(row, mod) for row in rows for mod in modules]
-        outcomes = execute_pairs(sandbox, pairs)
+        outcomes = sandbox.execute_pairs(pairs)
         for k, p in enumerate(batch):
             at, n_codes, n_rows, n_mod = where[k]
             gt = outcomes[at:at + n_codes]

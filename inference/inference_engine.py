@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -103,14 +102,6 @@ def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
         return scores, 0
     best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]))
     return scores, best[0]
-
-
-def execute_pairs(sandbox: Sandbox, pairs: list[tuple[str, str]]) -> list[ExecutionResult]:
-    """`sandbox.execute_tests(code, tests)` for every pair, spread over the sandbox's workers."""
-    if not pairs:
-        return []
-    with ThreadPoolExecutor(sandbox.num_workers) as pool:
-        return list(pool.map(lambda p: sandbox.execute_tests(*p), pairs))
 
 
 def repair_feedback(passes, ok, chosen: int) -> list[int]:
@@ -301,7 +292,7 @@ class InferenceEngine:
         todo = list({(id(w), code, j): (w, code, j) for w, code, j in jobs if (code, j) not in w.results}.values())
         if not todo:
             return
-        results = execute_pairs(self.sandbox, [(code, w.source(j)) for w, code, j in todo])
+        results = self.sandbox.execute_pairs([(code, w.source(j)) for w, code, j in todo])
         for (w, code, j), result in zip(todo, results):
             w.results[(code, j)] = result
 

@@ -463,12 +463,15 @@ class Sandbox:
         """For each test source, whether all of its tests pass on the reference solution (validity)."""
         return [r.all_passed for r in self.run_matrix([reference_solution], tests)[0]]
 
-    def run_matrix(self, codes: list[str], tests: list[str]) -> list[list[ExecutionResult]]:
-        """Result of every code against every test source: `matrix[i][j]` is codes[i] on tests[j].
-        The pairs are spread over the parallel workers."""
+    def execute_pairs(self, pairs: list[tuple[str, str]]) -> list[ExecutionResult]:
+        """`execute_tests(code, tests)` for every (code, tests) pair, spread over the parallel workers."""
         with ThreadPoolExecutor(self.num_workers) as pool:
-            results = pool.map(self.execute_tests, [c for c in codes for _ in tests], [t for _ in codes for t in tests])
-            return [[next(results) for _ in tests] for _ in codes]
+            return list(pool.map(lambda pair: self.execute_tests(*pair), pairs))
+
+    def run_matrix(self, codes: list[str], tests: list[str]) -> list[list[ExecutionResult]]:
+        """Result of every code against every test source: `matrix[i][j]` is codes[i] on tests[j]."""
+        results = iter(self.execute_pairs([(code, test) for code in codes for test in tests]))
+        return [[next(results) for _ in tests] for _ in codes]
 
     def close(self):
         for i in range(len(self._workers)):
