@@ -351,7 +351,8 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
 
     Verdicts are cached by `content_hash` under the model cache folder (`validation/<verdict_version>/`: the
     sandbox's code and limits), so a second load of the same set runs nothing until the sandbox's code or
-    limits change. A sandbox is started only when something is not cached."""
+    limits change. A sandbox is started only when something is not cached. A rejection whose reference run
+    timed out is not cached (a busy machine can time out a sound problem): it is checked again next time."""
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import nullcontext
 
@@ -369,9 +370,12 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
             verdicts[key] = json.loads((cache / f"{key}.json").read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
             todo.append(p)
+    untimed: set[str] = set()  # hashes of the problems whose reference run timed out
     if todo:
         def check(p: Problem) -> str:
             ref = validate_problem(p, sandbox)
+            if ref.timed_out:  # a busy machine can time out a sound problem: this verdict is not cached
+                untimed.add(content_hash(p))
             if not ref.all_passed:
                 failing = ", ".join(ref.failing_tests[:3]) or ref.status
                 detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
@@ -391,6 +395,9 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
         for p, reason in zip(todo, results):
             key = content_hash(p)
             verdicts[key] = reason
+            if key in untimed and reason:
+                verdicts[key] += " (timed out: not cached, checked again at the next load)"
+                continue
             tmp = cache / f".{key}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"id": p.id, "reason": reason}))
             tmp.replace(cache / f"{key}.json")

@@ -148,6 +148,27 @@ def test_problem_set_validation_reports_by_id_and_caches(sandbox, example_proble
         validate_problem_set([good], NoSandbox())
 
 
+def test_a_timed_out_reference_is_rejected_but_not_cached(example_problems, tmp_path, monkeypatch):
+    from data.problems import validate_problem_set
+    from sandbox import ExecutionResult
+
+    monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
+
+    class SlowSandbox:  # the machine was busy: the reference's run timed out
+        num_workers = 1
+        calls = 0
+
+        def execute_tests(self, *a, **k):
+            SlowSandbox.calls += 1
+            return ExecutionResult(status="timeout", failed=1, total=1, timed_out=True)
+
+    problem = example_problems[0]
+    for expected_calls in (1, 2):  # not cached: the second load checks it again
+        valid, rejected = validate_problem_set([problem], SlowSandbox())
+        assert valid == [] and SlowSandbox.calls == expected_calls
+        assert "timed out: not cached" in rejected[problem.id]
+
+
 def test_training_set_is_sound_and_apart_from_humaneval(sandbox):
     import re
     from collections import Counter
