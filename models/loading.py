@@ -210,9 +210,8 @@ def assemble_gguf(model: GGUFModel, paths: list[Path], dest: Path) -> None:
 
 def _parts_stamp(model: GGUFModel) -> dict:
     """What the cached conversion was made from: the parts' paths, sizes and mtimes, and the file's hash."""
-    paths = gguf_part_paths(model)
     return {"sha256": model.sha256,
-            "parts": [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in paths]}
+            "parts": [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in gguf_part_paths(model)]}
 
 
 def _cached_folder(name: str, stamp: Callable[[], dict], build: Callable[[Path], None]) -> Path:

@@ -23,9 +23,8 @@ def check_numbers(config) -> None:
     comparison below and poison a run much later); ValueError naming the field otherwise."""
     for f in fields(config):
         value = getattr(config, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{f.name} must be a finite number >= 0, got {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (not math.isfinite(value) or value < 0):
+            raise ValueError(f"{f.name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -208,8 +207,7 @@ def preset_config(name: str, **overrides) -> TrainingConfig:
     """The preset's config with `overrides` (nested configs as dicts of their fields)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
-    values = _merge(asdict(TrainingConfig()), PRESETS[name])
-    return TrainingConfig.from_dict(_merge(values, overrides))
+    return TrainingConfig.from_dict(_merge(_merge(asdict(TrainingConfig()), PRESETS[name]), overrides))
 
 
 def _merge(base: dict, extra: dict) -> dict:
