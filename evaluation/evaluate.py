@@ -140,12 +140,11 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
                    if n else [[] for _ in batch])
         suites = (discriminator.generate_tests(batch, chains, m, max_new_tokens=settings.test_tokens,
                                                do_sample=m > 1, **sample) if m else [[] for _ in batch])
-        for p in batch:
-            if m and settings.mutants_per_problem and p.id not in mutants:
-                mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
         # sandbox: codes on the problem's tests; reference and mutants on the suites; sampled codes on the suites
         pairs, where = [], []
         for k, p in enumerate(batch):
+            if m and settings.mutants_per_problem and p.id not in mutants:
+                mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
             codes = [c.code if c.ok else "" for c in greedy[k] + sampled[k]]
             modules = [s.tests if s.ok else "def test_format_failure():\n    assert False\n" for s in suites[k]]
             rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []

