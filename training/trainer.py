@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -684,8 +685,7 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
     processes = launched_processes(config.device)
-    lock = lock_run_folder(run_dir) if processes.is_main else None
-    try:
+    with (lock_run_folder(run_dir) if processes.is_main else None) or nullcontext():  # None: not main, or no fcntl
         if changes and processes.is_main:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "start_stage": start_stage,
                       "changes": changes}
@@ -693,9 +693,6 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
             logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         return _run_training(config, Path(run_dir), problems, resume, start_stage, processes)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem], resume: str | None,
