@@ -98,9 +98,7 @@ def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
     scores = np.zeros(n)
     for members in groups.values():
         scores[members] = len(members) * passes[members[0]].sum()
-    if not groups:
-        return scores, 0
-    best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]))
+    best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]), default=[0])  # no ok code: the first
     return scores, best[0]
 
 

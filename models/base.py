@@ -109,8 +109,7 @@ def build_token_batch(
         input_ids[i, P - len(p) : P] = torch.tensor(p)
         input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, P - len(p) : P + len(r)] = 1
-    response_mask = attention_mask.clone()  # (B, P+R)
-    response_mask[:, :P] = 0
+    response_mask = attention_mask * (torch.arange(P + R) >= P)  # (B, P+R)
     return TokenBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -372,9 +371,8 @@ class LLMBase:
         masked) and a float mask that is 1 on real response tokens. Runs under `torch.no_grad()` unless
         `requires_grad` (the PPO update). `temperature` divides the logits (score the sampling policy)."""
         batch = self.token_batch(prompt_ids, response_ids)
-        R = batch.response_ids.shape[1]
         mask = batch.response_mask[:, batch.prompt_width:].float()  # (B, R)
-        if R == 0:
+        if mask.shape[1] == 0:  # R = 0: no response token
             return torch.zeros_like(mask), mask
         with torch.set_grad_enabled(requires_grad):
             logprobs, _ = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, "fp32",

@@ -104,9 +104,7 @@ def compute_policy_loss(
     tokens where the clipped term is the active one and the gradient is cut (ratio > 1 + ε with A > 0,
     ratio < 1 − ε with A < 0); `entropy` mean_t of the given per-token entropy (B, T), if any."""
     mask = response_mask.bool()  # (B, T)
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)  # (B, 1)
-    advantages = advantages.expand_as(logprobs)  # (B, T)
+    advantages = (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages).expand_as(logprobs)  # (B, T)
     zero = torch.zeros_like(logprobs)
     # padding may hold anything: keep it out of exp() so it cannot produce NaN gradients
     logprobs = torch.where(mask, logprobs, zero)  # (B, T) log π(a_t|s_t)
@@ -204,10 +202,9 @@ def compute_ref_logprobs(model: torch.nn.Module, batch: RolloutBatch, precision:
     """(B, T) `batch_logprobs` of `model` on the batch without gradients, on the model's device. For the
     frozen reference (ref_logprobs) and for the policy right after sampling (old_logprobs)."""
     device = next(model.parameters()).device
-    hidden = None if batch.hidden_states is None else batch.hidden_states.to(device)
     return batch_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), precision,
                           keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature,
-                          hidden_states=hidden)  # (B, T)
+                          hidden_states=None if batch.hidden_states is None else batch.hidden_states.to(device))
 
 
 # ---------------------------------------------------------------- one update
@@ -328,10 +325,7 @@ def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: P
         # so the first minibatch's forward repeats it bit for bit: its ratio is exactly 1
         batch.old_logprobs = torch.zeros(batch.input_ids.shape, device=device)  # (B, T)
         with torch.no_grad():
-            for index in minibatches[0]:
-                if not len(index):
-                    continue
-                index = index.to(device)
+            for index in (i.to(device) for i in minibatches[0] if len(i)):
                 batch.old_logprobs[index] = batch_logprobs(
                     model, batch.input_ids[index], batch.attention_mask[index], config.precision, keep_from,
                     batch.temperature, None if batch.hidden_states is None else batch.hidden_states[index])

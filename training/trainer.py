@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,8 +128,7 @@ class AdversarialTrainer:
         self.state = TrainerState()
         self.mutants: dict[str, list[str]] = {}  # problem id -> mutant sources (`mutants_for`)
         self.stopped_early = False  # `max_minutes` ran out
-        self._bar = None  # the stage's progress bar while `train_stage` runs
-        self._in_stage = False  # `train_stage` is running: it saves the checkpoint at the stage's end itself
+        self._bar = None  # the stage's progress bar while `train_stage` runs (it saves the stage's last checkpoint)
         self._board: TensorBoardLog | None = None  # with `report_to` "tensorboard", opened at the first step logged
         self._started = time.monotonic()
 
@@ -181,7 +181,6 @@ class AdversarialTrainer:
         if entries and entries[0].index == min(e.index for e in self.schedule if e.stage == stage):
             self.state.chain_cache = {}  # prefixes come from the generator as it is at the stage's start
         rows = []
-        self._in_stage = True
         try:
             with tqdm(total=len(entries), desc=f"stage {stage}", unit="step", leave=False) as self._bar:
                 while not self.stopped_early:
@@ -198,7 +197,7 @@ class AdversarialTrainer:
                     if self.state.position == before:  # nothing ran (cannot happen with `build_schedule`'s entries)
                         break
         finally:
-            self._bar, self._in_stage = None, False
+            self._bar = None
         if rows:
             self.state.stage_metrics[stage] = summarize_metrics(rows)["run"]
             if self.checkpoints:
@@ -253,7 +252,7 @@ class AdversarialTrainer:
                                "resume with --resume", self.config.max_minutes, self.state.position)
                 self.stopped_early = True
                 break
-            if self.checkpoints and save_every and not (last and self._in_stage):
+            if self.checkpoints and save_every and not (last and self._bar is not None):
                 self.save_checkpoint()  # (inside `train_stage`, the stage's last one is its end-of-stage save)
         return rows
 
@@ -272,8 +271,7 @@ class AdversarialTrainer:
                                      self.chain_prefixes(share, stage), [self.mutants_for(p) for p in share])
         rollouts = self._gather_rollouts(problems, own, metrics) if self.processes.distributed else own
         for r in rollouts:  # dynamic sampling: a group that all passed or all failed draws its problem less
-            solved = [res.all_passed for res in r.gt_results]
-            self.state.uniform_groups[r.problem.id] = all(solved) or not any(solved)
+            self.state.uniform_groups[r.problem.id] = len({res.all_passed for res in r.gt_results}) < 2
         # update the model whose turn it is
         t = time.perf_counter()
         metrics.update(self.update(role, own))
@@ -547,11 +545,10 @@ class AdversarialTrainer:
         """Forget log rows of steps the checkpoint does not contain (run after it, before a crash):
         they are about to be run again. A line that is not JSON (torn by a crash or a full disk) is cut
         with a warning naming the file."""
-        if not self.processes.is_main:
+        if not self.run_dir or not self.processes.is_main:
             return
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            path = self.run_dir / name if self.run_dir else None
-            if not path or not path.exists():
+        for path in (self.run_dir / "metrics.jsonl", self.run_dir / "samples.jsonl"):
+            if not path.exists():
                 continue
             kept, torn = [], 0
             for line in path.read_text(errors="replace").splitlines():
@@ -688,8 +685,7 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
         raise ValueError(f"{len(seen)} of the problems are HumanEval's, the held-out evaluation set (e.g. {seen[0]}); "
                          "pass --allow-heldout-training to train on them anyway (the run records it)")
     processes = launched_processes(config.device)
-    lock = lock_run_folder(run_dir) if processes.is_main else None
-    try:
+    with (lock_run_folder(run_dir) if processes.is_main else None) or nullcontext():  # None: not main, or no fcntl
         if changes and processes.is_main:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "start_stage": start_stage,
                       "changes": changes}
@@ -697,9 +693,6 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
             logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         return _run_training(config, Path(run_dir), problems, resume, start_stage, processes)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem], resume: str | None,
@@ -721,31 +714,26 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
                          "another --output-dir")
     elif resume:  # a checkpoint folder, or a run folder (its latest checkpoint)
         checkpoint = resolve_checkpoint(resume, run_folder="latest")
-    sandbox = Sandbox(config.sandbox)
-    # the main process validates; the others keep what it kept (a verdict that depends on a timeout could differ)
-    valid, rejected = validate_problem_set(problems, sandbox) if processes.is_main else (None, None)
-    kept, rejected = processes.broadcast(({content_hash(p) for p in valid}, rejected) if processes.is_main else None)
-    problems = [p for p in problems if content_hash(p) in kept]
-    if not problems:
-        sandbox.close()
-        pid, reason = next(iter(rejected.items()))
-        raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
-                         f"(e.g. {pid}: {reason})")
-    try:
+    with Sandbox(config.sandbox) as sandbox:
+        # the main process validates; the others keep what it kept (a verdict that depends on a timeout could differ)
+        valid, rejected = validate_problem_set(problems, sandbox) if processes.is_main else (None, None)
+        kept, rejected = processes.broadcast(({content_hash(p) for p in valid}, rejected)
+                                             if processes.is_main else None)
+        problems = [p for p in problems if content_hash(p) in kept]
+        if not problems:
+            pid, reason = next(iter(rejected.items()))
+            raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
+                             f"(e.g. {pid}: {reason})")
         trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir,
                                      processes=processes)
-    except BaseException:
-        sandbox.close()
-        raise
-    trainer._own_sandbox = True
-    try:
-        if resume == "latest" and checkpoint is None:
-            trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
-        if checkpoint is not None:
-            # files are hashed once, by the main process (the latest one just now); the others check sizes
-            trainer.load_checkpoint(checkpoint, start_stage, verify=resume != "latest" and processes.is_main)
-        elif start_stage is not None:
-            trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
-        return trainer.train_full_pipeline()
-    finally:
-        trainer.close()
+        try:
+            if resume == "latest" and checkpoint is None:
+                trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again
+            if checkpoint is not None:
+                # files are hashed once, by the main process (the latest one just now); the others check sizes
+                trainer.load_checkpoint(checkpoint, start_stage, verify=resume != "latest" and processes.is_main)
+            elif start_stage is not None:
+                trainer.state.position = min(e.index for e in trainer.schedule if e.stage == start_stage)
+            return trainer.train_full_pipeline()
+        finally:
+            trainer.close()
