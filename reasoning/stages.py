@@ -3,7 +3,7 @@
 A chain is a `dict[str, str]` from stage name to that stage's text, in stage order. The Generator
 writes stage s given the problem and stages 1..s-1; the Discriminator critiques stage s and writes tests.
 
-Adding a stage is one entry in `STAGES` below: its name, goal, token budget and two templates.
+Adding a stage is one entry in `STAGES` below: its name, goal, token budget and templates (`_GEN` by default).
 Templates are `str.format` strings. Both may use `{problem}`, `{chain}` (the stages before this one),
 `{title}`, `{goal}` and `{goal_lower}` (the goal with a lower-case first letter and no full stop); the
 critique template also `{stage_output}` (the text it critiques).
@@ -20,18 +20,6 @@ if TYPE_CHECKING:
 Chain = dict[str, str]
 
 
-@dataclass(frozen=True)
-class ReasoningStage:
-    """One step of the Generator's reasoning chain."""
-
-    name: str  # identifier used in chains, configs and metrics, e.g. "edge_cases"
-    title: str  # heading shown to models and people, e.g. "Edge cases"
-    goal: str  # one sentence: what this stage must produce
-    max_new_tokens: int  # generation budget for this stage's text
-    generator_template: str  # prompt for the Generator to write this stage
-    critique_template: str  # prompt for the Discriminator to critique this stage's text
-
-
 _GEN = (
     "{problem}\n\n{chain}"
     "Now write only the next step, \"{title}\": {goal} Be concise. Do not write the final code yet."
@@ -42,13 +30,25 @@ _CRITIQUE = (
     "Critique it: {focus} Name concrete inputs where possible. Be concise."
 )
 
+
+@dataclass(frozen=True)
+class ReasoningStage:
+    """One step of the Generator's reasoning chain."""
+
+    name: str  # identifier used in chains, configs and metrics, e.g. "edge_cases"
+    title: str  # heading shown to models and people, e.g. "Edge cases"
+    goal: str  # one sentence: what this stage must produce
+    max_new_tokens: int  # generation budget for this stage's text
+    critique_template: str  # prompt for the Discriminator to critique this stage's text
+    generator_template: str = _GEN  # prompt for the Generator to write this stage (by default the shared one)
+
+
 STAGES: tuple[ReasoningStage, ...] = (
     ReasoningStage(
         name="understand",
         title="Understand the problem",
         goal="Restate the task: the inputs, the output, and every constraint.",
         max_new_tokens=96,
-        generator_template=_GEN,
         critique_template=_CRITIQUE.replace(
             "{focus}", "what did it misread or leave out about the inputs, output or constraints?"
         ),
@@ -58,7 +58,6 @@ STAGES: tuple[ReasoningStage, ...] = (
         title="Edge cases",
         goal="List worked examples and the inputs most likely to break a solution.",
         max_new_tokens=128,
-        generator_template=_GEN,
         critique_template=_CRITIQUE.replace(
             "{focus}", "which breaking inputs (empty, single, duplicates, negative, huge) are missing?"
         ),
@@ -68,7 +67,6 @@ STAGES: tuple[ReasoningStage, ...] = (
         title="Algorithm",
         goal="Choose the approach and state its time and space complexity.",
         max_new_tokens=128,
-        generator_template=_GEN,
         critique_template=_CRITIQUE.replace(
             "{focus}", "is the approach correct on every case, and fast enough for the largest input?"
         ),
@@ -78,7 +76,6 @@ STAGES: tuple[ReasoningStage, ...] = (
         title="Pseudocode",
         goal="Write a step-by-step plan of the function.",
         max_new_tokens=160,
-        generator_template=_GEN,
         critique_template=_CRITIQUE.replace(
             "{focus}", "which step is wrong, missing, or off by one?"
         ),
@@ -88,7 +85,6 @@ STAGES: tuple[ReasoningStage, ...] = (
         title="Review",
         goal="Dry-run the plan on the examples and edge cases, and fix any mistake found.",
         max_new_tokens=128,
-        generator_template=_GEN,
         critique_template=_CRITIQUE.replace(
             "{focus}", "which example would the plan still get wrong?"
         ),
