@@ -358,7 +358,7 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
 
     from tqdm.auto import tqdm
 
-    from models.loading import cache_dir
+    from models.loading import cache_dir, write_cache_file
     from sandbox import Sandbox, verdict_version
 
     cache = cache_dir() / "validation" / verdict_version(getattr(sandbox, "config", None))
@@ -370,20 +370,19 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
             verdicts[key] = json.loads((cache / f"{key}.json").read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
             todo.append(p)
-    untimed: set[str] = set()  # hashes of the problems whose reference run timed out
     if todo:
-        def check(p: Problem) -> str:
+        def check(p: Problem) -> tuple[str, bool]:
+            """(the reason it is left out, "" if sound; whether the reference's run timed out)"""
             ref = validate_problem(p, sandbox)
-            if ref.timed_out:  # a busy machine can time out a sound problem: this verdict is not cached
-                untimed.add(content_hash(p))
             if not ref.all_passed:
                 failing = ", ".join(ref.failing_tests[:3]) or ref.status
                 detail = (ref.stderr.strip().splitlines() or [""])[-1][:200]
-                return f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
+                reason = f"the reference solution fails its own tests ({failing}){': ' + detail if detail else ''}"
+                return reason, ref.timed_out
             stub = sandbox.execute_tests(trivial_solution(p), p.tests)
             if stub.all_passed:
-                return "a solution that returns None passes every test (the tests check nothing)"
-            return ""
+                return "a solution that returns None passes every test (the tests check nothing)", False
+            return "", False
 
         # a sandbox of our own is closed after; one passed in is left open
         with (nullcontext(sandbox) if sandbox is not None else Sandbox() as sandbox,
@@ -391,16 +390,13 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
             results = list(tqdm(pool.map(check, todo), total=len(todo), desc="validating problems",
                                 unit="problem", leave=False,  # TQDM_DISABLE=1 (--quiet) still wins
                                 **({"disable": True} if not show_progress or len(todo) < 8 else {})))
-        cache.mkdir(parents=True, exist_ok=True)
-        for p, reason in zip(todo, results):
+        for p, (reason, timed_out) in zip(todo, results):
             key = content_hash(p)
-            verdicts[key] = reason
-            if key in untimed and reason:
-                verdicts[key] += " (timed out: not cached, checked again at the next load)"
-                continue
-            tmp = cache / f".{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"id": p.id, "reason": reason}))
-            tmp.replace(cache / f"{key}.json")
+            if timed_out:  # a busy machine can time out a sound problem: this verdict is not cached
+                verdicts[key] = reason + " (timed out: not cached, checked again at the next load)"
+            else:
+                verdicts[key] = reason
+                write_cache_file(cache / f"{key}.json", {"id": p.id, "reason": reason})
     valid = [p for p in problems if not verdicts[content_hash(p)]]
     rejected = {p.id: verdicts[content_hash(p)] for p in problems if verdicts[content_hash(p)]}
     for pid, reason in rejected.items():

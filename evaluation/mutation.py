@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -216,7 +215,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
-    from models.loading import cache_dir
+    from models.loading import cache_dir, write_cache_file
     from sandbox import verdict_version
 
     key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
@@ -237,8 +236,5 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
         chosen = _spread([m for m, _ in killed], limit, seed)
     logger.info("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
                 problem.id, len(killed), len(candidates), len(chosen), " (the hardest)" if hardest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"id": problem.id, "mutants": [dataclasses.asdict(m) for m in chosen]}))
-    os.replace(tmp, path)
+    write_cache_file(path, {"id": problem.id, "mutants": [dataclasses.asdict(m) for m in chosen]})
     return chosen

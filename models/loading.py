@@ -120,6 +120,15 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "adversarial-codegen"
 
 
+def write_cache_file(path: Path, record: dict) -> None:
+    """Write `record` as JSON to `path` (a file of a verdict cache under `cache_dir()`) through a temporary
+    file and a rename: a reader sees the old file or the whole new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then CPU; anything else is passed to `torch.device`."""
     if device != "auto":
