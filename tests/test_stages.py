@@ -1,4 +1,4 @@
-"""Reasoning stages: the five of README 'Reasoning stages', progression, chain formatting, prompts, and extension."""
+"""Reasoning stages: the five of docs/problems.md, progression, chain formatting, prompts, and extension."""
 import dataclasses
 
 import pytest

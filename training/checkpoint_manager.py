@@ -1,4 +1,4 @@
-"""Save, verify, list, resolve and prune training checkpoints (README 'Checkpoints and resume').
+"""Save, verify, list, resolve and prune training checkpoints (docs/checkpoints.md).
 
 A checkpoint is a folder under `<run_dir>/checkpoints/`:
 

@@ -29,7 +29,7 @@ def check_numbers(config) -> None:
 
 @dataclass
 class RewardConfig:
-    """Reward weights (README 'How it works'); every reward is in [0, 1]."""
+    """Reward weights (docs/how-it-works.md); every reward is in [0, 1]."""
 
     gen_pass_coef: float = 0.9  # generator: weight of the pass rate on valid + ground-truth tests
     gen_format_coef: float = 0.1  # generator: weight of well-formed code (parses, defines the entry point)
@@ -53,7 +53,7 @@ class RewardConfig:
 
 @dataclass
 class PPOConfig:
-    """The PPO update (README 'How it works')."""
+    """The PPO update (docs/how-it-works.md)."""
 
     learning_rate: float = 1e-5  # AdamW learning rate
     clip_coef: float = 0.2  # epsilon of the clipped surrogate
@@ -178,12 +178,12 @@ class TrainingConfig:
 
 # ---------------------------------------------------------------- presets
 PRESETS: dict[str, dict] = {
-    # the default: the default model, the training set, all five stages, on 2 idle CPU cores (README 'Training')
+    # the default: the default model, the training set, all five stages, on 2 idle CPU cores (README: what the commands print)
     "demo": dict(n_steps=1, k_alternations=0, group_size=4, num_test_samples=4, rollout_remaining_stages=False,
                  critique=False, stage_tokens=32, code_tokens=160, test_tokens=160, train_last_layers=4,
                  validation_problems=2, ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),
     # the proof that training helps: the default models on the training set for 60 minutes on 2 CPU cores,
-    # then `python -m evaluation` of base against trained on held-out HumanEval (README 'Training'); valid
+    # then `python -m evaluation` of base against trained on held-out HumanEval (docs/experiments.md); valid
     # tests weigh 0.2 and the format term is off (run 5: its suites stopped shrinking)
     "learn": dict(n_steps=2, k_alternations=2, problems_per_step=2, group_size=4, num_test_samples=4,
                   rollout_remaining_stages=False, critique=False, stage_tokens=32, code_tokens=192, test_tokens=192,

@@ -109,7 +109,7 @@ def shares_bottom(config: TrainingConfig, model: torch.nn.Module) -> int:
 
 def trainable_names(model: torch.nn.Module, last_layers: int) -> set[str] | None:
     """Names of the parameters to train: the last `last_layers` blocks and the final norm (None: all).
-    Training only the top of the network cuts the update's time and memory (README 'Troubleshooting': out of memory)."""
+    Training only the top of the network cuts the update's time and memory (docs/troubleshooting.md: out of memory)."""
     if last_layers <= 0:
         return None
     layers = decoder_layers(model)
@@ -185,10 +185,10 @@ def frozen_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.d
     date after each update.
 
     Why a generation copy: the training weights decode at fp32 speed where they are all fp32 (3.1-3.4x slower
-    than bf16 here, README 'Rollout speed'), and a mixed model (frozen bf16, trained fp32) runs under autocast,
+    than bf16 here, docs/training.md 'Rollout speed'), and a mixed model (frozen bf16, trained fp32) runs under autocast,
     which casts the trained weights again at every decoded token (measured here: about as fast as the copy,
     since they are an eighth of the weights). The PPO old log-probs still come from the training weights, so
-    the sampler's rounding is only the small gap `ppo/sampler_logprob_gap` measures (README 'How it works')."""
+    the sampler's rounding is only the small gap `ppo/sampler_logprob_gap` measures (docs/how-it-works.md)."""
     shared = {id(p): p for n, p in model.named_parameters()
               if trained is not None and n not in trained and dtype in (None, p.dtype)}
     out = copy.deepcopy(model, memo=dict(shared))

@@ -1,4 +1,4 @@
-"""Rewards from the sandbox's code × test matrix (README 'How it works', after UTRL and CURE). All in [0, 1].
+"""Rewards from the sandbox's code × test matrix (docs/how-it-works.md, after UTRL and CURE). All in [0, 1].
 
 The trainer runs every generator code i against every discriminator test module j (`Sandbox.run_matrix`),
 the reference solution against every module (validity), and every code against the problem's own
@@ -30,11 +30,11 @@ C = the codes that are well formed, M = mutants of the reference solution that f
     s_j = 1 − |T_j \\ V_j| / max(φ, |T_j|) with `scale_by_validity`, else 1; φ = `invalid_floor`. An invalid
     test is a false alarm: it fails a correct solution. Without the scale a suite gains kills by adding tests
     whether or not they are right, and a run learned exactly that (more tests per suite, a lower valid-test
-    rate on held-out problems: README 'Training'). With φ = 1 (s_j = the valid fraction |V_j| / |T_j|) an
+    rate on held-out problems: docs/experiments.md, run 1). With φ = 1 (s_j = the valid fraction |V_j| / |T_j|) an
     invalid test costs a small suite more than a large one (1/2 of a 2-test suite's credit, 1/8 of an 8-test
     one's), and the next run learned to write fewer tests, which killed fewer mutants; with φ = 8 each
     invalid test costs the same 1/8 of the credit in any suite of up to 8 tests, but a run with it wrote
-    fewer tests as well and killed fewer mutants still (README 'Training'), so φ = 1 stays the default.
+    fewer tests as well and killed fewer mutants still (docs/experiments.md, run 3), so φ = 1 stays the default.
 
 The mutation score is discrimination measured on known-wrong codes: when every generator code is right
 (or every one is wrong in the same way) discrimination cannot tell good tests from weak ones, the

@@ -1,6 +1,6 @@
 """One training step's data for a group of problems: roll out both models, run the sandbox, score.
 
-For each problem at stage s (README 'How it works'):
+For each problem at stage s (docs/how-it-works.md):
 
     chain prefix   stages before s, greedy, cached per problem (given: `AdversarialTrainer.chain_prefixes`)
     generator      n samples of stage s (the action), then (optionally) the remaining stages and the code

@@ -1,4 +1,4 @@
-"""`AdversarialTrainer`: the N + N + K schedule over the reasoning stages (README 'How it works').
+"""`AdversarialTrainer`: the N + N + K schedule over the reasoning stages (docs/how-it-works.md).
 
 Per stage s, in order: N discriminator steps (generator frozen), N generator steps (discriminator frozen),
 K rapid alternations (one discriminator step, one generator step). Each step reads as phases:
