@@ -64,7 +64,7 @@ setup() {
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
         else
             log "bubblewrap is missing and cannot be installed here (not root on Debian/Ubuntu):"
-            log "the sandbox falls back to weaker isolation; see README 'Sandbox'"
+            log "the sandbox falls back to weaker isolation; see docs/sandbox.md"
         fi
     fi
 }

@@ -85,7 +85,7 @@ def detect_level(requested: str = "auto") -> str:
     if requested not in LEVELS:
         raise ValueError(f"isolation must be 'auto' or one of {LEVELS}, got {requested!r}")
     if requested not in available_levels():
-        raise RuntimeError(f"isolation {requested!r} is not available on this machine (see README 'Sandbox')")
+        raise RuntimeError(f"isolation {requested!r} is not available on this machine (see docs/sandbox.md)")
     return requested
 
 
