@@ -186,8 +186,10 @@ def test_batch_logprobs_match_the_models_own_logits(tiny_model_factory):
     for b, t in [(0, 4), (0, 11), (2, 5), (3, 7)]:  # logits[:, t-1] predicts input_ids[:, t]
         expected = torch.log_softmax(logits[b, t - 1], -1)[batch.input_ids[b, t]]
         torch.testing.assert_close(lp[b, t], expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(lp[:, 4:], logprobs_from_logits(logits[:, 3:-1], batch.input_ids[:, 4:]),
-                               atol=1e-4, rtol=1e-4)  # float noise of the sliced (logits_to_keep) forward
+    scored = batch.attention_mask[:, 4:].bool()  # real tokens only: padding is never scored, and is 0
+    torch.testing.assert_close(lp[:, 4:][scored], logprobs_from_logits(logits[:, 3:-1], batch.input_ids[:, 4:])[scored],
+                               atol=1e-4, rtol=1e-4)  # float noise of the forward on the scored positions only
+    assert (lp[:, 4:][~scored] == 0).all() and (~scored).any()
     full = batch_logprobs(model, batch.input_ids, batch.attention_mask)  # keep_from=1: every position
     real = batch.attention_mask[:, 1:].bool()  # padding positions get other position ids: not compared
     torch.testing.assert_close(full[:, 1:][real], logprobs_from_logits(logits[:, :-1], batch.input_ids[:, 1:])[real])
@@ -215,6 +217,57 @@ def test_train_step_changes_trainable_weights_only(tiny_model_factory):
         assert math.isfinite(metrics[key]), key
     assert metrics["ppo/entropy"] > 0 and metrics["ppo/grad_norm"] > 0
     assert metrics["ppo/kl_ref"] > 0  # the weights moved away from the reference after the first step
+
+
+def ragged_batch(seed=1):
+    """Rows of very different extents, as a generator step mixes stage texts and codes: left-padded prompts
+    of 3 to 9 tokens, right-padded responses of 2 to 8."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [3, 9, 4, 8, 5], [8, 2, 7, 3, 5]
+    P, R = max(prompts), max(responses)
+    input_ids = torch.randint(0, 100, (5, P + R), generator=g)
+    attention_mask = torch.zeros(5, P + R, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        attention_mask[i, P - p:P + r] = 1
+    response_mask = attention_mask * (torch.arange(P + R) >= P)
+    return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+                        advantages=torch.tensor([1.0, -1.0, 0.5, -0.5, 0.25]))
+
+
+def test_micro_batches_cover_every_real_token_once_and_cut_padding():
+    from training.ppo import micro_batches
+
+    batch = ragged_batch()
+    mask = batch.attention_mask.bool()
+    assert [(g.tolist(), lo, hi) for g, lo, hi in micro_batches(batch.attention_mask, 0)] == [([0, 1, 2, 3, 4], 0, 17)]
+    groups = micro_batches(batch.attention_mask, 40)
+    assert sorted(r for g, _, _ in groups for r in g.tolist()) == [0, 1, 2, 3, 4]  # each row once
+    for rows, lo, hi in groups:
+        assert len(rows) == 1 or len(rows) * (hi - lo) <= 40  # within the budget (a row alone may exceed it)
+        assert mask[rows][:, :lo].sum() == 0 and mask[rows][:, hi:].sum() == 0  # every real token inside
+    assert sum(len(rows) * (hi - lo) for rows, lo, hi in groups) < mask.numel()  # less padding than the batch
+
+
+def test_micro_batched_update_equals_the_whole_batch_update(tiny_model_factory):
+    """Same loss, gradient and metrics a micro-batch at a time as over the whole minibatch at once, and the
+    same reference log-probs; a frozen part stays frozen."""
+    batch = ragged_batch()
+    ref = compute_ref_logprobs(tiny_model_factory(), batch)
+    torch.testing.assert_close(compute_ref_logprobs(tiny_model_factory(), batch, micro_batch_tokens=30), ref)
+    results = []
+    for micro in (0, 30):
+        model = tiny_model_factory()
+        b = ragged_batch()
+        b.ref_logprobs = ref
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        metrics = train_step(model, optimizer, b, PPOConfig(kl_coef=0.1, micro_batch_tokens=micro, max_grad_norm=1e9))
+        results.append((snapshot(model), metrics))
+    (w0, m0), (w1, m1) = results
+    for key in w0:
+        torch.testing.assert_close(w1[key], w0[key], atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(w0[k], v) for k, v in snapshot(tiny_model_factory()).items())  # it did train
+    for key in ("ppo/loss", "ppo/pg_loss", "ppo/kl_ref", "ppo/entropy", "ppo/grad_norm", "ppo/tokens"):
+        assert m1[key] == pytest.approx(m0[key], rel=1e-4, abs=1e-7), key
 
 
 def test_train_step_raises_the_log_prob_of_positive_advantage_responses(tiny_model_factory):

@@ -413,14 +413,20 @@ def test_heldout_problems_need_the_flag(example_problems, tmp_path):
 def test_frozen_bottom_blocks_run_once_with_the_same_log_probs(tiny_pair):
     from models.loading import build_tiny_model
     from training.policy import bottom_hidden_states, top_blocks
-    from training.ppo import batch_logprobs
+    from training.ppo import RolloutBatch, batch_logprobs
 
     model, _ = build_tiny_model(seed=3, num_layers=3, tokenizer=tiny_pair[1])
     ids = torch.tensor([[0, 0, 5, 9, 14, 3, 7, 2], [4, 8, 15, 16, 23, 42, 11, 6]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
     full = batch_logprobs(model, ids, mask, keep_from=4, temperature=0.7)
-    hidden = bottom_hidden_states(model, ids, mask, top=1)
+    batch = RolloutBatch(input_ids=ids, attention_mask=mask, response_mask=mask * (torch.arange(8) >= 4),
+                         advantages=torch.zeros(2))
+    hidden = bottom_hidden_states(model, batch, top=1)
     assert hidden.shape == (2, 8, model.config.hidden_size)
+    # a micro-batch per row (each cut to its own columns) gives the same states at the real tokens
+    alone = bottom_hidden_states(model, batch, top=1, micro_batch_tokens=1)
+    torch.testing.assert_close(alone[mask.bool()], hidden[mask.bool()])
+    assert (alone[0, :2] == 0).all()  # the first row's padding was cut
     with top_blocks(model, 1):
         assert len(model.model.layers) == 1
         top = batch_logprobs(model, ids, mask, keep_from=4, temperature=0.7, hidden_states=hidden)

@@ -64,6 +64,7 @@ class PPOConfig:
     normalize_advantages: bool = True  # divide group-relative advantages by the group's std
     weight_decay: float = 0.0  # AdamW weight decay
     precision: str = "fp32"  # "fp32", or "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU)
+    micro_batch_tokens: int = 8192  # the update's forwards take rows of similar extent together, up to this many token positions (rows x width) at a time: less padding, bounded memory (0 = a minibatch at once)
 
     def __post_init__(self):
         check_numbers(self)

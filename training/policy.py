@@ -73,9 +73,11 @@ def top_blocks(model: torch.nn.Module | None, count: int):
 
 
 @torch.no_grad()
-def bottom_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         top: int, precision: str = "fp32") -> torch.Tensor:
-    """(B, T, H) the output of every block but the last `top`, without gradients: what `top_blocks` starts from.
+def bottom_hidden_states(model: torch.nn.Module, batch: RolloutBatch, top: int, precision: str = "fp32",
+                         micro_batch_tokens: int = 0) -> torch.Tensor:
+    """(B, T, H) the output of every block but the last `top` on the batch's tokens, without gradients, a
+    micro-batch of rows at a time (`RolloutBatch.micro_batches`; zero at the columns a micro-batch cuts, which
+    are padding): what `top_blocks` starts from.
 
     With the last layers trained (`train_last_layers`), the blocks below them are frozen and shared by the
     policy and its reference, so the update computes them once for the old log-probs, the reference
@@ -87,14 +89,20 @@ def bottom_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attent
     hook = full[len(full) - top - 1].register_forward_hook(
         lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
     owner.layers = torch.nn.ModuleList(list(full)[:-top])
+    out = None
     try:
-        with autocast(model, precision):
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                  logits_to_keep=1, use_cache=False)
+        for rows, columns, mb in batch.micro_batches(micro_batch_tokens):
+            with autocast(model, precision):  # the decoder alone: the output layer is not needed
+                owner(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                      position_ids=position_ids(mb.attention_mask), use_cache=False)
+            hidden = captured.pop()  # (b, t, H)
+            if out is None:
+                out = hidden.new_zeros(*batch.input_ids.shape, hidden.shape[-1])  # (B, T, H)
+            out[rows, columns] = hidden
     finally:
         owner.layers = full
         hook.remove()
-    return captured[0]
+    return out
 
 
 def shares_bottom(config: TrainingConfig, model: torch.nn.Module) -> int:
@@ -218,14 +226,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opti
 
 
 def reference_logprobs(
-    policy: torch.nn.Module, reference: torch.nn.Module | None, batch: RolloutBatch, precision: str
+    policy: torch.nn.Module, reference: torch.nn.Module | None, batch: RolloutBatch, precision: str,
+    micro_batch_tokens: int = 0,
 ) -> torch.Tensor | None:
     """(B, T) log-probs of the frozen reference: the copy, or the LoRA policy with adapters off."""
     if reference is not None:
-        return compute_ref_logprobs(reference, batch, precision)
+        return compute_ref_logprobs(reference, batch, precision, micro_batch_tokens)
     if is_lora(policy):
         with policy.disable_adapter():
-            return compute_ref_logprobs(policy, batch, precision)
+            return compute_ref_logprobs(policy, batch, precision, micro_batch_tokens)
     return None
 
 

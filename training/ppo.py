@@ -178,6 +178,41 @@ class RolloutBatch:
         """The rows `index` (a minibatch)."""
         return self.apply(lambda t: t[index])
 
+    def micro_batches(self, max_tokens: int) -> list[tuple[torch.Tensor, slice, RolloutBatch]]:
+        """The rows in micro-batches of similar extent (`micro_batches`), each `(rows, columns, batch)`: the
+        batch of those rows cut to the columns they use; one micro-batch of everything when `max_tokens` is 0."""
+        return [(rows, slice(lo, hi), self.select(rows).apply(lambda t: t[:, lo:hi] if t.dim() > 1 else t))
+                for rows, lo, hi in micro_batches(self.attention_mask, max_tokens)]
+
+
+def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[torch.Tensor, int, int]]:
+    """Rows of a (B, T) batch in groups `(rows, lo, hi)` whose real tokens all lie in columns lo..hi-1.
+
+    Rows are taken in order of where their real tokens start and end, and a group grows while its rows ×
+    (hi − lo) stay within `max_tokens` (a row alone may exceed it); `max_tokens` 0 gives one group of every
+    row. Cutting the columns that are padding in every row of a group changes no real token's result
+    (position ids count real tokens, padding is masked), so a forward over the groups equals one over the
+    batch up to float rounding, with less padding computed and bounded memory: a step's rows mix short
+    stage texts and long codes, whose common (B, T) is mostly padding for the short ones."""
+    real = attention_mask.bool()  # (B, T)
+    B, T = real.shape
+    if not max_tokens or B == 0:
+        return [(torch.arange(B, device=real.device), 0, T)]
+    columns = torch.arange(T, device=real.device)
+    start = torch.where(real, columns, T).amin(1).clamp(max=T - 1).tolist()  # (B,) first real column
+    end = (torch.where(real, columns, -1).amax(1) + 1).clamp(min=1).tolist()  # (B,) one past the last
+    order = sorted(range(B), key=lambda r: (start[r], end[r]))
+    groups: list[list[int]] = []
+    lo = hi = 0
+    for r in order:
+        if groups and (len(groups[-1]) + 1) * (max(hi, end[r]) - min(lo, start[r])) <= max_tokens:
+            groups[-1].append(r)
+            lo, hi = min(lo, start[r]), max(hi, end[r])
+        else:
+            groups.append([r])
+            lo, hi = start[r], end[r]
+    return [(torch.tensor(g, device=real.device), min(start[r] for r in g), max(end[r] for r in g)) for g in groups]
+
 
 def first_scored_column(mask: torch.Tensor | None) -> int:
     """The first column of a (B, T) response mask that any row scores (>= 1); 1 without a mask."""
@@ -198,13 +233,19 @@ def batch_logprobs(
 
 
 @torch.no_grad()
-def compute_ref_logprobs(model: torch.nn.Module, batch: RolloutBatch, precision: str = "fp32") -> torch.Tensor:
-    """(B, T) `batch_logprobs` of `model` on the batch without gradients, on the model's device. For the
-    frozen reference (ref_logprobs) and for the policy right after sampling (old_logprobs)."""
+def compute_ref_logprobs(model: torch.nn.Module, batch: RolloutBatch, precision: str = "fp32",
+                         micro_batch_tokens: int = 0) -> torch.Tensor:
+    """(B, T) `batch_logprobs` of `model` on the batch without gradients, on the model's device, a micro-batch
+    of rows at a time (`micro_batches`). For the frozen reference (ref_logprobs) and for the policy right after
+    sampling (old_logprobs)."""
     device = next(model.parameters()).device
-    return batch_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), precision,
-                          keep_from=first_scored_column(batch.response_mask), temperature=batch.temperature,
-                          hidden_states=None if batch.hidden_states is None else batch.hidden_states.to(device))
+    batch = batch.apply(lambda t: t.to(device))
+    out = torch.zeros(batch.input_ids.shape, device=device)  # (B, T)
+    for rows, columns, mb in batch.micro_batches(micro_batch_tokens):
+        out[rows, columns] = batch_logprobs(
+            model, mb.input_ids, mb.attention_mask, precision, keep_from=first_scored_column(mb.response_mask),
+            temperature=mb.temperature, hidden_states=mb.hidden_states)
+    return out
 
 
 # ---------------------------------------------------------------- one update
@@ -217,7 +258,9 @@ def train_step(
     the optimizer's).
 
     Each step: loss = `compute_policy_loss` (clip_coef, kl_coef), backward, clip the global gradient norm
-    to `max_grad_norm`, step. A non-finite loss or gradient norm skips the step: gradients are dropped, the
+    to `max_grad_norm`, step. The loss and its gradient are taken a micro-batch of rows at a time
+    (`micro_batches`, `config.micro_batch_tokens`): the minibatch's token mean is the sum of its micro-batches'
+    token means weighted by their shares of its tokens, so the step is that of the whole minibatch. A non-finite loss or gradient norm skips the step: gradients are dropped, the
     optimizer does not step, weights and optimizer state stay bit-for-bit unchanged; it is counted in
     `ppo/skipped_steps`. With `batch.old_logprobs` None the log-probs of the current weights (before any
     step, no grad) are used, so the first step has ratio 1. The forward runs under bf16 autocast when
@@ -240,7 +283,7 @@ def train_step(
     distributed = processes is not None and processes.distributed
     if batch is None and not distributed:
         raise ValueError("train_step needs a batch (None only for a process of a multi-process run)")
-    batch, keep_from, minibatches = _prepare_batch(model, batch, config, distributed, device)
+    batch, minibatches = _prepare_batch(model, batch, config, distributed, device)
 
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
@@ -250,29 +293,40 @@ def train_step(
         for index in minibatches[epoch]:
             metrics, weight = None, 0.0
             if len(index):
+                # the minibatch's loss, a masked mean over its tokens, is the token-weighted sum of its
+                # micro-batches' losses: each is backpropagated on its own (bounded memory, less padding)
                 mb = batch.select(index.to(device))
-                logprobs, entropy = forward_logprobs(model, mb.input_ids, mb.attention_mask, config.precision,
-                                                     keep_from=keep_from, entropy_mask=mb.response_mask,
-                                                     temperature=mb.temperature,
-                                                     hidden_states=mb.hidden_states)  # (b, T), (b, T)
-                old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs  # (b, T)
-                if epoch == 0 and mb.sampler_logprobs is not None:  # training weights vs the sampler, before any step
-                    known = mb.response_mask.bool() & torch.isfinite(mb.sampler_logprobs)  # (b, T)
-                    gap_sum += (old_logprobs - mb.sampler_logprobs).abs()[known].sum().item()
-                    gap_count += int(known.sum())
-                loss, metrics = compute_policy_loss(
-                    logprobs, old_logprobs, mb.advantages, mb.response_mask,
-                    clip_coef=config.clip_coef, kl_coef=config.kl_coef, ref_logprobs=mb.ref_logprobs, entropy=entropy,
-                )
+                total = float(mb.response_mask.sum().clamp(min=1))
+                metrics = {}
+                for _, _, micro in mb.micro_batches(config.micro_batch_tokens):
+                    share = float(micro.response_mask.sum()) / total
+                    logprobs, entropy = forward_logprobs(
+                        model, micro.input_ids, micro.attention_mask, config.precision,
+                        keep_from=first_scored_column(micro.response_mask), entropy_mask=micro.response_mask,
+                        temperature=micro.temperature, hidden_states=micro.hidden_states)  # (b, t), (b, t)
+                    old_logprobs = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs  # (b, t)
+                    if epoch == 0 and micro.sampler_logprobs is not None:  # training weights vs the sampler, before any step
+                        known = micro.response_mask.bool() & torch.isfinite(micro.sampler_logprobs)  # (b, t)
+                        gap_sum += (old_logprobs - micro.sampler_logprobs).abs()[known].sum().item()
+                        gap_count += int(known.sum())
+                    loss, part = compute_policy_loss(
+                        logprobs, old_logprobs, micro.advantages, micro.response_mask, clip_coef=config.clip_coef,
+                        kl_coef=config.kl_coef, ref_logprobs=micro.ref_logprobs, entropy=entropy,
+                    )
+                    if not torch.isfinite(loss):
+                        break
+                    (loss * share).backward()
+                    for key, value in part.items():
+                        metrics[key] = metrics.get(key, 0.0) + value * share
                 if not torch.isfinite(loss):
                     logger.warning("PPO step skipped: non-finite loss %s", loss.item())
                     optimizer.zero_grad(set_to_none=True)
+                    metrics = None
                     if not distributed:
                         skipped += 1
                         continue
                     weight = math.nan  # poisons the average: every process skips this step
                 else:
-                    loss.backward()
                     weight = float(mb.response_mask.sum())
             if distributed and processes.average_gradients(params, weight) == 0:
                 optimizer.zero_grad(set_to_none=True)
@@ -307,26 +361,23 @@ def train_step(
 
 
 def _prepare_batch(model: torch.nn.Module, batch: RolloutBatch | None, config: PPOConfig, distributed: bool,
-                   device: torch.device) -> tuple[RolloutBatch | None, int, list]:
-    """`train_step`'s batch on the model's device with position 0 unscored, the first logit column it needs,
-    the minibatch row indices of each epoch and, for several minibatches or epochs, the old log-probs.
+                   device: torch.device) -> tuple[RolloutBatch | None, list]:
+    """`train_step`'s batch on the model's device with position 0 unscored, the minibatch row indices of
+    each epoch and, for several minibatches or epochs, the old log-probs (micro-batched as `train_step` does).
     None (a process with no rows of its own): `config.num_minibatches` empty minibatches per epoch."""
     if batch is None:
-        return None, 0, [[torch.zeros(0, dtype=torch.long)] * config.num_minibatches for _ in range(config.ppo_epochs)]
+        return None, [[torch.zeros(0, dtype=torch.long)] * config.num_minibatches for _ in range(config.ppo_epochs)]
     response_mask = batch.response_mask.clone()  # (B, T)
     response_mask[:, 0] = 0  # nothing predicts position 0
     batch = replace(batch, response_mask=response_mask, advantages=batch.advantages.float()).apply(
         lambda t: t.to(device))
-    keep_from = first_scored_column(batch.response_mask)  # logits before the responses are never needed
     num_minibatches = config.num_minibatches if distributed else min(config.num_minibatches, len(batch))
     minibatches = [torch.randperm(len(batch)).tensor_split(num_minibatches) for _ in range(config.ppo_epochs)]
     if batch.old_logprobs is None and (config.ppo_epochs > 1 or num_minibatches > 1):
         # frozen before any step, computed on exactly the rows (and row order) of the first pass's minibatches,
         # so the first minibatch's forward repeats it bit for bit: its ratio is exactly 1
         batch.old_logprobs = torch.zeros(batch.input_ids.shape, device=device)  # (B, T)
-        with torch.no_grad():
-            for index in (i.to(device) for i in minibatches[0] if len(i)):
-                batch.old_logprobs[index] = batch_logprobs(
-                    model, batch.input_ids[index], batch.attention_mask[index], config.precision, keep_from,
-                    batch.temperature, None if batch.hidden_states is None else batch.hidden_states[index])
-    return batch, keep_from, minibatches
+        for index in (i.to(device) for i in minibatches[0] if len(i)):
+            batch.old_logprobs[index] = compute_ref_logprobs(model, batch.select(index), config.precision,
+                                                             config.micro_batch_tokens)
+    return batch, minibatches

@@ -357,11 +357,11 @@ class AdversarialTrainer:
                              temperature=self.config.temperature)
         precision = self.config.ppo.precision
         t = time.perf_counter()
+        micro = self.config.ppo.micro_batch_tokens
         if top:
-            batch.hidden_states = bottom_hidden_states(wrapper.model, batch.input_ids, batch.attention_mask, top,
-                                                       precision)
+            batch.hidden_states = bottom_hidden_states(wrapper.model, batch, top, precision, micro)
         with top_blocks(wrapper.model, top), top_blocks(self.references[role], top):
-            batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision)
+            batch.ref_logprobs = reference_logprobs(wrapper.model, self.references[role], batch, precision, micro)
         out["time/ref_logprobs_s"] = time.perf_counter() - t
         return batch
 
