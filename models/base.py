@@ -29,9 +29,8 @@ import torch
 from transformers import DynamicCache
 
 from models.loading import contiguous_head_input, load_model, prepare_tokenizer, resolve_device, resolve_dtype
-from models.sampling import CodeBlockStoppingCriteria, SamplingConfig
-from models.sampling import TopKFirstTopPLogitsProcessor
-from models.logprobs import autocast, forward_logprobs
+from models.sampling import CodeBlockStop, SamplingConfig, TopKFirstTopPLogitsProcessor
+from models.logprobs import autocast, forward_logprobs, position_ids
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +184,57 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     return DynamicCache(layers, config=model.config), width
 
 
+@torch.no_grad()
+def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopPLogitsProcessor | None,
+           done, min_new_tokens: int = 0, eos_ids: Sequence[int] = (),
+           cached: tuple[DynamicCache, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+    """Autoregressive decoding of the left-padded prompts of `batch` (R = 0) with a KV cache, each row until
+    `done(row, tokens)` says it is finished (or `max_new_tokens`). Returns each row's new tokens and, with a
+    `sampler`, the log-prob the sampler gave each (greedy without one).
+
+    A finished row leaves the batch at once (its cache rows are dropped): rows end at very different
+    lengths (a code block closes after 60 tokens or 250), and transformers' `generate` keeps computing
+    every finished row until the last one ends. Each row sees the same numbers either way, up to float
+    rounding. `cached`: a cache of the first W prompt columns (`prefill_shared_prefixes`); only the rest
+    is prefilled. EOS is suppressed before `min_new_tokens`."""
+    N = len(batch.input_ids)
+    cache, width = cached if cached is not None else (DynamicCache(config=model.config), 0)
+    rows = torch.arange(N, device=batch.input_ids.device)  # (n,) the original row of each batch row
+    mask = batch.attention_mask  # (n, P + t)
+    positions = position_ids(mask)[:, width:]  # (n, P - W)
+    step_ids = batch.input_ids[:, width:]  # (n, P - W): the prefill, then one token a step
+    tokens: list[list[int]] = [[] for _ in range(N)]
+    logprobs: list[list[float]] = [[] for _ in range(N)]
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=mask.device)
+    name = cache_argument(model)
+    for t in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{name: cache})
+        cache = out[name]
+        scores = out.logits[:, -1].float()  # (n, V)
+        if t < min_new_tokens and len(eos):
+            scores[:, eos] = float("-inf")
+        chosen = (sampler(None, scores) if sampler else scores).argmax(-1)  # (n,)
+        drawn = sampler.chosen_logprobs.pop().tolist() if sampler else None
+        keep = []
+        for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist())):
+            tokens[row].append(token)
+            if drawn is not None:
+                logprobs[row].append(drawn[i])
+            if not (token in eos_ids or done(row, tokens[row])):
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(rows):  # finished rows leave the batch
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            rows, mask, chosen, positions = rows[index], mask[index], chosen[index], positions[index]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)  # (n, P + t + 1)
+        positions = positions[:, -1:] + 1  # (n, 1)
+        step_ids = chosen[:, None]  # (n, 1)
+    return tokens, logprobs
+
+
 def as_batch(problems, **per_problem) -> tuple[list, dict[str, list]]:
     """The problems of a model call, which always takes a list of problems and returns one list of samples
     per problem, and each per-problem argument as a list: a list or tuple must have one entry per problem,
@@ -299,21 +349,9 @@ class LLMBase:
         prompt_ids = [self.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(num_samples)]
         batch = build_token_batch(rows, [[] for _ in rows], self.pad_id, self.device)
-        max_new = settings.max_new_tokens or default_max_new_tokens
-        kwargs = dict(
-            input_ids=batch.input_ids,  # (N, P)
-            attention_mask=batch.attention_mask,  # (N, P)
-            max_new_tokens=max_new,
-            min_new_tokens=settings.min_new_tokens or None,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-            **settings.generate_kwargs(),
-        )
-        stopper = None
+        stop = None
         if code_block and settings.stop_after_code_block:
-            fences = [prefix.count("```") for prefix in prefixes for _ in range(num_samples)]
-            stopper = CodeBlockStoppingCriteria(self.tokenizer, batch.prompt_width, len(rows), fences)
-            kwargs["stopping_criteria"] = [stopper]
+            stop = CodeBlockStop(self.tokenizer, [prefix.count("```") for prefix in prefixes for _ in range(num_samples)])
         model = self.model if self.sampling_model is None else self.sampling_model
         rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
@@ -321,20 +359,13 @@ class LLMBase:
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             cached = prefill_shared_prefixes(model, rows) if settings.share_prefix else None
-            if cached is not None:
-                kwargs[cache_argument(model)] = cached[0]  # generate prefills only the last P - W columns
-            sequences = model.generate(**kwargs)  # (N, P + new)
-        new_tokens = sequences[:, batch.prompt_width :].tolist()  # (N, new)
-        sampler = next((p for p in kwargs.get("logits_processor", [])
-                        if isinstance(p, TopKFirstTopPLogitsProcessor) and p.sample), None)
-        chosen = torch.stack(sampler.chosen_logprobs, 1).tolist() if sampler and sampler.chosen_logprobs else None  # (N, new)
+            new_tokens, chosen = decode(model, batch, settings.max_new_tokens or default_max_new_tokens,
+                                        settings.sampler(model.config.vocab_size), stop or (lambda row, tokens: False),
+                                        min_new_tokens=settings.min_new_tokens, eos_ids=self.eos_ids, cached=cached)
 
         out: list[list[Generation]] = [[] for _ in prompts]
-        for row, tokens in enumerate(new_tokens):
+        for row, response in enumerate(new_tokens):  # each ends at its EOS, its closed code block or the budget
             i = row // num_samples
-            if stopper is not None and stopper.stopped_at[row] is not None:
-                tokens = tokens[: stopper.stopped_at[row]]
-            response = self._cut_at_eos(tokens)
             out[i].append(
                 Generation(
                     prompt=prompts[i],
@@ -342,16 +373,12 @@ class LLMBase:
                     response_ids=response,
                     text=self.tokenizer.decode(response, skip_special_tokens=True),
                     prefix=prefixes[i],
-                    sampler_logprobs=chosen[row][: len(response)] if chosen else [],
+                    sampler_logprobs=chosen[row],
                 )
             )
         n_tokens = sum(len(g.response_ids) for gens in out for g in gens)
         logger.debug("sampled %d responses, %d tokens", len(new_tokens), n_tokens)
         return out
-
-    def _cut_at_eos(self, tokens: list[int]) -> list[int]:
-        """The response up to and including the first EOS (padding after it dropped)."""
-        return tokens[: next((t + 1 for t, token in enumerate(tokens) if token in self.eos_ids), len(tokens))]
 
     # ------------------------------------------------------------------ scoring
     def token_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> TokenBatch:

@@ -6,15 +6,15 @@ every row. Nearly all of the probability mass sits in the top few hundred tokens
 top-p inside them, with probabilities normalised over the *whole* vocabulary. Whenever the nucleus fits
 in `k` tokens (nearly always at k=256, top_p=0.95) it keeps exactly the tokens the stock warper keeps;
 otherwise it keeps the top `k`, a slightly smaller nucleus. It also draws the token itself (a softmax
-over at most `k` scores), so `generate` runs its cheap greedy step instead of a softmax and multinomial
-over the whole vocabulary. Measured in `bench/bench_generation.py`.
+over at most `k` scores) instead of a softmax and multinomial over the whole vocabulary. Measured in
+`bench/bench_generation.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
 
 
 @dataclass
@@ -42,17 +42,14 @@ class SamplingConfig:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1, or None for the stage's budget")
 
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments for `model.generate` that realise these settings."""
+    def sampler(self, vocab_size: int) -> TopKFirstTopPLogitsProcessor | None:
+        """The sampler that draws each token (`models.base.decode`), None for greedy decoding. With
+        `top_k_first` 0 it keeps the whole vocabulary before top-p: exactly the stock temperature → top-k →
+        top-p warpers, at the cost of a full sort per step."""
         if not self.do_sample:
-            return {"do_sample": False}
-        if self.top_k_first:
-            k = min(self.top_k or self.top_k_first, self.top_k_first)
-            processor = TopKFirstTopPLogitsProcessor(top_k=k, top_p=self.top_p, temperature=self.temperature,
-                                                     sample=True)
-            # the processor draws the token; generate's greedy step then picks it (no stock warper runs)
-            return {"do_sample": False, "logits_processor": [processor]}
-        return {"do_sample": True, "top_k": self.top_k, "top_p": self.top_p, "temperature": self.temperature}
+            return None
+        k = min(self.top_k or self.top_k_first, self.top_k_first) if self.top_k_first else (self.top_k or vocab_size)
+        return TopKFirstTopPLogitsProcessor(top_k=k, top_p=self.top_p, temperature=self.temperature, sample=True)
 
 
 class TopKFirstTopPLogitsProcessor(LogitsProcessor):
@@ -61,11 +58,10 @@ class TopKFirstTopPLogitsProcessor(LogitsProcessor):
     Matches transformers' order (temperature → top-k → top-p) and its top-p rule: a token is kept when
     the probability mass of the tokens ranked above it is below `top_p` (the most likely one always).
 
-    sample=False returns the filtered scores (-inf outside the nucleus) for `generate(do_sample=True)`.
-    sample=True draws the token here, from a softmax over the <= k kept scores, and returns 0 for it
-    and -inf elsewhere, for `generate(do_sample=False)`: the same distribution, without the softmax
-    and multinomial over the whole vocabulary that `generate` would run (~70 ms per step at batch 16
-    on 2 CPU cores against ~10 ms for all of this).
+    sample=False returns the filtered scores (-inf outside the nucleus). sample=True draws the token here,
+    from a softmax over the <= k kept scores, and returns 0 for it and -inf elsewhere (the caller takes the
+    argmax): the same distribution, without a softmax and multinomial over the whole vocabulary (~70 ms
+    per step at batch 16 on 2 CPU cores against ~10 ms for all of this).
 
     With sample=True it also records, per step, the log-probability of each row's drawn token under the
     whole-vocabulary softmax of logits / temperature (`chosen_logprobs`, one (B,) tensor per step): the
@@ -100,27 +96,17 @@ class TopKFirstTopPLogitsProcessor(LogitsProcessor):
         return out.scatter_(-1, top_ids.gather(-1, choice), 0.0)  # (B, V) one finite score per row
 
 
-class CodeBlockStoppingCriteria(StoppingCriteria):
-    """Ends a row once its reply holds a closed markdown code block (two ``` fences, counting one
-    opened by a prefill in the prompt).
+class CodeBlockStop:
+    """Tells when a reply holds a closed markdown code block (two ``` fences, counting one opened by a
+    prefill in the prompt): `stop(row, tokens)` with the row's response tokens so far.
 
     Models tend to add explanations and usage examples after the block they were asked for; those
-    tokens cost time and are thrown away by sanitization. `stopped_at[row]` records how many response
-    tokens the row had when it stopped, because `generate` pads stopped rows afterwards and the pad
-    token may equal EOS."""
+    tokens cost time and are thrown away by sanitization, so `models.base.decode` ends the row there."""
 
-    def __init__(self, tokenizer, prompt_width: int, batch_size: int, fences_in_prompt: int | list[int] = 0):
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
-        if isinstance(fences_in_prompt, int):
-            fences_in_prompt = [fences_in_prompt] * batch_size
+    def __init__(self, tokenizer, fences_in_prompt: list[int]):
+        self.tokenizer = tokenizer
         self.fences_needed = [max(1, 2 - f) for f in fences_in_prompt]  # a prefilled opening fence counts
-        self.stopped_at: list[int | None] = [None] * batch_size
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        n_new = input_ids.shape[1] - self.prompt_width
-        for row, stopped in enumerate(self.stopped_at):
-            if stopped is None and "```" in self.tokenizer.decode(input_ids[row, -3:]):  # cheap pre-check
-                text = self.tokenizer.decode(input_ids[row, self.prompt_width :])
-                if text.count("```") >= self.fences_needed[row]:
-                    self.stopped_at[row] = n_new
-        return torch.tensor([s is not None for s in self.stopped_at], device=input_ids.device)
+    def __call__(self, row: int, tokens: list[int]) -> bool:
+        return ("```" in self.tokenizer.decode(tokens[-3:])  # cheap pre-check
+                and self.tokenizer.decode(tokens).count("```") >= self.fences_needed[row])

@@ -49,14 +49,18 @@ def engine(tiny_run, sandbox):
 
 
 def count_generate(monkeypatch, wrapper) -> list[int]:
-    """Wrap `wrapper.model.generate`; the returned list gets each call's batch size."""
-    calls, original = [], wrapper.model.generate
+    """Wrap the decoding loop (`models.base.decode`) for `wrapper`'s model; the returned list gets each
+    call's batch size."""
+    import models.base as base
 
-    def counted(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
+    calls, original = [], base.decode
 
-    monkeypatch.setattr(wrapper.model, "generate", counted)
+    def counted(model, batch, *args, **kwargs):
+        if model is wrapper.model:
+            calls.append(batch.input_ids.shape[0])
+        return original(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(base, "decode", counted)
     return calls
 
 

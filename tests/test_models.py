@@ -15,35 +15,39 @@ from models import (
 from models.base import cache_argument
 from models.logprobs import position_ids
 from models.generator import CODE_PREFIX
-from models.sampling import CodeBlockStoppingCriteria
+from models.sampling import CodeBlockStop
 from reasoning.stages import get_stage
 
 
 def count_generate_calls(monkeypatch, model):
-    """Wrap model.generate; returns the list of input_ids/attention_mask it was called with."""
-    calls = []
-    original = model.generate
+    """Wrap the decoding loop (`models.base.decode`); returns, per call for `model`, its input_ids,
+    attention_mask, max_new_tokens and shared-prefix cache."""
+    import models.base as base
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
+    calls, original = [], base.decode
 
-    monkeypatch.setattr(model, "generate", spy)
+    def spy(m, batch, max_new_tokens, *args, **kwargs):
+        if m is model:
+            calls.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                          "max_new_tokens": max_new_tokens, "cached": kwargs["cached"]})
+        return original(m, batch, max_new_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(base, "decode", spy)
     return calls
 
 
 def canned_generate(monkeypatch, wrapper, texts):
-    """Make model.generate return the prompt followed by `texts[row]`'s tokens, then EOS and padding."""
+    """Make the decoding loop return `texts[row]`'s tokens, then EOS, for each row."""
+    import models.base as base
+
     tok = wrapper.tokenizer
 
-    def fake(input_ids, attention_mask, max_new_tokens, **kwargs):
+    def fake(model, batch, *args, **kwargs):
         rows = [tok(texts[i % len(texts)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                for i in range(input_ids.shape[0])]
-        width = max(map(len, rows)) + 2
-        new = torch.tensor([r + [wrapper.pad_id] * (width - len(r)) for r in rows])
-        return torch.cat([input_ids, new], dim=1)
+                for i in range(batch.input_ids.shape[0])]
+        return rows, [[] for _ in rows]
 
-    monkeypatch.setattr(wrapper.model, "generate", fake)
+    monkeypatch.setattr(base, "decode", fake)
 
 
 # ----------------------------------------------------------------------------- records and batching
@@ -113,9 +117,36 @@ def test_shared_prefix_prefill_samples_the_same_tokens_as_the_plain_path(tiny_ge
     for shared, plain in zip(out[True], out[False]):
         torch.testing.assert_close(torch.tensor(shared.sampler_logprobs), torch.tensor(plain.sampler_logprobs),
                                    atol=1e-4, rtol=0)
-    assert [cache_argument(tiny_generator.model) in c for c in calls] == [False, False, True, True]  # shared path ran
+    assert [c["cached"] is not None for c in calls] == [False, False, True, True]  # shared path ran
     # the code call's rows differ after the chain: the cache holds the shared part, generate prefills the rest
     assert len(widths) == 2 and 0 < widths[1] < calls[3]["input_ids"].shape[1] - 1
+
+
+def test_decode_drops_finished_rows_and_keeps_the_others_tokens(tiny_generator, example_problems):
+    """Rows that finish leave the batch at once; the rows left draw the tokens transformers' `generate` draws
+    (greedy), and the forward passes shrink with them."""
+    from models.base import decode
+
+    model = tiny_generator.model
+    prompts = [tiny_generator.encode(tiny_generator.format_prompt(p.description)) for p in example_problems[:3]]
+    batch = build_token_batch(prompts, [[], [], []], tiny_generator.pad_id)
+    reference = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
+                               max_new_tokens=9, min_new_tokens=9, pad_token_id=tiny_generator.pad_id)
+    reference = reference[:, batch.prompt_width:].tolist()  # (3, 9)
+    lengths = [3, 9, 5]
+    widths, original = [], model.forward
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        tokens, logprobs = decode(model, batch, 9, None, lambda row, toks: len(toks) == lengths[row])
+    finally:
+        del model.forward
+    assert tokens == [reference[r][:n] for r, n in enumerate(lengths)] and logprobs == [[], [], []]
+    assert widths == [3, 3, 3, 2, 2, 1, 1, 1, 1]  # the prefill and two steps at 3 rows, then 2, then 1
 
 
 def test_shared_prefixes_group_neighbours_and_skip_when_nothing_is_shared(tiny_generator):
@@ -204,20 +235,16 @@ def test_code_block_stopping(tiny_generator):
     tok = tiny_generator.tokenizer
     text = "```python\ndef f():\n    return 1\n```\nThis explains the code at length."
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    prompt = [5, 6, 7]
-    stopper = CodeBlockStoppingCriteria(tok, prompt_width=len(prompt), batch_size=1)
-    fired = None
-    for n in range(1, len(ids) + 1):
-        done = stopper(torch.tensor([prompt + ids[:n]]), None)
-        if done[0] and fired is None:
-            fired = n
-    assert fired is not None and stopper.stopped_at[0] == fired
+    stop = CodeBlockStop(tok, [0])
+    fired = next(n for n in range(1, len(ids) + 1) if stop(0, ids[:n]))
     assert tok.decode(ids[:fired]).count("```") == 2 and "explains" not in tok.decode(ids[:fired])
+    assert tok.decode(ids[:fired - 1]).count("```") < 2  # not a token earlier
     # with the opening fence prefilled in the prompt, the first fence of the response closes the block
     ids = tok("return 1\n```\nMore prose.", add_special_tokens=False)["input_ids"]
-    stopper = CodeBlockStoppingCriteria(tok, prompt_width=len(prompt), batch_size=1, fences_in_prompt=1)
-    fired = next(n for n in range(1, len(ids) + 1) if stopper(torch.tensor([prompt + ids[:n]]), None)[0])
+    stop = CodeBlockStop(tok, [0, 1])
+    fired = next(n for n in range(1, len(ids) + 1) if stop(1, ids[:n]))
     assert tok.decode(ids[:fired]).rstrip().endswith("```")
+    assert not any(stop(0, ids[:n]) for n in range(1, len(ids) + 1))  # row 0 needs two fences
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -328,11 +355,11 @@ def test_sampling_config_validation_and_kwargs():
         SamplingConfig(temperature=0)
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0)
-    assert SamplingConfig(do_sample=False, temperature=0).generate_kwargs()["do_sample"] is False
-    stock = SamplingConfig(top_k_first=0).generate_kwargs()
-    assert stock["top_p"] == 0.95 and "logits_processor" not in stock
-    fast = SamplingConfig().generate_kwargs()
-    assert fast["do_sample"] is False and fast["logits_processor"][0].sample  # the processor samples
+    assert SamplingConfig(do_sample=False, temperature=0).sampler(1000) is None  # greedy
+    stock = SamplingConfig(top_k_first=0).sampler(1000)  # the whole vocabulary before top-p: the stock warpers
+    assert stock.top_k == 1000 and stock.top_p == 0.95 and stock.sample
+    fast = SamplingConfig(top_k=40).sampler(1000)
+    assert fast.top_k == 40 and fast.temperature == SamplingConfig().temperature and fast.sample
 
 
 def test_per_call_overrides_do_not_change_the_wrapper(tiny_generator):
