@@ -733,3 +733,117 @@ def test_each_process_of_an_execution_is_in_its_execution_s_cgroups(level):
             assert any(paths[controller].endswith(o) for o in own), (side, controller, paths, own)
         assert not any(os.path.exists(folder) for limit in worker.limits[side] for folder in limit.folders)
 
+
+
+# ----------------------------------------------------------------- every case of every test, or no pass
+CASE_ATTACKS = {  # what the candidate does in a test's second case, after passing its first
+    "hang": "import time\n        time.sleep(30)",
+    "KeyboardInterrupt": "raise KeyboardInterrupt",
+    "SystemExit": "raise SystemExit(0)",
+    "GeneratorExit": "raise GeneratorExit",
+    "its process ends": "import os\n        os._exit(0)",
+    "pytest's Exit impersonated": "class Exit(Exception):\n            pass\n"
+                                  "        Exit.__module__, Exit.__qualname__ = '_pytest.outcomes', 'Exit'\n"
+                                  "        raise Exit('stop the run')",
+    "pytest's Skipped impersonated": "class OutcomeException(BaseException):\n            pass\n"
+                                     "        class Skipped(OutcomeException):\n            pass\n"
+                                     "        OutcomeException.__module__ = Skipped.__module__ = '_pytest.outcomes'\n"
+                                     "        OutcomeException.__qualname__, Skipped.__qualname__ = 'OutcomeException', 'Skipped'\n"
+                                     "        raise Skipped('not run')",
+    "pytest's XFailed impersonated": "class XFailed(Exception):\n            pass\n"
+                                     "        XFailed.__module__, XFailed.__qualname__ = '_pytest.outcomes', 'XFailed'\n"
+                                     "        raise XFailed('expected')",
+    "the sandbox's own error impersonated": "class BoundaryError(BaseException):\n            pass\n"
+                                            "        BoundaryError.__module__ = 'remote'\n        raise BoundaryError('x')",
+    "a SyntaxError with malformed details": "raise SyntaxError('bad', ('f.py', 1, 1, 5))",
+    "a SyntaxError with arguments it refuses": "raise SyntaxError('bad', 'abc')",
+    "an exception whose text cannot be made": "raise ValueError(10 ** 5000)",
+    "an exception nested too deeply to describe": "x = []\n        for _ in range(100000):\n            x = [x]\n"
+                                                   "        raise ValueError(x)",
+}
+
+
+def case_sources(a: int, b: int, runner: str, literal: bool = True) -> str:
+    """A test of two cases (the second needs `b`), on the fast runner or under pytest (a fixture), with its
+    cases written out in the source or built when the module runs."""
+    cases = "[0, 1]" if literal else "list(range(2))"
+    head = "import pytest\n\n"
+    if runner == "pytest":
+        head += "@pytest.fixture\ndef offset():\n    return 0\n\n"
+    arg = ", offset" if runner == "pytest" else ""
+    return (head + f"@pytest.mark.parametrize('i', {cases})\ndef test_cases(i{arg}):\n"
+            f"    assert f(i) == [{a}, {b}][i]\n\ndef test_after():\n    assert f(0) == {a}\n")
+
+
+@pytest.mark.parametrize("runner", ["fast", "pytest"])
+@pytest.mark.parametrize("attack", sorted(CASE_ATTACKS))
+def test_a_test_passes_only_if_every_case_ran_and_passed(any_box, attack, runner):
+    a, b = random.sample(range(10**9, 10**10), 2)
+    code = f"def f(i):\n    if i == 0:\n        return {a}\n    else:\n        {CASE_ATTACKS[attack]}\n"
+    for literal in (True, False):  # counted from the syntax tree, or from the tests' collection report
+        r = any_box.execute_tests(code, case_sources(a, b, runner, literal), timeout_s=2)
+        assert r.runner == runner
+        assert not r.passed_test("test_cases") and r.total >= 3, (literal, r.test_outcomes, r.stderr[-2000:])
+        assert r.test_outcomes.get("test_cases[0]") == "passed", (literal, r.test_outcomes)
+    if attack not in ("hang", "its process ends"):  # the run went on after the attack
+        assert r.test_outcomes["test_after"] == "passed", r.test_outcomes
+
+
+def test_a_correct_candidate_passes_every_case(any_box):
+    a, b = random.sample(range(10**9, 10**10), 2)
+    code = f"def f(i):\n    return [{a}, {b}][i]\n"
+    for runner in ("fast", "pytest"):
+        for literal in (True, False):
+            r = any_box.execute_tests(code, case_sources(a, b, runner, literal))
+            assert r.all_passed and r.total == 3 and r.runner == runner, r.test_outcomes
+
+
+def test_cases_that_could_not_be_counted_fail(any_box):
+    """Tests that say they are done before their collection report: the cases built at run time were never
+    counted, so the test fails whatever was reported for it."""
+    tests = ("import os, json\n"
+             "os.write(3, (json.dumps({'t': 'test_cases[0]', 'o': 'passed'}) + '\\n').encode())\n"
+             "os.write(3, b'{\"t\": \"__done__\", \"o\": \"__done__\"}\\n')\n\n"
+             "@pytest.mark.parametrize('i', list(range(2)))\ndef test_cases(i):\n    pass\n")
+    r = any_box.execute_tests("", "import pytest\n" + tests)
+    assert not r.passed_test("test_cases") and r.test_outcomes["test_cases[#uncounted]"] == "missing", r.test_outcomes
+
+
+STOP_ITERATION = """
+import pytest
+
+def test_map():
+    assert all(map(lambda x: f(x) == x, [1, 2, 3]))
+
+def test_zip():
+    for x, y in zip([1, 2], map(f, [1, 2])):
+        assert x == y
+
+def test_generator():
+    assert list(f(x) for x in [1, 2]) == [1, 2]
+
+def test_a_real_end_of_iteration_still_ends():
+    it = iter(squares(2))
+    assert next(it) == 0 and next(it) == 1 and list(squares(3)) == [0, 1, 4]
+    with pytest.raises(StopIteration):
+        next(it)
+"""
+
+
+def test_stop_iteration_from_the_candidate_is_not_the_end_of_a_test_s_iteration(any_box):
+    code = "def f(x):\n    raise StopIteration\n\ndef squares(n):\n    for i in range(n):\n        yield i * i\n"
+    r = any_box.execute_tests(code, STOP_ITERATION)
+    assert r.test_outcomes == {"test_map": "failed", "test_zip": "failed", "test_generator": "failed",
+                               "test_a_real_end_of_iteration_still_ends": "passed"}, (r.test_outcomes, r.stderr)
+    assert "RuntimeError" in r.stderr
+
+
+def test_a_failing_fixture_teardown_fails_the_test(any_box):
+    a = random.randrange(10**9)
+    tests = ("import pytest\n\n@pytest.fixture\ndef value():\n    yield f()\n    assert cleaned_up()\n\n"
+             f"def test_value(value):\n    assert value == {a}\n")
+    code = f"def f():\n    return {a}\n\ndef cleaned_up():\n    return False\n"
+    r = any_box.execute_tests(code, tests)
+    assert r.test_outcomes == {"test_value": "error"} and "teardown" in r.stderr, (r.test_outcomes, r.stderr)
+    r = any_box.execute_tests(code.replace("False", "True"), tests)
+    assert r.all_passed, r.test_outcomes
