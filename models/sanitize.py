@@ -13,6 +13,8 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
+from sandbox.executor import parse_source  # bounded: a response nested too deeply does not parse
+
 # ```python ... ``` (or ```py, ```pytest, a bare ```), the last one possibly unterminated (budget hit)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_LANGS = {"", "python", "py", "python3", "pytest"}
@@ -63,8 +65,8 @@ def _looks_like_code(text: str) -> bool:
     if _unfenced_code(text):
         return True
     try:
-        return bool(ast.parse(text).body)
-    except (SyntaxError, ValueError):
+        return bool(parse_source(text).body)
+    except SyntaxError:
         return False
 
 
@@ -106,8 +108,8 @@ def parse_repaired(source: str) -> tuple[ast.Module | None, str, list[str], str]
             candidates.append((snapped, extra + ["indentation"]))
     for text, extra in candidates:  # first: a candidate that parses whole
         try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError) as e:
+            tree = parse_source(text)
+        except SyntaxError as e:
             error = error or f"{type(e).__name__}: {getattr(e, 'msg', e)} (line {getattr(e, 'lineno', '?')})"
             continue
         if tree.body:
@@ -119,8 +121,8 @@ def parse_repaired(source: str) -> tuple[ast.Module | None, str, list[str], str]
                 continue
             candidate = "\n".join(lines[:end])
             try:
-                tree = ast.parse(candidate)
-            except (SyntaxError, ValueError):
+                tree = parse_source(candidate)
+            except SyntaxError:
                 continue
             if tree.body:
                 return tree, candidate + "\n", repairs + extra + [f"dropped {len(lines) - end} trailing line(s)"], ""

@@ -325,6 +325,8 @@ class _Worker:
         limits = {side: pair[turn] for side, pair in self.limits.items() if pair}
         if not all(limit.empty() for limit in limits.values()):
             raise _Stale("processes of the execution before last could not be killed")
+        for limit in limits.values():
+            limit.reset()
         settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
                     "max_processes": self.config.max_processes}
         sockets: list[socket.socket] = []

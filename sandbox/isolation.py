@@ -32,6 +32,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.cgroups import cpu_available
+
 logger = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "unshare", "process")
@@ -91,7 +93,9 @@ def detect_level(requested: str = "auto") -> str:
 
 def describe(level: str, cgroups: bool = False) -> str:
     """One line for logs and the README: what this level isolates, and how the limits hold."""
-    limits = ("memory and process count bound each execution as a whole (cgroup v1)" if cgroups else
+    cpu = "; a CPU share of its own (cpu cgroup)" if cgroups and cpu_available() else (
+        "; no CPU share of its own (no cpu cgroup: a busy execution slows the others)" if cgroups else "")
+    limits = (f"memory and process count bound each execution as a whole (cgroup v1){cpu}" if cgroups else
               "memory limited per process and process count per uid only (no cgroup available)")
     containers = ("own user/pid/net/IPC namespaces per container, fresh pid/mount/IPC namespaces and tmpfs per "
                   "execution, read-only minimal root with allow-listed packages, no capabilities, no_new_privs")

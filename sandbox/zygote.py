@@ -97,7 +97,7 @@ def confine(limits, cgroup_fds):
     _limit(resource.RLIMIT_AS, _vm_size() + (limits["memory_mb"] << 20))
     _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
     _limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
-    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_CORE, 1)  # no core dump; 0 is ignored when core_pattern pipes to a program, 1 is not
     if not cgroup_fds:  # without a pids cgroup: per uid (a uid of its own when the host is root)
         _limit(resource.RLIMIT_NPROC, limits["max_processes"])
 

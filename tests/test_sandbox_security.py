@@ -704,7 +704,7 @@ def cgroup_lines():
     for line in open('/proc/self/cgroup'):
         _, names, path = line.rstrip().split(':', 2)
         for name in names.split(','):
-            if name in ('memory', 'pids'):
+            if name in ('memory', 'pids', 'cpu'):
                 out[name] = path
     return out
 """
@@ -728,7 +728,9 @@ def test_each_process_of_an_execution_is_in_its_execution_s_cgroups(level):
     lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("CANDIDATE ", "TESTS ")))
     for side, label in (("candidate", "CANDIDATE"), ("tests", "TESTS")):
         paths = ast.literal_eval(lines[label])
-        for i, controller in enumerate(cgroups.CONTROLLERS):  # executions use the side's two pairs in turn
+        controllers = cgroups.CONTROLLERS + (("cpu",) if cgroups.cpu_available() else ())
+        assert len(worker.limits[side][0].folders) == len(controllers)
+        for i, controller in enumerate(controllers):  # executions use the side's two pairs in turn
             own = ["/" + "/".join(limit.folders[i].split("/")[-2:]) for limit in worker.limits[side]]
             assert any(paths[controller].endswith(o) for o in own), (side, controller, paths, own)
         assert not any(os.path.exists(folder) for limit in worker.limits[side] for folder in limit.folders)
@@ -847,3 +849,125 @@ def test_a_failing_fixture_teardown_fails_the_test(any_box):
     assert r.test_outcomes == {"test_value": "error"} and "teardown" in r.stderr, (r.test_outcomes, r.stderr)
     r = any_box.execute_tests(code.replace("False", "True"), tests)
     assert r.all_passed, r.test_outcomes
+
+
+# ----------------------------------------------------------------- a host that cannot be stalled
+DEEP_SOURCES = {
+    "unary operators": "def test_a():\n    assert f() == " + "-" * 100_000 + "1\n",
+    "a chain of additions": "def test_a():\n    assert f() == " + "1+" * 100_000 + "1\n",
+    "attributes": "def test_a():\n    assert f() == a" + ".b" * 100_000 + "\n",
+    "deep but parseable": "def test_a():\n    assert f() == " + "1+" * 1_500 + "1\n",
+    "NUL bytes": "def test_a():\n    assert f() == 1\x00\n",
+}
+
+
+def test_sources_nested_too_deeply_are_errors_not_exceptions(any_box):
+    from sandbox.matrix import collect_tests, describe_test
+
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    for name, source in DEEP_SOURCES.items():
+        r = any_box.execute_tests(ok[0], source)
+        assert not r.all_passed and r.status in ("error", "failed"), (name, r.status)
+        collect_tests(source), describe_test(source, "test_a")  # neither raises
+    matrix = any_box.run_matrix([ok[0]], [ok[1], *DEEP_SOURCES.values(), ok[1]])
+    assert matrix[0][0].all_passed and matrix[0][-1].all_passed  # one bad source loses nothing else
+
+
+def test_a_flood_of_reports_is_bounded(any_box):
+    from sandbox.executor import MAX_OUTCOMES
+
+    flood = ("import os\n\ndef test_a():\n    lines = b''.join(b'{\"t\": \"test_a[%d]\", \"o\": \"passed\", \"m\": \"x\"}\\n' % i"
+             " for i in range(200_000))\n"
+             "    os.write(3, lines)\n    os.write(3, b''.join(b'{\"t\": \"other%d\", \"o\": \"passed\"}\\n' % i"
+             " for i in range(100_000)))\n\ndef test_b():\n    assert f() == 2\n")
+    started = time.monotonic()
+    r = any_box.execute_tests("def f():\n    return 1\n", flood, timeout_s=20)
+    # at most MAX_OUTCOMES ids kept (test_b's report came after them: missing), none of a test not expected
+    assert len(r.test_outcomes) <= MAX_OUTCOMES + 1 and r.test_outcomes["test_b"] == "missing"
+    assert not any(name.startswith("other") for name in r.test_outcomes)
+    assert len(r.stderr) < 20_000 and time.monotonic() - started < 15
+
+
+def test_test_analysis_is_linear_in_the_source_s_size():
+    from sandbox.executor import analyse_tests
+    from sandbox.matrix import collect_tests
+
+    n = 1500  # ~75 KiB of tests and helpers that name each other
+    source = "".join(f"def test_{i}():\n    assert helper_{i}() or test_{(i + 1) % n} or test_{(i + 7) % n}\n"
+                     f"def helper_{i}():\n    return helper_{(i + 1) % n}\n" for i in range(n))
+    started = time.perf_counter()
+    keys = collect_tests(source)
+    analyse_tests(source)
+    assert len(keys) == n and time.perf_counter() - started < 2
+
+
+def test_no_core_dumps(any_box):
+    probe = "import resource\nCORE = resource.getrlimit(resource.RLIMIT_CORE)\n"
+    tests = probe.replace("CORE =", "MY_CORE =") + "\ndef test_core():\n    assert CORE == (1, 1) and MY_CORE == (1, 1)\n"
+    assert any_box.execute_tests(probe, tests).all_passed
+
+
+def test_cgroup_counters_tell_nothing_of_earlier_executions(any_box):
+    """At the process level the execution can read its cgroup's files: the peak of the last execution there is
+    reset; at the namespaced levels it cannot read any."""
+    if not any_box.cgroups:
+        pytest.skip("no cgroup here")
+    probe = (
+        "import os\n"
+        "def peak():\n"
+        "    path = dict(l.strip().split(':', 2)[1:] for l in open('/proc/self/cgroup'))['memory']\n"
+        "    try:\n"
+        "        return int(open(f'/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes').read())\n"
+        "    except OSError:\n        return None\n"
+        "def hog():\n    block = bytearray(150 << 20)\n    return len(block)\n"
+    )
+    for _ in range(2):  # both cgroup pairs of the side
+        assert any_box.execute_tests(probe, "def test_hog():\n    assert hog() > 0\n").all_passed
+    for _ in range(2):
+        r = any_box.execute_tests(probe, "def test_peak():\n    print('PEAK', peak())\n")
+        seen = r.stdout.split("PEAK ", 1)[1].split()[0]
+        assert (seen == "None") if any_box.isolation != "process" else int(seen) < 100 << 20, r.stdout
+
+
+CPU_HOG = """
+import os, time
+def hog(n, seconds):
+    for _ in range(n):
+        if os.fork() == 0:
+            os.setsid()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+    return n
+"""
+CPU_SHARE = """
+import time
+def test_share():
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < 1.0:
+        pass
+    print('SHARE', (time.process_time() - cpu) / (time.monotonic() - wall))
+"""
+
+
+@pytest.mark.parametrize("level", NAMESPACED + ["process"])
+def test_busy_processes_of_one_execution_do_not_starve_another(level):
+    if not cgroups.cpu_available():
+        pytest.skip("no writable cgroup v1 cpu controller here: executions share the CPU per process")
+
+    def share(sb) -> float:
+        r = sb.execute_tests("", CPU_SHARE)
+        return float(r.stdout.split("SHARE ", 1)[1].split()[0])
+
+    with start(level, num_workers=2, max_processes=16) as sb:
+        alone = share(sb)
+        hogging = threading.Thread(target=sb.execute_tests, args=(
+            CPU_HOG, "import time\n\ndef test_hog():\n    assert hog(14, 4) == 14\n    time.sleep(3.5)\n", 8))
+        hogging.start()
+        time.sleep(0.7)
+        try:
+            beside = share(sb)  # 14 busy processes beside it: 2/15 of the CPU without a share of its own
+        finally:
+            hogging.join()
+    assert beside > 0.3 * alone, (alone, beside)  # measured here: ~0.55 with the cpu cgroup, ~0.17 without
