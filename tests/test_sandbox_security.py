@@ -971,3 +971,77 @@ def test_busy_processes_of_one_execution_do_not_starve_another(level):
         finally:
             hogging.join()
     assert beside > 0.3 * alone, (alone, beside)  # measured here: ~0.55 with the cpu cgroup, ~0.17 without
+
+
+# ----------------------------------------------------------------- nothing survives an execution
+NET_PROBE = """
+import os, socket
+def network():
+    '''This execution's network namespace, whether loopback works, and the TCP sockets it can see.'''
+    server = socket.socket()
+    server.bind(('127.0.0.1', PORT))
+    server.listen(1)
+    client = socket.create_connection(('127.0.0.1', PORT), timeout=2)
+    client.close()
+    server.close()  # leaves a TIME_WAIT behind in this namespace
+    with open('/proc/net/tcp') as f:
+        return os.stat('/proc/self/ns/net').st_ino, len(f.readlines()) - 1
+"""
+
+
+def test_each_execution_has_a_network_namespace_of_its_own(box):
+    port = random.randrange(20000, 60000)
+    probe = NET_PROBE.replace("PORT", str(port))
+    tests = probe.replace("def network", "def my_network") + (
+        "\ndef test_net():\n    print('NET', network(), my_network())\n")
+    seen = []
+    for _ in range(3):
+        r = box.execute_tests(probe, tests)
+        assert r.all_passed, (r.test_outcomes, r.stderr)  # loopback works, and the port is free every time
+        (ns_c, sockets_c), (ns_t, sockets_t) = ast.literal_eval(r.stdout.split("NET ", 1)[1].splitlines()[0].replace(") (", "), ("))
+        assert sockets_c <= 2 and sockets_t <= 2  # its own connection's sockets only, none of earlier executions
+        seen += [ns_c, ns_t]
+    assert len(set(seen)) == len(seen), seen  # a new namespace per execution and side
+
+
+SYSCALL_NUMBERS = {"x86_64": {"add_key": 248, "keyctl": 250, "unshare": 272, "clone3": 435},
+                   "aarch64": {"add_key": 217, "keyctl": 219, "unshare": 97, "clone3": 435}}
+KERNEL_PROBE = """
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def refused(nr, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(nr, *args)
+    return result, ctypes.get_errno()
+def kernel():
+    out = {}
+    out['add_key'] = refused(N['add_key'], b'user', b'advcode-leak', b'secret', 6, -4)  # KEY_SPEC_USER_KEYRING
+    out['keyctl'] = refused(N['keyctl'], 0, -4, 0)  # KEYCTL_GET_KEYRING_ID of the user keyring
+    out['unshare'] = refused(N['unshare'], 0x10000000)  # CLONE_NEWUSER
+    out['clone3'] = refused(N['clone3'], 0, 0)
+    box = []
+    thread = threading.Thread(target=lambda: box.append(1))  # threads still start (clone3 falls back to clone)
+    thread.start()
+    thread.join()
+    pid = os.fork()  # and so do processes
+    if pid == 0:
+        os._exit(7)
+    out['fork'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    out['thread'] = box
+    return out
+"""
+
+
+def test_no_kernel_keyring_and_no_user_namespaces(any_box):
+    import errno
+
+    numbers = SYSCALL_NUMBERS.get(os.uname().machine)
+    if numbers is None:
+        pytest.skip(f"system call numbers of {os.uname().machine} not known to this test")
+    probe = f"N = {numbers!r}\n" + KERNEL_PROBE
+    tests = probe.replace("def kernel", "def my_kernel") + "\ndef test_kernel():\n    print('K', kernel(), my_kernel())\n"
+    r = any_box.execute_tests(probe, tests)
+    assert r.all_passed, (r.test_outcomes, r.stderr)
+    for seen in ast.literal_eval("[" + r.stdout.split("K ", 1)[1].splitlines()[0].replace("} {", "}, {") + "]"):
+        assert seen["add_key"] == seen["keyctl"] == seen["unshare"] == (-1, errno.EPERM), seen
+        assert seen["clone3"] == (-1, errno.ENOSYS) and seen["fork"] == 7 and seen["thread"] == [1], seen
