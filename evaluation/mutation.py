@@ -215,7 +215,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
-    from models.loading import cache_dir, write_cache_file
+    from common.cache import cache_dir, write_cache_file
     from sandbox import verdict_version
 
     key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
