@@ -4,7 +4,7 @@ import ast
 import pytest
 
 from data.problems import Problem
-from evaluation.mutation import Mutant, make_mutants, nonequivalent_mutants
+from scoring.mutation import Mutant, make_mutants, nonequivalent_mutants
 
 
 def by_description(source):
