@@ -176,6 +176,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from data.problems import content_hash, load_problem_set, validate_problem_set
     from sandbox import Sandbox
 
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
     except ValueError as e:  # ProblemFormatError too
         return fail(str(e), 2)
     runs = []
-    with Sandbox() as sandbox:
+    with logging_redirect_tqdm(), Sandbox() as sandbox:  # log lines above the progress bars, not through them
         problems, rejected = validate_problem_set(problems, sandbox)
         if not problems:
             return fail("no valid problem selected" + (f" ({len(rejected)} failed validation)" if rejected else ""), 2)

@@ -234,7 +234,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
         chosen = [killed[i][0] for i in sorted(ranked if limit <= 0 else ranked[:limit])]
     else:
         chosen = _spread([m for m, _ in killed], limit, seed)
-    logger.info("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
+    logger.debug("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
                 problem.id, len(killed), len(candidates), len(chosen), " (the hardest)" if hardest else "")
     write_cache_file(path, {"id": problem.id, "mutants": [dataclasses.asdict(m) for m in chosen]})
     return chosen
