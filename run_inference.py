@@ -165,6 +165,7 @@ def main(argv=None) -> int:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 2 if type(e) is ValueError else 1)
 
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from inference.inference_engine import InferenceEngine  # heavy imports after the arguments are checked
     from training.checkpoint_manager import CheckpointError
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: checkpoint {engine.checkpoint}", file=sys.stderr)
     results = []
     try:
-        with engine, tqdm(total=len(problems), desc="solving", unit="problem", disable=len(problems) < 2) as bar:
+        with engine, logging_redirect_tqdm(), tqdm(total=len(problems), desc="solving", unit="problem",
+                                                   disable=len(problems) < 2) as bar:  # log lines above the bar
             for i in range(0, len(problems), args.batch_size):
                 batch = problems[i:i + args.batch_size]
                 results += (engine.get_reasoning_chain(batch) if args.chain_only

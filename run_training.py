@@ -104,10 +104,13 @@ def main(argv=None) -> int:
     if not rank:
         print(f"run folder: {run_dir}", flush=True)
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from training.trainer import run_training  # heavy imports after the arguments are checked
 
     try:
-        summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage, changes=changes)
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage, changes=changes)
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: python run_training.py --output-dir {run_dir} --resume", file=sys.stderr)
         return 130

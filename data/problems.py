@@ -377,7 +377,7 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
 
     from tqdm.auto import tqdm
 
-    from models.loading import cache_dir, write_cache_file
+    from common.cache import cache_dir, write_cache_file
     from sandbox import Sandbox, verdict_version
 
     cache = cache_dir() / "validation" / verdict_version(getattr(sandbox, "config", None))

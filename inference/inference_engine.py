@@ -8,7 +8,7 @@ candidates of the batch:
     code      one code per candidate
     tests     `num_test_suites` pytest suites from the Discriminator (only when ranking or repairing),
               written against the candidates' chains as in training
-    rank      candidate codes x discriminator tests in the sandbox; CodeT dual agreement (`dual_agreement`)
+    rank      candidate codes x discriminator tests in the sandbox; CodeT dual agreement (`scoring.ranking`)
     repair    up to max_attempts - 1 times: the chosen code and the consensus-backed tests it fails
               (`repair_feedback`) give a new code; it joins the candidates and all are ranked again
     execute   the problem's own tests run on the final answer only, to report the result
@@ -34,8 +34,9 @@ from models import LLMDiscriminator, LLMGenerator, load_model
 from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
-from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
 from sandbox.matrix import FEEDBACK_TESTS, feedback, module_columns, unique_columns
+from scoring.ranking import dual_agreement
+from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
 
 logger = logging.getLogger(__name__)
 
@@ -79,27 +80,6 @@ class InferenceResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
-
-
-def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
-    """CodeT dual agreement (Chen et al., 2022, "CodeT: Code Generation with Generated Tests").
-
-    passes: (n, T) bool, code i passes generated test t; ok: (n,) bool, codes that are well formed
-    (others join no group and are chosen only when none is ok). Codes are grouped by the exact set of
-    tests they pass; a group scores (#codes in it) x (#tests it passes), and every code gets its group's
-    score. Returns (scores (n,), index of the chosen code): the first code of the best group; ties go to
-    the larger group, then the earlier code."""
-    n = len(passes)
-    passes = np.asarray(passes, dtype=bool).reshape(n, -1)
-    ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
-    groups: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(ok):
-        groups.setdefault(passes[i].tobytes(), []).append(int(i))
-    scores = np.zeros(n)
-    for members in groups.values():
-        scores[members] = len(members) * passes[members[0]].sum()
-    best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]), default=[0])  # no ok code: the first
-    return scores, best[0]
 
 
 def repair_feedback(passes, ok, chosen: int) -> list[int]:

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from common.cache import cache_dir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 SMOLLM2_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny"
-CACHE_ENV = "ADVCODE_CACHE_DIR"
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -109,24 +110,6 @@ GGUF_MODELS: dict[str, GGUFModel] = {
 }
 TOKENIZER_CACHE_NAME = "SmolLM2-135M-Instruct-tokenizer"  # the tiny model's tokenizer alone
 MODEL_NAMES = (DEFAULT_MODEL, SMOLLM2_MODEL, TINY_MODEL)
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$ADVCODE_CACHE_DIR`, else `$XDG_CACHE_HOME/adversarial-codegen`,
-    else `~/.cache/adversarial-codegen`."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "adversarial-codegen"
-
-
-def write_cache_file(path: Path, record: dict) -> None:
-    """Write `record` as JSON to `path` (a file of a verdict cache under `cache_dir()`) through a temporary
-    file and a rename: a reader sees the old file or the whole new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

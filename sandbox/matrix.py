@@ -1,6 +1,6 @@
 """Code × tests: which test functions a set of pytest modules holds, which of them are the same test, and
 the matrix of which code passes which test, built from the sandbox's results. Training's rollouts and
-rewards (`training.rollout`, `training.rewards`), the evaluation (`evaluation.evaluate`), the inference
+rewards (`training.rollout`, `scoring.terms`), the evaluation (`scoring.measure`), the inference
 engine's ranking and repair, and problem loading (`data.problems`) all read tests through here. (Host-side
 only: the sandbox's containers never import it, and `code_version` leaves it out.)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.evaluate import EvalSettings, compare, evaluate_problems, main, markdown_report, paired_bootstrap
+from evaluation.evaluate import compare, main, markdown_report, paired_bootstrap
+from scoring.measure import EvalSettings, evaluate_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--stage-tokens", "6", "--code-tokens", "8", "--test-tokens", "8", "--mutants", "2"]

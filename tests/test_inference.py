@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from data.problems import Problem
-from inference import InferenceConfig, InferenceEngine, InferenceResult, dual_agreement, repair_feedback
+from inference import InferenceConfig, InferenceEngine, InferenceResult, repair_feedback
 from sandbox.matrix import describe_test
 from models.base import CodeGeneration, TestsGeneration
 from models.sanitize import sanitize_code, sanitize_tests
 from reasoning.stages import STAGE_NAMES
+from scoring.ranking import dual_agreement
 from training.checkpoint_manager import CheckpointError, CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from common.cache import cache_dir
 from models import LLMGenerator, load_model
 from models import loading
 from models.loading import (
@@ -15,7 +16,6 @@ from models.loading import (
     ModelIntegrityError,
     assemble_gguf,
     build_tiny_model,
-    cache_dir,
     find_part,
     forget_gguf_quantizer,
     gguf_part_paths,

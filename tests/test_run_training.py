@@ -1,6 +1,7 @@
 """run_training.py end to end through subprocess (tiny preset): options, errors, a run, a SIGKILL and resume."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,24 @@ def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
     assert len(rows) == 8 and rows[-1]["stage"] == "edge_cases"
     assert (tmp_path / "checkpoints" / "latest.json").exists()
     assert "it/s]" not in r.stderr and "step/s]" not in r.stderr  # --quiet: no progress bar, not even weight loading
+
+
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_log_lines_stay_above_the_progress_bars(tmp_path):
+    """With the bars on, each log record starts a line of its own: one written through a bar starts after the
+    bar's text or its clearing (spaces, a cursor move) on the same line. The checkpoint writer draws no bar."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    r = subprocess.run(SCRIPT + ["--preset", "tiny", "--stages", "understand", "--output-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step/s]" in r.stderr and "batch/s]" in r.stderr  # the stage's bar and validation's were drawn
+    records = [line for line in re.split(r"[\r\n]", r.stderr) if LOG_RECORD.search(line)]
+    assert any("validation: {" in line for line in records)  # logged while the stage's bar was up
+    assert [line for line in records if not LOG_RECORD.match(line)] == []
+    assert "Writing model shards" not in r.stderr and "saved checkpoint" in r.stderr
+    assert "mutants killed" not in r.stderr  # per-problem chatter is DEBUG
 
 
 def test_sigkill_mid_stage_then_resume_finishes(tmp_path):

@@ -19,6 +19,7 @@ One process writes to a run folder at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -486,12 +487,27 @@ def _save_model(model, out_dir: Path, adapter_dir: Path) -> None:
         from peft import PeftModel  # optional dependency
     except ImportError:
         PeftModel = ()
-    if isinstance(model, PeftModel):
-        model.save_pretrained(adapter_dir)
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out_dir)
+    with _no_progress_bars():  # the training's own bar stays the only one
+        if isinstance(model, PeftModel):
+            model.save_pretrained(adapter_dir)
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(out_dir)
     if not any(out_dir.glob("*.safetensors")):
         raise CheckpointError(f"{out_dir.name}: save_pretrained wrote no .safetensors file")
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' progress bars (save_pretrained's "Writing model shards") off inside, as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_adapters(model, adapter_dir: Path | None, checkpoint: Path) -> None:

@@ -34,10 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
-from evaluation.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
+from scoring.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
 from training.config import (
     CHECKPOINT_KEYS,
     ROLES,
@@ -390,7 +390,7 @@ class AdversarialTrainer:
         """Non-equivalent mutants of the problem's reference, the hardest ones with `config.hard_mutants`
         (made once, cached in memory and on disk)."""
         if problem.id not in self.mutants:
-            from evaluation.mutation import nonequivalent_mutants
+            from scoring.mutation import nonequivalent_mutants
 
             limit, hard = self.config.mutants_per_problem, self.config.hard_mutants
             self.mutants[problem.id] = ([m.source for m in nonequivalent_mutants(problem, self.sandbox, limit, hardest=hard)]
@@ -398,10 +398,10 @@ class AdversarialTrainer:
         return self.mutants[problem.id]
 
     def validate(self) -> dict:
-        """Score both models on the validation slice, greedily (`evaluation.evaluate_problems`: the
+        """Score both models on the validation slice, greedily (`scoring.measure.evaluate_problems`: the
         chain, one code, one test suite): `validation/pass@1`, `validation/valid_test_rate`,
         `validation/mutation_score` and their weighted sum `validation/score` (`VALIDATION_WEIGHTS`)."""
-        from evaluation.evaluate import EvalSettings, evaluate_problems
+        from scoring.measure import EvalSettings, evaluate_problems
 
         if not self.validation_problems or not self.processes.is_main:  # (the main process scores checkpoints)
             return {}
