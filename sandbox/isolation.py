@@ -15,8 +15,8 @@ at the strongest isolation level this machine allows. `Sandbox.isolation` names 
   containers can signal each other. Inside, `zygote.py` gives every execution fresh namespaces, a fresh
   tmpfs and the limits, and drops the capabilities the container granted it for that.
 - ``process``: neither tool: resource limits, a new session and a private folder per execution only. No
-  network, file-system or process isolation; refused as root unless `SandboxConfig.allow_unisolated` (or
-  ADVCODE_ALLOW_UNISOLATED=1 in the environment).
+  network, file-system or process isolation; refused as root unless `SandboxConfig.allow_unisolated` (the
+  `--allow-unisolated` option of training, evaluation and inference).
 """
 from __future__ import annotations
 
