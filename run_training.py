@@ -23,8 +23,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from training.config import (PRESETS, add_config_arguments, check_checkpoint_fits, config_from_args, launch_command,
-                             launch_rank_and_size, preset_overrides, resumed_config)
+from training.config import (PRESETS, TrainingConfig, add_config_arguments, check_checkpoint_fits, config_from_args,
+                             launch_command, launch_rank_and_size, preset_overrides, resumed_config)
 
 RESULT_COLUMNS = {  # header -> metric key
     "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
@@ -71,7 +71,7 @@ def print_results(summary: dict, run_dir: Path) -> None:
         print(f"{stage:<12}" + "".join(f"{metrics.get(k, float('nan')):>12.3f}" for k in RESULT_COLUMNS.values()))
 
 
-def checked_run(args) -> tuple:
+def checked_run(args) -> tuple[TrainingConfig, dict, Path | None]:
     """(config, changes, checkpoint): the run's config, its changes to record ({setting: [old, new]}) and the
     checkpoint it resumes from (None: a new run, or one stopped before its first checkpoint). With --resume
     and an --output-dir holding a run, that run's own config.json, whether --resume names a checkpoint or not.
@@ -86,21 +86,22 @@ def checked_run(args) -> tuple:
     from training.checkpoint_manager import (CheckpointError, CheckpointManager, nearest_run_folder,
                                              read_trainer_state, resolve_checkpoint)  # (imports torch)
 
+    def nearest(folder) -> str:  # (for the error of a mistyped run folder)
+        found = None if Path(folder).exists() else nearest_run_folder(folder)
+        return f"; the nearest run folder is {found}" if found else ""
+
     checkpoint = None
     if args.resume == "latest":
         if run is None:
             raise ValueError("--resume without a path needs --output-dir (the run to continue)")
         checkpoint = CheckpointManager(run).get_latest_checkpoint()
         if checkpoint is None and not own:
-            nearest = nearest_run_folder(run)
-            raise ValueError(f"--resume: {run} holds no run (no config.json, no checkpoint)"
-                             + (f"; the nearest run folder is {nearest}" if nearest else ""))
+            raise ValueError(f"--resume: {run} holds no run (no config.json, no checkpoint){nearest(run)}")
     else:  # a checkpoint folder, or a run folder (its latest checkpoint)
         try:
             checkpoint = resolve_checkpoint(args.resume, run_folder="latest")
         except CheckpointError as e:
-            nearest = None if Path(args.resume).exists() else nearest_run_folder(args.resume)
-            raise CheckpointError(f"--resume: {e}" + (f"; the nearest run folder is {nearest}" if nearest else "")) from None
+            raise CheckpointError(f"--resume: {e}{nearest(args.resume)}") from None
     state = read_trainer_state(checkpoint) if checkpoint else {}
     position = int(state.get("position", 0)) if state else None
     changes: dict = {}

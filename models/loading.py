@@ -400,8 +400,9 @@ def check_hub_id(name: str, timeout: float = HUB_TIMEOUT_S) -> None:
     except RepositoryNotFoundError:
         reason = "the Hugging Face hub has no such model (or it is private: log in with `hf auth login`)"
     except Exception as e:  # offline mode, no network, an HTTP error, no answer in time
-        detail = f"no answer in {timeout:g} s" if isinstance(e, Timeout) else (str(e).strip().splitlines() or [""])[0]
-        reason = f"it is not in the local Hugging Face cache and the hub cannot be reached ({detail or type(e).__name__})"
+        detail = (f"no answer in {timeout:g} s" if isinstance(e, Timeout)
+                  else (str(e).strip().splitlines() or [""])[0] or type(e).__name__)
+        reason = f"it is not in the local Hugging Face cache and the hub cannot be reached ({detail})"
     finally:
         pool.shutdown(wait=False)
     raise FileNotFoundError(f"{name}: no such model folder, and {reason}; use {ACCEPTED}")

@@ -212,7 +212,8 @@ def test_launch_command_under_torchrun(tmp_path):
                       "from training.config import launch_command\nprint(json.dumps(launch_command()))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**env, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     shown = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
     assert shown == [["python", *cmd[1:]]] * 2  # each process names the launcher, not itself

@@ -344,21 +344,23 @@ def read_trainer_state(checkpoint: Path) -> dict:
 def checkpoint_choice(given: str | Path, chosen: Path, which: str | None = None, run_folder: str | None = None) -> str:
     """One line for the commands that take a run folder: which checkpoint `resolve_checkpoint(given, which,
     run_folder)` chose (`chosen`), its step, and why: "checkpoint RUN/checkpoints/step-000008 (step 8): the best
-    of RUN by validation score" (by training reward and valid-test rate when the run has no validation slice:
-    the trainer's `checkpoint_score`),
-    "...: the latest of RUN", or no reason for a checkpoint folder given as such."""
+    of RUN by validation score" (without a validation slice the trainer's score is the last step's training
+    reward and valid-test rate: `checkpoint_score`), "...: the latest of RUN", or no reason for a checkpoint
+    folder given as such."""
     name = Path(given).name
     alias = which or (name if name in POINTERS else None) or (run_folder if Path(chosen) != Path(given) else None)
     try:
         step = _read_manifest(Path(chosen)).get("step")
     except CheckpointError:
         step = None
-    line = f"checkpoint {chosen} (step {step})"
-    run = Path(chosen).parent.parent
+    line, run = f"checkpoint {chosen} (step {step})", Path(chosen).parent.parent
+    if alias == "latest":
+        return f"{line}: the latest of {run}"
     if alias == "best":
         validated = "validation/score" in read_trainer_state(Path(chosen)).get("last_metrics", {})
-        return f"{line}: the best of {run} by {'validation score' if validated else 'training reward and valid-test rate (no validation slice)'}"
-    return f"{line}: the latest of {run}" if alias == "latest" else line
+        score = "validation score" if validated else "training reward and valid-test rate (no validation slice)"
+        return f"{line}: the best of {run} by {score}"
+    return line
 
 
 def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:
