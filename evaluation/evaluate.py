@@ -16,7 +16,9 @@ For every model (a name, a folder, or a checkpoint with both trained models) and
 
 Each measure is a mean over problems. Every model after the first gets, per measure, its difference to
 the first with a 95% paired bootstrap interval over problems (resampling problems, not samples): an
-interval that excludes 0 is a difference the problem set can see. Writes report.json and report.md.
+interval that excludes 0 is a difference the problem set can see. Writes report.json and report.md, which
+also record the checkpoint each run folder resolved to (its path and step) and the sandbox isolation in force.
+As root where the sandbox can only run unisolated ('process' level), `--allow-unisolated` is needed.
 
 The standard held-out set (`--problems heldout`) is a fixed, seeded slice of 80 HumanEval problems;
 `humaneval` is all 164. A checkpoint whose recorded training problems overlap the evaluation set is
@@ -97,8 +99,8 @@ def markdown_report(runs: list[dict], table: dict, title: str) -> str:
 
 # ---------------------------------------------------------------- models and checkpoints
 def load_models(spec: str, device: str, use_discriminator: bool):
-    """(generator, discriminator or None, checkpoint trainer state or None) for a model name, folder, or
-    checkpoint (a checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
+    """(generator, discriminator or None, `Checkpoint` or None) for a model name, folder, or checkpoint (a
+    checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
     from models import LLMDiscriminator, LLMGenerator, load_model
     from training.checkpoint_manager import load_checkpoint, read_resolved
 
@@ -107,10 +109,9 @@ def load_models(spec: str, device: str, use_discriminator: bool):
     if alias or (path / "manifest.json").exists() or (path / "checkpoints").is_dir():
         def read(folder: Path):
             ckpt = load_checkpoint(folder)
-            logger.info("%s: checkpoint %s", spec, ckpt.path)
             generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
             discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
-            return generator, discriminator, ckpt.trainer_state
+            return generator, discriminator, ckpt
 
         return read_resolved(path, None, "best", read)  # retried once if a trainer prunes it meanwhile
     if path.name in ("best", "latest") and not path.parent.exists():
@@ -169,6 +170,9 @@ def parse_args(argv=None):
     parser.add_argument("--reuse", metavar="REPORT", default=None,
                         help="report.json of an earlier evaluation: named models listed there (not folders or checkpoints) "
                              "are not run again when it used the same problems, settings and batch size")
+    parser.add_argument("--allow-unisolated", action="store_true",
+                        help="let the sandbox's 'process' level run as root, where bubblewrap and unshare cannot start: "
+                             "no network, file or process isolation (refused without it; as in run_training.py)")
     parser.add_argument("--out", default="eval_report", help="folder for report.json and report.md (default: eval_report)")
     return parser.parse_args(argv)
 
@@ -179,7 +183,8 @@ def main(argv=None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from data.problems import content_hash, load_problem_set, validate_problem_set
-    from sandbox import Sandbox
+    from sandbox import Sandbox, SandboxConfig
+    from training.checkpoint_manager import checkpoint_choice
 
     def fail(message: str, code: int) -> int:
         print(f"evaluation: error: {message}", file=sys.stderr)
@@ -198,7 +203,11 @@ def main(argv=None) -> int:
     except ValueError as e:  # ProblemFormatError too
         return fail(str(e), 2)
     runs = []
-    with logging_redirect_tqdm(), Sandbox() as sandbox:  # log lines above the progress bars, not through them
+    try:
+        sandbox = Sandbox(SandboxConfig(allow_unisolated=args.allow_unisolated))
+    except RuntimeError as e:  # no isolation this machine allows: one line saying what would
+        return fail(str(e), 1)
+    with logging_redirect_tqdm(), sandbox:  # log lines above the progress bars, not through them
         problems, rejected = validate_problem_set(problems, sandbox)
         if not problems:
             return fail("no valid problem selected" + (f" ({len(rejected)} failed validation)" if rejected else ""), 2)
@@ -213,11 +222,13 @@ def main(argv=None) -> int:
                 print(f"{spec}: results reused from {args.reuse}", file=sys.stderr)
                 continue
             try:
-                generator, discriminator, state = load_models(spec, args.device, settings.num_test_suites > 0)
+                generator, discriminator, ckpt = load_models(spec, args.device, settings.num_test_suites > 0)
             except (OSError, RuntimeError, ValueError) as e:
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
-            trained = set((state or {}).get("training_problems", []))  # content hashes of its training problems
+            if ckpt is not None:  # a run folder means one of its checkpoints: say which one, and why
+                print(f"{spec}: {checkpoint_choice(spec, ckpt.path, None, 'best')}", file=sys.stderr)
+            trained = set(ckpt.trainer_state.get("training_problems", []) if ckpt else [])  # their content hashes
             seen = [p.id for p in problems if content_hash(p) in trained]
             if seen and not args.allow_overlap:
                 return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
@@ -228,17 +239,22 @@ def main(argv=None) -> int:
             per_problem = evaluate_problems(generator, discriminator, problems, sandbox, settings, args.batch_size,
                                             f"evaluating {spec}", mutants)
             runs.append({"model": spec, "seconds": time.perf_counter() - start, "overlap": len(seen),
+                         "checkpoint": {"path": str(ckpt.path), "step": ckpt.step} if ckpt else None,
                          "per_problem": [asdict(r) for r in per_problem]})
             del generator, discriminator
     table = compare(runs, settings.num_samples)
     title = (f"{args.problems}: {len(problems)} problems, chain {settings.chain}, n = {settings.num_samples}, "
              f"m = {settings.num_test_suites}; Δ = difference to {runs[0]['model']} [95% paired bootstrap CI]")
-    report = markdown_report(runs, table, title)
+    isolation = sandbox.isolation_record()
+    report = markdown_report(runs, table, title) + "".join(
+        f"\n{run['model']}: checkpoint {run['checkpoint']['path']} (step {run['checkpoint']['step']})"
+        for run in runs if run.get("checkpoint")) + f"\nsandbox isolation: {isolation['description']}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
     (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip, "limit": args.limit,
                                                  "settings": asdict(settings), "rejected": rejected,
-                                                 "batch_size": args.batch_size, "measures": table, "models": runs}, indent=2) + "\n")
+                                                 "batch_size": args.batch_size, "isolation": isolation,
+                                                 "measures": table, "models": runs}, indent=2) + "\n")
     print(report)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0

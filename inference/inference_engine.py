@@ -121,11 +121,14 @@ class InferenceEngine:
     generator / discriminator: a model name ("default", "tiny", a Hugging Face id, a folder), a loaded
     `(model, tokenizer)` pair, or an `LLMGenerator` / `LLMDiscriminator`; discriminator None means no
     discriminator (no ranking tests), and the generator's name shares its weights. `sandbox`: a `Sandbox`
-    to use (the engine starts its own on first need otherwise). Use as a context manager or call `close()`."""
+    to use (the engine starts its own on first need otherwise, with `sandbox_config`). Use as a context
+    manager or call `close()`."""
 
     def __init__(self, generator="default", discriminator=None, device="auto", dtype="auto",
-                 sandbox: Sandbox | None = None, config: InferenceConfig | None = None):
+                 sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
+                 sandbox_config: SandboxConfig | None = None):
         self.config = config or InferenceConfig()
+        self.sandbox_config = sandbox_config or SandboxConfig()
 
         def pair(spec):  # a loaded (model, tokenizer) pair, or one loaded from a name
             return tuple(spec) if isinstance(spec, (tuple, list)) else load_model(spec, device, dtype)
@@ -144,7 +147,7 @@ class InferenceEngine:
     @classmethod
     def from_checkpoint(cls, path, which: str | None = None, device="auto", dtype="auto",
                         sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
-                        verify: bool = True) -> InferenceEngine:
+                        verify: bool = True, sandbox_config: SandboxConfig | None = None) -> InferenceEngine:
         """Both trained models from a checkpoint folder, or a run folder and `which` ("best", the default, or
         "latest"; also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
         Raises `CheckpointError` with a one-line reason."""
@@ -154,7 +157,8 @@ class InferenceEngine:
                 if not (part / "tokenizer_config.json").is_file():
                     raise CheckpointError(f"{part} has no tokenizer (tokenizer_config.json): save it with the model")
             try:
-                engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config)
+                engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config,
+                             sandbox_config)
             except Exception as e:  # a damaged or foreign folder: transformers raises many kinds
                 raise CheckpointError(f"{ckpt.path}: cannot load the models: {str(e).splitlines()[0]}") from e
             engine.checkpoint = ckpt.path
@@ -166,8 +170,14 @@ class InferenceEngine:
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            self._sandbox = Sandbox(SandboxConfig())
+            self._sandbox = Sandbox(self.sandbox_config)
         return self._sandbox
+
+    @property
+    def isolation(self) -> dict | None:
+        """The sandbox's isolation in force (`Sandbox.isolation_record`); None before the engine has started its
+        sandbox (no code run yet) and after `close()`."""
+        return self._sandbox.isolation_record() if self._sandbox is not None else None
 
     def close(self):
         if self._own_sandbox and self._sandbox is not None:

@@ -51,7 +51,7 @@ class SandboxConfig:
     max_output_chars: int = 8192  # output kept per execution of each process and stream (candidate/tests, stdout/stderr)
     num_workers: int = 0  # parallel workers; 0 = one per CPU core
     isolation: str = "auto"  # "auto" (strongest available), "bwrap", "unshare" or "process"
-    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation (also: ADVCODE_ALLOW_UNISOLATED=1)
+    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation
 
     def __post_init__(self):
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes < 1:
@@ -496,12 +496,12 @@ def _cap(text: str, limit: int) -> str:
 # ---------------------------------------------------------------- the pool
 _SERIALS = itertools.count()
 _WORKER_SERIALS = itertools.count()  # every worker's cgroups get fresh names, replacements too
-ALLOW_UNISOLATED_ENV = "ADVCODE_ALLOW_UNISOLATED"  # =1: as allow_unisolated, for tools without the option
 
 
 class Sandbox:
     """Runs code against tests in isolated, warm workers. Thread-safe; use as a context manager or
-    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates."""
+    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates;
+    `isolation_record()` is both, as runs and reports record them."""
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
@@ -519,13 +519,16 @@ class Sandbox:
         self.isolation = self._start_first_worker(level)
         self.isolation_description = isolation.describe(self.isolation, self.cgroups)
         if self.isolation == "process" and os.geteuid() == 0:
-            how = ("SandboxConfig.allow_unisolated" if self.config.allow_unisolated
-                   else f"{ALLOW_UNISOLATED_ENV}=1 in the environment")
-            self.isolation_description += f"; running as root, allowed by {how}"
+            self.isolation_description += "; running as root, allowed by allow_unisolated (--allow-unisolated)"
         log = logger.warning if self.isolation == "process" else logger.info
         log("sandbox isolation: %s", self.isolation_description)
         for i in range(self.num_workers):
             self._idle.put(i)
+
+    def isolation_record(self) -> dict:
+        """The isolation in force, as a run's config.json, an evaluation report and `run_inference.py --json`
+        record it: {"level": "bwrap" | "unshare" | "process", "description": what it isolates}."""
+        return {"level": self.isolation, "description": self.isolation_description}
 
     # ------------------------------------------------------------ public interface
     def execute_tests(self, code: str, tests: str, timeout_s: float | None = None) -> ExecutionResult:
@@ -590,18 +593,16 @@ class Sandbox:
         """Start worker 0 now and run one execution on it, so that a level the kernel refuses is found at
         once, not as an error on every execution. Under "auto" a level that fails (bubblewrap installed but
         user namespaces refused, as in some containers) gives way to the next one, with a warning; a level
-        asked for by name raises. The "process" level as root needs `allow_unisolated` (or the environment
-        variable ADVCODE_ALLOW_UNISOLATED=1). Returns the level."""
+        asked for by name raises. The "process" level as root needs `allow_unisolated` (every entry point's
+        `--allow-unisolated`). Returns the level."""
         while True:
-            if level == "process" and os.geteuid() == 0 and not (
-                    self.config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"):
+            if level == "process" and os.geteuid() == 0 and not self.config.allow_unisolated:
                 self._spawner.shutdown(wait=False)
                 raise RuntimeError(
                     "sandbox isolation 'process' would run untrusted code as root with full access to this "
                     "machine's files, network and processes; install bubblewrap (apt-get install bubblewrap), "
-                    "or accept that: `run_training.py --allow-unisolated`, SandboxConfig(allow_unisolated=True) "
-                    f"from Python, or {ALLOW_UNISOLATED_ENV}=1 in the environment for any entry point "
-                    "(run_inference.py, python -m evaluation, bench/)")
+                    "or accept that: --allow-unisolated (run_training.py, run_inference.py, python -m evaluation), "
+                    "or SandboxConfig(allow_unisolated=True) from Python")
             self.isolation = level
             try:
                 reply, healthy = self._worker(0).execute("def f():\n    return 1\n",

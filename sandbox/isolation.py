@@ -16,9 +16,8 @@ at the strongest isolation level this machine allows. `Sandbox.isolation` names 
   included), a fresh tmpfs, the limits and a seccomp filter, and drops the capabilities the container
   granted it for that.
 - ``process``: neither tool: resource limits, a new session, the seccomp filter and a private folder per
-  execution only. No
-  network, file-system or process isolation; refused as root unless `SandboxConfig.allow_unisolated` (or
-  ADVCODE_ALLOW_UNISOLATED=1 in the environment).
+  execution only. No network, file-system or process isolation; refused as root unless
+  `SandboxConfig.allow_unisolated` (the `--allow-unisolated` option of training, evaluation and inference).
 """
 from __future__ import annotations
 

@@ -380,13 +380,13 @@ def test_auto_falls_back_when_the_strongest_level_cannot_start(monkeypatch):
 def test_process_level_as_root_needs_the_explicit_flag(monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("only refused as root")
-    monkeypatch.delenv("ADVCODE_ALLOW_UNISOLATED", raising=False)
+    monkeypatch.setenv("ADVCODE_ALLOW_UNISOLATED", "1")  # no longer a way around the flag
     with pytest.raises(RuntimeError, match="allow_unisolated=True") as refused:
         Sandbox(SandboxConfig(num_workers=1, isolation="process"))
-    assert "--allow-unisolated" in str(refused.value) and "ADVCODE_ALLOW_UNISOLATED=1" in str(refused.value)
-    monkeypatch.setenv("ADVCODE_ALLOW_UNISOLATED", "1")  # for entry points without the option
-    with Sandbox(SandboxConfig(num_workers=1, isolation="process")) as sb:
-        assert sb.isolation == "process" and "ADVCODE_ALLOW_UNISOLATED=1" in sb.isolation_description
+    assert "--allow-unisolated" in str(refused.value) and "ADVCODE" not in str(refused.value)
+    with Sandbox(SandboxConfig(num_workers=1, isolation="process", allow_unisolated=True)) as sb:
+        assert sb.isolation_record() == {"level": "process", "description": sb.isolation_description}
+        assert "running as root, allowed by allow_unisolated" in sb.isolation_description
 
 
 # ----------------------------------------------------------------- the candidate's side, without a process
