@@ -45,6 +45,9 @@ def parse_args(argv=None):
     models.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     models.add_argument("--dtype", default="auto", help="auto (bf16 on a capable GPU, else fp32), float32, bfloat16")
     models.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the checkpoint's files")
+    models.add_argument("--allow-unisolated", action="store_true",
+                        help="let the sandbox's 'process' level run as root, where bubblewrap and unshare cannot "
+                             "start: no network, file or process isolation (refused without it; as in run_training.py)")
 
     data = parser.add_argument_group("problems (one of --problem or --problems-file)")
     which = data.add_mutually_exclusive_group()
@@ -130,7 +133,8 @@ def print_result(result, problem: Problem, execute: bool) -> None:
 def print_chains(chains, problems: list[Problem], as_json: bool, seconds: float) -> int:
     """`--chain-only`: each problem's stages under their titles, or one JSON object."""
     if as_json:
-        print(json.dumps({"results": [{"problem_id": p.id, "chain": c} for c, p in zip(chains, problems)],
+        print(json.dumps({"isolation": None,  # no code ran
+                          "results": [{"problem_id": p.id, "chain": c} for c, p in zip(chains, problems)],
                           "summary": {"problems": len(chains), "seconds": round(seconds, 2)}}, indent=2))
         return 0
     for chain, problem in zip(chains, problems):
@@ -165,32 +169,38 @@ def main(argv=None) -> int:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 2 if type(e) is ValueError else 1)
 
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from inference.inference_engine import InferenceEngine  # heavy imports after the arguments are checked
-    from training.checkpoint_manager import CheckpointError
+    from sandbox import SandboxConfig
+    from training.checkpoint_manager import CheckpointError, checkpoint_choice
 
     start = time.perf_counter()
+    sandbox_config = SandboxConfig(allow_unisolated=args.allow_unisolated)
     try:
         if args.checkpoint:
             engine = InferenceEngine.from_checkpoint(args.checkpoint, args.which, args.device, args.dtype,
-                                                     config=config, verify=not args.no_verify)
+                                                     config=config, verify=not args.no_verify,
+                                                     sandbox_config=sandbox_config)
         else:
             name = args.model or "default"
             disc = {"same": name, "none": None}.get(args.discriminator_model, args.discriminator_model)
             disc = None if args.chain_only else disc  # the chain is the generator's alone
-            engine = InferenceEngine(name, disc, args.device, args.dtype, config=config)
+            engine = InferenceEngine(name, disc, args.device, args.dtype, config=config, sandbox_config=sandbox_config)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    if engine.checkpoint is not None:  # a run folder means its best checkpoint: say which one that was
-        print(f"{PROG}: checkpoint {engine.checkpoint}", file=sys.stderr)
-    results = []
+    if engine.checkpoint is not None:  # a run folder means one of its checkpoints: say which one, and why
+        print(f"{PROG}: {checkpoint_choice(args.checkpoint, engine.checkpoint, args.which, 'best')}", file=sys.stderr)
+    results, isolation = [], None
     try:
-        with engine, tqdm(total=len(problems), desc="solving", unit="problem", disable=len(problems) < 2) as bar:
+        with engine, logging_redirect_tqdm(), tqdm(total=len(problems), desc="solving", unit="problem",
+                                                   disable=len(problems) < 2) as bar:  # log lines above the bar
             for i in range(0, len(problems), args.batch_size):
                 batch = problems[i:i + args.batch_size]
                 results += (engine.get_reasoning_chain(batch) if args.chain_only
                             else engine.solve_batch(batch, execute=args.execute))
                 bar.update(len(batch))
+            isolation = engine.isolation  # (None when no code ran: --chain-only)
     except KeyboardInterrupt:
         return fail(f"interrupted after {len(results)} of {len(problems)} problems", 130)
     except (OSError, RuntimeError) as e:
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
               "well_formed": sum(r.code_ok for r in results), "seconds": round(time.perf_counter() - start, 2)}
     if args.json:
         print(json.dumps({"checkpoint": str(engine.checkpoint) if engine.checkpoint else None,
-                          "model": None if args.checkpoint else (args.model or "default"),
+                          "model": None if args.checkpoint else (args.model or "default"), "isolation": isolation,
                           "results": [r.to_dict() for r in results], "summary": totals}, indent=2))
         return 0
     for result, problem in zip(results, problems):

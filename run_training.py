@@ -17,13 +17,14 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from training.config import (PRESETS, add_config_arguments, config_from_args, launch_rank_and_size, preset_overrides,
-                             resumed_config)
+from training.config import (PRESETS, TrainingConfig, add_config_arguments, check_checkpoint_fits, config_from_args,
+                             launch_command, launch_rank_and_size, preset_overrides, resumed_config)
 
 RESULT_COLUMNS = {  # header -> metric key
     "gen_reward": "generator/reward_mean", "solved": "generator/solved_rate",
@@ -48,9 +49,10 @@ def parse_args(argv=None):
                              "own config.json (--max-minutes, --keep-last, --save-every, --samples-every and "
                              "--device may change, and steps or stages after the run's position may be added; any other "
                              "setting given must match it, or needs --allow-changes); or a checkpoint folder "
-                             "or run folder, which starts --output-dir from its weights with the options given")
+                             "or run folder, whose weights continue --output-dir: with that run's config.json as "
+                             "above when it holds one, else as a new run with the options given")
     parser.add_argument("--allow-changes", action="store_true",
-                        help="with --resume RUN: continue although a setting differs from the run's config.json "
+                        help="with --resume of a run: continue although a setting differs from the run's config.json "
                              "(seed, problems, learning rate, ...; never the models or the layers trained); each "
                              "change is recorded in the run's changes.jsonl. Steps and stages added after the run's "
                              "position need no flag")
@@ -69,6 +71,56 @@ def print_results(summary: dict, run_dir: Path) -> None:
         print(f"{stage:<12}" + "".join(f"{metrics.get(k, float('nan')):>12.3f}" for k in RESULT_COLUMNS.values()))
 
 
+def checked_run(args) -> tuple[TrainingConfig, dict, Path | None]:
+    """(config, changes, checkpoint): the run's config, its changes to record ({setting: [old, new]}) and the
+    checkpoint it resumes from (None: a new run, or one stopped before its first checkpoint). With --resume
+    and an --output-dir holding a run, that run's own config.json, whether --resume names a checkpoint or not.
+    Everything is checked here, before anything is built or written: ValueError or CheckpointError."""
+    run = Path(args.output_dir) if args.output_dir else None
+    saved = run / "config.json" if run else None
+    own = bool(args.resume) and saved is not None and saved.is_file()
+    if args.allow_changes and not own:
+        raise ValueError("--allow-changes goes with --resume of a run that has a config.json")
+    if not args.resume:
+        return config_from_args(args, args.preset or "demo"), {}, None
+    from training.checkpoint_manager import (CheckpointError, CheckpointManager, nearest_run_folder,
+                                             read_trainer_state, resolve_checkpoint)  # (imports torch)
+
+    def nearest(folder) -> str:  # (for the error of a mistyped run folder)
+        found = None if Path(folder).exists() else nearest_run_folder(folder)
+        return f"; the nearest run folder is {found}" if found else ""
+
+    checkpoint = None
+    if args.resume == "latest":
+        if run is None:
+            raise ValueError("--resume without a path needs --output-dir (the run to continue)")
+        checkpoint = CheckpointManager(run).get_latest_checkpoint()
+        if checkpoint is None and not own:
+            raise ValueError(f"--resume: {run} holds no run (no config.json, no checkpoint){nearest(run)}")
+    else:  # a checkpoint folder, or a run folder (its latest checkpoint)
+        try:
+            checkpoint = resolve_checkpoint(args.resume, run_folder="latest")
+        except CheckpointError as e:
+            raise CheckpointError(f"--resume: {e}{nearest(args.resume)}") from None
+    state = read_trainer_state(checkpoint) if checkpoint else {}
+    position = int(state.get("position", 0)) if state else None
+    changes: dict = {}
+    if own:
+        try:
+            data = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{saved}: cannot read the run's config: {e}") from None
+        config, changes = resumed_config(args, data, args.preset, position, args.allow_changes, args.start_stage)
+    else:
+        config = config_from_args(args, args.preset or "demo")
+    if state:  # the checkpoint fits (the trainer checks again when it loads it)
+        try:
+            check_checkpoint_fits(state.get("config", {}), config, position, args.start_stage)
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint}: incompatible checkpoint: {e}") from None
+    return config, changes, checkpoint
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank, world_size = launch_rank_and_size()  # only rank 0 reports
@@ -76,43 +128,42 @@ def main(argv=None) -> int:
                         format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
     if args.quiet or rank:  # every progress bar, transformers' weight-loading ones too (read when tqdm is imported, later)
         os.environ["TQDM_DISABLE"] = "1"
-    saved = Path(args.output_dir or "") / "config.json"
-    own = args.resume == "latest" and bool(args.output_dir) and saved.is_file()
-    changes: dict = {}
+    launcher = launch_command()  # `python run_training.py`, or the accelerate / torchrun command that started us
     try:
-        if own:  # the run's own settings; checked before anything is built or written
-            try:
-                data = json.loads(saved.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{saved}: cannot read the run's config: {e}") from None
-            from training.checkpoint_manager import newest_position  # reads JSON only (imports torch)
-
-            config, changes = resumed_config(args, data, args.preset, newest_position(args.output_dir),
-                                             args.allow_changes, args.start_stage)
-        else:
-            if args.allow_changes:
-                raise ValueError("--allow-changes goes with --resume of a run that has a config.json")
-            config = config_from_args(args, args.preset or "demo")
-        if args.resume == "latest" and not config.output_dir:
-            raise ValueError("--resume without a path needs --output-dir (the run to continue)")
+        config, changes, checkpoint = checked_run(args)
         if world_size > 1 and not config.output_dir:
             raise ValueError("a run on several processes needs --output-dir (the folder they share)")
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # CheckpointError is a RuntimeError
         print(f"run_training.py: error: {e}", file=sys.stderr)
         return 2
     run_dir = Path(config.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    resume_line = shlex.join(launcher + ["--output-dir", str(run_dir), "--resume"])
     if not rank:
         print(f"run folder: {run_dir}", flush=True)
+        if checkpoint is not None:
+            from training.checkpoint_manager import checkpoint_choice
 
+            print("resuming from " + checkpoint_choice(args.output_dir if args.resume == "latest" else args.resume,
+                                                        checkpoint, None, "latest"), flush=True)
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from training.checkpoint_manager import RunFolderBusy
     from training.trainer import run_training  # heavy imports after the arguments are checked
 
     try:
-        summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage, changes=changes)
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            summary = run_training(config, run_dir, resume=args.resume, start_stage=args.start_stage, changes=changes,
+                                   launch_command=shlex.join(launcher + list(sys.argv[1:] if argv is None else argv)))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with: python run_training.py --output-dir {run_dir} --resume", file=sys.stderr)
+        if not rank:
+            print(f"\ninterrupted; resume with: {resume_line}", file=sys.stderr)
         return 130
     except Exception as e:  # one line, and what the run kept; an unexpected error's traceback goes to a file
         message = (str(e).strip().splitlines() or [""])[0]  # Hugging Face errors can run to many lines
+        if isinstance(e, RunFolderBusy):  # the run is another trainer's, still going: nothing to resume
+            print(f"run_training.py: error: {message}", file=sys.stderr)
+            return 1
         print(f"run_training.py: error: {type(e).__name__}: {message}", file=sys.stderr)
         if not isinstance(e, (OSError, ValueError, RuntimeError, ImportError)) and run_dir.is_dir():
             import traceback
@@ -120,9 +171,8 @@ def main(argv=None) -> int:
             log = run_dir / (f"error-rank{rank}.log" if rank else "error.log")  # (each process of a launch its own)
             log.write_text(traceback.format_exc())
             print(f"(the traceback is in {log})", file=sys.stderr)
-        if (run_dir / "checkpoints" / "latest.json").is_file():
-            print(f"the run's checkpoints are kept; resume with: python run_training.py --output-dir {run_dir} "
-                  "--resume", file=sys.stderr)
+        if not rank and (run_dir / "checkpoints" / "latest.json").is_file():
+            print(f"the run's checkpoints are kept; resume with: {resume_line}", file=sys.stderr)
         return 1
     if not rank:
         print_results(summary, run_dir)

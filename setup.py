@@ -20,7 +20,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["models", "reasoning", "sandbox", "training", "evaluation", "inference", "data"],
+    packages=["common", "sandbox", "reasoning", "data", "models", "scoring", "training", "inference", "evaluation"],
     package_data={"data": ["*.json"]},
     install_requires=read_requirements(),
     extras_require={

@@ -228,10 +228,29 @@ def humaneval_problem(task: dict, source: str = "<humaneval>", index: int = 0) -
     canonical solution, and the `check(candidate)` function becomes one pytest test."""
     _check_types(task, {"entry_point": str, "prompt": str, "test": str, "canonical_solution": str}, source, index)
     entry, prompt = task["entry_point"], task["prompt"]
-    tests = f"from solution import *\n\n{task['test'].strip()}\n\n\ndef test_check():\n    check({entry})\n"
+    tests = (f"from solution import *\n\n{prompt_helpers(prompt, entry)}{task['test'].strip()}\n\n\n"
+             f"def test_check():\n    check({entry})\n")
     return problem_from_dict(dict(id=str(task.get("task_id", f"problem{index}")), title=entry, description=prompt,
                                   entry_point=entry, reference_solution=prompt + task.get("canonical_solution", ""),
                                   tests=tests, signature=_signature_of(prompt, entry)), source, index)
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's own top-level definitions other than the entry point (HumanEval/32's `poly`, 38's
+    `encode_cyclic`, 50's `encode_shift`), with the prompt's imports, as source for the test module after
+    its `from solution import *`: the tests call the problem's helpers, never the candidate's versions of
+    them (a name the test module binds is never taken from the solution). "" when there are none or the
+    prompt is not code."""
+    try:
+        body = ast.parse(prompt).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    helpers = [n for n in body if isinstance(n, kinds) and n.name != entry_point]
+    if not helpers:
+        return ""
+    imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "# the problem's own helpers\n" + "\n\n".join(ast.unparse(n) for n in imports + helpers) + "\n\n\n"
 
 
 def mbpp_problem(task: dict, source: str = "<mbpp>", index: int = 0) -> Problem:
@@ -358,7 +377,7 @@ def validate_problem_set(problems: list[Problem], sandbox: Sandbox | None = None
 
     from tqdm.auto import tqdm
 
-    from models.loading import cache_dir, write_cache_file
+    from common.cache import cache_dir, write_cache_file
     from sandbox import Sandbox, verdict_version
 
     cache = cache_dir() / "validation" / verdict_version(getattr(sandbox, "config", None))

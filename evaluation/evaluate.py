@@ -10,13 +10,15 @@ For every model (a name, a folder, or a checkpoint with both trained models) and
     sampled      n codes after the same chain (`--num-samples`)     -> pass@1 (sampled), pass@k, unbiased
     tests        m test suites from the discriminator (`--num-test-suites`), written against the chain
                  -> valid-test rate (tests that pass on the reference), mutation score (share of the
-                 reference's non-equivalent mutants their valid tests kill, `evaluation.mutation`), test
+                 reference's non-equivalent mutants their valid tests kill, `scoring.mutation`), test
                  diversity, and ranked@1: the share of problems whose discriminator-ranked best sampled code
                  (CodeT dual agreement) passes the problem's own tests, which never choose it
 
 Each measure is a mean over problems. Every model after the first gets, per measure, its difference to
 the first with a 95% paired bootstrap interval over problems (resampling problems, not samples): an
-interval that excludes 0 is a difference the problem set can see. Writes report.json and report.md.
+interval that excludes 0 is a difference the problem set can see. Writes report.json and report.md, which
+also record the checkpoint each run folder resolved to (its path and step) and the sandbox isolation in force.
+As root where the sandbox can only run unisolated ('process' level), `--allow-unisolated` is needed.
 
 The standard held-out set (`--problems heldout`) is a fixed, seeded slice of 80 HumanEval problems;
 `humaneval` is all 164. A checkpoint whose recorded training problems overlap the evaluation set is
@@ -35,149 +37,16 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from evaluation.pass_at_k import pass_at_k
+from scoring.measure import CHAINS, EvalSettings, ProblemResult, evaluate_problems, measures
 
 logger = logging.getLogger(__name__)
 
-CHAINS = ("full", "none")
 BOOTSTRAP_SAMPLES = 10_000
-
-
-@dataclass
-class EvalSettings:
-    """How each model is run on each problem (defaults: the measured 30-minute held-out evaluation)."""
-
-    chain: str = "full"  # "full": the five greedy reasoning stages before the code; "none": the code asked directly
-    num_samples: int = 4  # sampled codes per problem for pass@k and ranked@1 (0 = greedy code only)
-    num_test_suites: int = 2  # discriminator test suites per problem (greedy when 1; 0 = no discriminator measures)
-    temperature: float = 0.7  # sampling temperature of the sampled codes and test suites
-    top_p: float = 0.95  # nucleus mass when sampling
-    stage_tokens: int = 32  # max new tokens of each reasoning stage
-    code_tokens: int = 256  # max new tokens of a code
-    test_tokens: int = 256  # max new tokens of a test suite
-    mutants_per_problem: int = 8  # non-equivalent mutants of each reference for the mutation score
-    seed: int = 0  # seeds every sampling call
-
-    def __post_init__(self):
-        if self.chain not in CHAINS:
-            raise ValueError(f"chain must be one of {CHAINS}, got {self.chain!r}")
-        if min(self.num_samples, self.num_test_suites, self.mutants_per_problem) < 0:
-            raise ValueError("num_samples, num_test_suites and mutants_per_problem must be >= 0")
-        if min(self.stage_tokens, self.code_tokens, self.test_tokens) < 1:
-            raise ValueError("token budgets must be >= 1")
-        if not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-
-
-@dataclass
-class ProblemResult:
-    """One model on one problem."""
-
-    id: str
-    greedy_passed: bool  # the greedy code passes all of the problem's tests
-    greedy_ok: bool  # the greedy code parses and defines the entry point
-    n: int  # sampled codes
-    c: int  # sampled codes that pass
-    ranked_passed: bool | None = None  # the discriminator-ranked sampled code passes (None: no ranking)
-    num_tests: float | None = None  # tests per suite (None: no discriminator)
-    valid_test_rate: float | None = None  # mean over suites of valid tests / tests (a malformed suite: 0)
-    mutation_score: float | None = None  # mean over suites of the share of mutants killed (None: no mutants)
-    test_diversity: float | None = None  # `compute_test_diversity` score of the problem's suites
-    coherence: float | None = None  # `reasoning_coherence` of the chain and the greedy code (None: no chain)
-
-
-def _pass_at(k: int):
-    return lambda r: pass_at_k(r.n, r.c, k) if r.n >= k else None
-
-
-def measures(num_samples: int) -> dict:
-    """Measure name -> function of a `ProblemResult` giving a float, or None where it is undefined."""
-    out = {"pass@1 (greedy)": lambda r: float(r.greedy_passed)}
-    if num_samples:
-        out["pass@1 (sampled)"] = _pass_at(1)
-        out.update({f"pass@{k}": _pass_at(k) for k in (2, 4, 8, 16) if k <= num_samples})
-    out.update({
-        "ranked@1": lambda r: None if r.ranked_passed is None else float(r.ranked_passed),
-        "valid test rate": lambda r: r.valid_test_rate,
-        "mutation score": lambda r: r.mutation_score,
-        "test diversity": lambda r: r.test_diversity,
-        "tests per suite": lambda r: r.num_tests,
-        "well-formed": lambda r: float(r.greedy_ok),
-    })
-    return out
-
-
-# ---------------------------------------------------------------- running one model
-def evaluate_problems(generator, discriminator, problems, sandbox, settings: EvalSettings, batch_size: int = 8,
-                      desc: str = "evaluating", mutants: dict | None = None) -> list[ProblemResult]:
-    """Run one model (an `LLMGenerator`, and an `LLMDiscriminator` or None) on `problems`; one batched
-    `generate` per stage, for the greedy codes, the sampled codes and the test suites of a batch.
-    `mutants`: problem id -> mutant sources (made here, and cached on disk, when missing)."""
-    from evaluation.metrics import reasoning_coherence
-    from evaluation.mutation import nonequivalent_mutants
-    from evaluation.test_diversity import compute_test_diversity
-    from inference.inference_engine import InferenceConfig, InferenceEngine, dual_agreement
-    from sandbox.matrix import build_test_matrix, unique_columns
-    from training.rewards import discriminator_terms
-
-    mutants = {} if mutants is None else mutants
-    engine = InferenceEngine(generator, None, sandbox=sandbox,
-                             config=InferenceConfig(stage_tokens=settings.stage_tokens, seed=settings.seed))
-    sample = dict(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
-    n, m = settings.num_samples, settings.num_test_suites if discriminator is not None else 0
-    results = []
-    for start in tqdm(range(0, len(problems), batch_size), desc=desc, unit="batch", leave=False):
-        batch = problems[start:start + batch_size]
-        chains = engine.get_reasoning_chain(batch) if settings.chain == "full" else [{} for _ in batch]
-        greedy = generator.generate_code(batch, chains, 1, do_sample=False, max_new_tokens=settings.code_tokens)
-        sampled = (generator.generate_code(batch, chains, n, max_new_tokens=settings.code_tokens, **sample)
-                   if n else [[] for _ in batch])
-        suites = (discriminator.generate_tests(batch, chains, m, max_new_tokens=settings.test_tokens,
-                                               do_sample=m > 1, **sample) if m else [[] for _ in batch])
-        # sandbox: codes on the problem's tests; reference and mutants on the suites; sampled codes on the suites
-        pairs, where = [], []
-        for k, p in enumerate(batch):
-            if m and settings.mutants_per_problem and p.id not in mutants:
-                mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
-            codes = [c.code if c.ok else "" for c in greedy[k] + sampled[k]]
-            modules = [s.tests if s.ok else "def test_format_failure():\n    assert False\n" for s in suites[k]]
-            rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []
-            where.append((len(pairs), len(codes), len(rows), len(modules)))
-            pairs += [(code, p.tests) for code in codes] + [(row, mod) for row in rows for mod in modules]
-        outcomes = sandbox.execute_pairs(pairs)
-        for k, p in enumerate(batch):
-            at, n_codes, n_rows, n_mod = where[k]
-            gt = outcomes[at:at + n_codes]
-            grid = [outcomes[at + n_codes + r * n_mod: at + n_codes + (r + 1) * n_mod] for r in range(n_rows)]
-            passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
-            result = ProblemResult(
-                id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
-                coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
-            if m:
-                names = [s.test_names if s.ok else [] for s in suites[k]]
-                sources = [s.tests if s.ok else "" for s in suites[k]]
-                n_mut = len(mutants.get(p.id, []))
-                tm = build_test_matrix(grid[1:], names, grid[0], sources)  # rows: mutants, then sampled codes
-                mutant_passes, code_passes = tm.passes[:n_mut], tm.passes[n_mut:]
-                code_ok = np.array([c.ok for c in sampled[k]], dtype=bool) if n > 1 else np.zeros(0, dtype=bool)
-                terms = discriminator_terms(code_passes, tm.valid, tm.sample_ids, np.array([s.ok for s in suites[k]]),
-                                            1, code_ok, tm.keys, mutant_passes)
-                result.num_tests = float(terms["num_tests"].mean())
-                result.valid_test_rate = float(terms["valid_frac"].mean())
-                result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
-                result.test_diversity = compute_test_diversity(sources, p.entry_point).score  # "" (malformed): no tests
-                if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
-                    ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
-                    chosen = dual_agreement(ranking, code_ok)[1]
-                    result.ranked_passed = passed[1 + chosen]
-            results.append(result)
-    return results
 
 
 # ---------------------------------------------------------------- comparing models
@@ -230,8 +99,8 @@ def markdown_report(runs: list[dict], table: dict, title: str) -> str:
 
 # ---------------------------------------------------------------- models and checkpoints
 def load_models(spec: str, device: str, use_discriminator: bool):
-    """(generator, discriminator or None, checkpoint trainer state or None) for a model name, folder, or
-    checkpoint (a checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
+    """(generator, discriminator or None, `Checkpoint` or None) for a model name, folder, or checkpoint (a
+    checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
     from models import LLMDiscriminator, LLMGenerator, load_model
     from training.checkpoint_manager import load_checkpoint, read_resolved
 
@@ -240,10 +109,9 @@ def load_models(spec: str, device: str, use_discriminator: bool):
     if alias or (path / "manifest.json").exists() or (path / "checkpoints").is_dir():
         def read(folder: Path):
             ckpt = load_checkpoint(folder)
-            logger.info("%s: checkpoint %s", spec, ckpt.path)
             generator = LLMGenerator(load_model(str(ckpt.generator_dir), device))
             discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
-            return generator, discriminator, ckpt.trainer_state
+            return generator, discriminator, ckpt
 
         return read_resolved(path, None, "best", read)  # retried once if a trainer prunes it meanwhile
     if path.name in ("best", "latest") and not path.parent.exists():
@@ -302,6 +170,9 @@ def parse_args(argv=None):
     parser.add_argument("--reuse", metavar="REPORT", default=None,
                         help="report.json of an earlier evaluation: named models listed there (not folders or checkpoints) "
                              "are not run again when it used the same problems, settings and batch size")
+    parser.add_argument("--allow-unisolated", action="store_true",
+                        help="let the sandbox's 'process' level run as root, where bubblewrap and unshare cannot start: "
+                             "no network, file or process isolation (refused without it; as in run_training.py)")
     parser.add_argument("--out", default="eval_report", help="folder for report.json and report.md (default: eval_report)")
     return parser.parse_args(argv)
 
@@ -309,8 +180,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from data.problems import content_hash, load_problem_set, validate_problem_set
-    from sandbox import Sandbox
+    from sandbox import Sandbox, SandboxConfig
+    from training.checkpoint_manager import checkpoint_choice
 
     def fail(message: str, code: int) -> int:
         print(f"evaluation: error: {message}", file=sys.stderr)
@@ -329,7 +203,11 @@ def main(argv=None) -> int:
     except ValueError as e:  # ProblemFormatError too
         return fail(str(e), 2)
     runs = []
-    with Sandbox() as sandbox:
+    try:
+        sandbox = Sandbox(SandboxConfig(allow_unisolated=args.allow_unisolated))
+    except RuntimeError as e:  # no isolation this machine allows: one line saying what would
+        return fail(str(e), 1)
+    with logging_redirect_tqdm(), sandbox:  # log lines above the progress bars, not through them
         problems, rejected = validate_problem_set(problems, sandbox)
         if not problems:
             return fail("no valid problem selected" + (f" ({len(rejected)} failed validation)" if rejected else ""), 2)
@@ -344,11 +222,13 @@ def main(argv=None) -> int:
                 print(f"{spec}: results reused from {args.reuse}", file=sys.stderr)
                 continue
             try:
-                generator, discriminator, state = load_models(spec, args.device, settings.num_test_suites > 0)
+                generator, discriminator, ckpt = load_models(spec, args.device, settings.num_test_suites > 0)
             except (OSError, RuntimeError, ValueError) as e:
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
-            trained = set((state or {}).get("training_problems", []))  # content hashes of its training problems
+            if ckpt is not None:  # a run folder means one of its checkpoints: say which one, and why
+                print(f"{spec}: {checkpoint_choice(spec, ckpt.path, None, 'best')}", file=sys.stderr)
+            trained = set(ckpt.trainer_state.get("training_problems", []) if ckpt else [])  # their content hashes
             seen = [p.id for p in problems if content_hash(p) in trained]
             if seen and not args.allow_overlap:
                 return fail(f"{spec} was trained on {len(seen)} of these problems (e.g. {seen[0]}); evaluate on "
@@ -359,17 +239,22 @@ def main(argv=None) -> int:
             per_problem = evaluate_problems(generator, discriminator, problems, sandbox, settings, args.batch_size,
                                             f"evaluating {spec}", mutants)
             runs.append({"model": spec, "seconds": time.perf_counter() - start, "overlap": len(seen),
+                         "checkpoint": {"path": str(ckpt.path), "step": ckpt.step} if ckpt else None,
                          "per_problem": [asdict(r) for r in per_problem]})
             del generator, discriminator
     table = compare(runs, settings.num_samples)
     title = (f"{args.problems}: {len(problems)} problems, chain {settings.chain}, n = {settings.num_samples}, "
              f"m = {settings.num_test_suites}; Δ = difference to {runs[0]['model']} [95% paired bootstrap CI]")
-    report = markdown_report(runs, table, title)
+    isolation = sandbox.isolation_record()
+    report = markdown_report(runs, table, title) + "".join(
+        f"\n{run['model']}: checkpoint {run['checkpoint']['path']} (step {run['checkpoint']['step']})"
+        for run in runs if run.get("checkpoint")) + f"\nsandbox isolation: {isolation['description']}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
     (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip, "limit": args.limit,
                                                  "settings": asdict(settings), "rejected": rejected,
-                                                 "batch_size": args.batch_size, "measures": table, "models": runs}, indent=2) + "\n")
+                                                 "batch_size": args.batch_size, "isolation": isolation,
+                                                 "measures": table, "models": runs}, indent=2) + "\n")
     print(report)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0

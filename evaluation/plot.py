@@ -1,10 +1,10 @@
-"""Training curves from a run's `metrics.jsonl` (read and summarized by `evaluation.run_metrics`).
+"""Training curves from a run's `metrics.jsonl` (read and summarized by `scoring.run_metrics`).
 
     python -m evaluation.plot runs/my_run                 # writes runs/my_run/curves.png
     python -m evaluation.plot runs/my_run/metrics.jsonl --out curves.png --keys ppo/kl_ref,ppo/entropy
     python -m evaluation.plot runs/my_run --smooth 10      # a moving average over 10 steps on top
 
-One panel per metric (the file's format: `evaluation.run_metrics`), the reasoning stages shaded; a metric
+One panel per metric (the file's format: `scoring.run_metrics`), the reasoning stages shaded; a metric
 outside the role namespaces (`ppo/...`) gets one curve per role. matplotlib is an optional dependency,
 imported only when a figure is drawn.
 """
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from evaluation.run_metrics import (  # noqa: F401 (load_metrics, summarize_metrics: also used from here)
+from scoring.run_metrics import (  # noqa: F401 (load_metrics, summarize_metrics: also used from here)
     BOOKKEEPING,
     METRICS_FILE,
     MetricsFileError,

@@ -6,8 +6,7 @@
         print(result.chain["algorithm"], result.code, result.passed)
 """
 __all__ = [
-    "Candidate", "InferenceConfig", "InferenceEngine", "InferenceResult", "dual_agreement",
-    "repair_feedback",
+    "Candidate", "InferenceConfig", "InferenceEngine", "InferenceResult", "repair_feedback",
 ]
 
 

@@ -8,7 +8,7 @@ candidates of the batch:
     code      one code per candidate
     tests     `num_test_suites` pytest suites from the Discriminator (only when ranking or repairing),
               written against the candidates' chains as in training
-    rank      candidate codes x discriminator tests in the sandbox; CodeT dual agreement (`dual_agreement`)
+    rank      candidate codes x discriminator tests in the sandbox; CodeT dual agreement (`scoring.ranking`)
     repair    up to max_attempts - 1 times: the chosen code and the consensus-backed tests it fails
               (`repair_feedback`) give a new code; it joins the candidates and all are ranked again
     execute   the problem's own tests run on the final answer only, to report the result
@@ -34,8 +34,9 @@ from models import LLMDiscriminator, LLMGenerator, load_model
 from models.base import TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite
 from sandbox import ExecutionResult, Sandbox, SandboxConfig
-from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
 from sandbox.matrix import FEEDBACK_TESTS, feedback, module_columns, unique_columns
+from scoring.ranking import dual_agreement
+from training.checkpoint_manager import CheckpointError, load_checkpoint, read_resolved
 
 logger = logging.getLogger(__name__)
 
@@ -81,27 +82,6 @@ class InferenceResult:
         return {**asdict(self), "passed": self.passed}
 
 
-def dual_agreement(passes, ok=None) -> tuple[np.ndarray, int]:
-    """CodeT dual agreement (Chen et al., 2022, "CodeT: Code Generation with Generated Tests").
-
-    passes: (n, T) bool, code i passes generated test t; ok: (n,) bool, codes that are well formed
-    (others join no group and are chosen only when none is ok). Codes are grouped by the exact set of
-    tests they pass; a group scores (#codes in it) x (#tests it passes), and every code gets its group's
-    score. Returns (scores (n,), index of the chosen code): the first code of the best group; ties go to
-    the larger group, then the earlier code."""
-    n = len(passes)
-    passes = np.asarray(passes, dtype=bool).reshape(n, -1)
-    ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
-    groups: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(ok):
-        groups.setdefault(passes[i].tobytes(), []).append(int(i))
-    scores = np.zeros(n)
-    for members in groups.values():
-        scores[members] = len(members) * passes[members[0]].sum()
-    best = max(groups.values(), key=lambda m: (scores[m[0]], len(m), -m[0]), default=[0])  # no ok code: the first
-    return scores, best[0]
-
-
 def repair_feedback(passes, ok, chosen: int) -> list[int]:
     """The tests to show the generator when repairing code `chosen`: the ones it fails that some other
     well-formed candidate passes (a test no code passes may itself be wrong), most-passed first. When all
@@ -141,11 +121,14 @@ class InferenceEngine:
     generator / discriminator: a model name ("default", "tiny", a Hugging Face id, a folder), a loaded
     `(model, tokenizer)` pair, or an `LLMGenerator` / `LLMDiscriminator`; discriminator None means no
     discriminator (no ranking tests), and the generator's name shares its weights. `sandbox`: a `Sandbox`
-    to use (the engine starts its own on first need otherwise). Use as a context manager or call `close()`."""
+    to use (the engine starts its own on first need otherwise, with `sandbox_config`). Use as a context
+    manager or call `close()`."""
 
     def __init__(self, generator="default", discriminator=None, device="auto", dtype="auto",
-                 sandbox: Sandbox | None = None, config: InferenceConfig | None = None):
+                 sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
+                 sandbox_config: SandboxConfig | None = None):
         self.config = config or InferenceConfig()
+        self.sandbox_config = sandbox_config or SandboxConfig()
 
         def pair(spec):  # a loaded (model, tokenizer) pair, or one loaded from a name
             return tuple(spec) if isinstance(spec, (tuple, list)) else load_model(spec, device, dtype)
@@ -164,7 +147,7 @@ class InferenceEngine:
     @classmethod
     def from_checkpoint(cls, path, which: str | None = None, device="auto", dtype="auto",
                         sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
-                        verify: bool = True) -> InferenceEngine:
+                        verify: bool = True, sandbox_config: SandboxConfig | None = None) -> InferenceEngine:
         """Both trained models from a checkpoint folder, or a run folder and `which` ("best", the default, or
         "latest"; also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
         Raises `CheckpointError` with a one-line reason."""
@@ -174,7 +157,8 @@ class InferenceEngine:
                 if not (part / "tokenizer_config.json").is_file():
                     raise CheckpointError(f"{part} has no tokenizer (tokenizer_config.json): save it with the model")
             try:
-                engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config)
+                engine = cls(str(ckpt.generator_dir), str(ckpt.discriminator_dir), device, dtype, sandbox, config,
+                             sandbox_config)
             except Exception as e:  # a damaged or foreign folder: transformers raises many kinds
                 raise CheckpointError(f"{ckpt.path}: cannot load the models: {str(e).splitlines()[0]}") from e
             engine.checkpoint = ckpt.path
@@ -186,8 +170,14 @@ class InferenceEngine:
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            self._sandbox = Sandbox(SandboxConfig())
+            self._sandbox = Sandbox(self.sandbox_config)
         return self._sandbox
+
+    @property
+    def isolation(self) -> dict | None:
+        """The sandbox's isolation in force (`Sandbox.isolation_record`); None before the engine has started its
+        sandbox (no code run yet) and after `close()`."""
+        return self._sandbox.isolation_record() if self._sandbox is not None else None
 
     def close(self):
         if self._own_sandbox and self._sandbox is not None:

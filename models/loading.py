@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from common.cache import cache_dir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 SMOLLM2_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny"
-CACHE_ENV = "ADVCODE_CACHE_DIR"
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -109,24 +110,6 @@ GGUF_MODELS: dict[str, GGUFModel] = {
 }
 TOKENIZER_CACHE_NAME = "SmolLM2-135M-Instruct-tokenizer"  # the tiny model's tokenizer alone
 MODEL_NAMES = (DEFAULT_MODEL, SMOLLM2_MODEL, TINY_MODEL)
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$ADVCODE_CACHE_DIR`, else `$XDG_CACHE_HOME/adversarial-codegen`,
-    else `~/.cache/adversarial-codegen`."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "adversarial-codegen"
-
-
-def write_cache_file(path: Path, record: dict) -> None:
-    """Write `record` as JSON to `path` (a file of a verdict cache under `cache_dir()`) through a temporary
-    file and a rename: a reader sees the old file or the whole new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -373,12 +356,48 @@ def contiguous_head_input(model) -> None:
     head._contiguous_input = True
 
 
+ACCEPTED = (f"one of {list(MODEL_NAMES)}, a model folder (Hugging Face format), a .gguf file, or a Hugging Face "
+            "id owner/name that is cached or on a reachable hub")
+HUB_TIMEOUT_S = 3.0  # how long a Hugging Face id not in the local cache waits for the hub's answer
+
+
+def check_hub_id(name: str, timeout: float = HUB_TIMEOUT_S) -> None:
+    """Return at once when the Hugging Face id `name` is in the local cache; else ask the hub, for at most
+    `timeout` seconds, whether it knows it (a mistyped `runs/x` would otherwise go to the hub and retry for
+    tens of seconds before failing). `FileNotFoundError` in one line when the hub says no, or cannot be
+    reached (offline: `HF_HUB_OFFLINE=1`, no network, no answer in time)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    pool = ThreadPoolExecutor(1)  # a thread with a deadline: a name lookup can hang past any socket timeout
+    try:
+        pool.submit(HfApi().model_info, name, timeout=timeout).result(timeout=timeout + 0.5)
+        return
+    except GatedRepoError:  # it exists; from_pretrained says what access it needs
+        return
+    except RepositoryNotFoundError:
+        reason = "the Hugging Face hub has no such model (or it is private: log in with `hf auth login`)"
+    except Exception as e:  # offline mode, no network, an HTTP error, no answer in time
+        detail = (f"no answer in {timeout:g} s" if isinstance(e, Timeout)
+                  else (str(e).strip().splitlines() or [""])[0] or type(e).__name__)
+        reason = f"it is not in the local Hugging Face cache and the hub cannot be reached ({detail})"
+    finally:
+        pool.shutdown(wait=False)
+    raise FileNotFoundError(f"{name}: no such model folder, and {reason}; use {ACCEPTED}")
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
     """Load `(model, tokenizer)` by name (see the module docstring), on `device`, in `dtype`, in eval mode.
 
     device: "auto" | "cuda" | "cuda:1" | "mps" | "cpu"; dtype: "auto" (`fast_dtype`) | "float32" |
-    "bfloat16" | "float16". A name that is neither one of ours, an existing path nor of the form
-    "owner/name" fails at once with a one-line error (no hub retries)."""
+    "bfloat16" | "float16". A name that is neither one of ours nor an existing path fails at once with a
+    one-line error, as does an "owner/name" that is not in the local cache and that the hub does not know
+    or does not answer for within `HUB_TIMEOUT_S` (`check_hub_id`; no hub retries)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
@@ -392,11 +411,13 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
             source = model_folder(name)
         elif name.endswith(".gguf") and Path(name).is_file():
             source, gguf_file = Path(name).parent, Path(name).name
-        elif Path(name).exists() or name.count("/") == 1 and not name.startswith((".", "/", "~")):
-            source = name  # a local folder or a Hugging Face id
+        elif Path(name).exists():
+            source = name  # a local folder
+        elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
+            source = name  # a Hugging Face id: cached, or on a hub that answers now
+            check_hub_id(name)
         else:
-            raise FileNotFoundError(f"{name}: no such model folder; use one of {list(MODEL_NAMES)}, a local "
-                                    f"folder or a Hugging Face id (owner/name)")
+            raise FileNotFoundError(f"{name}: no such model folder; use {ACCEPTED}")
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
+from sandbox.executor import parse_source  # bounded: a response nested too deeply does not parse
+
 # ```python ... ``` (or ```py, ```pytest, a bare ```), the last one possibly unterminated (budget hit)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_LANGS = {"", "python", "py", "python3", "pytest"}
@@ -63,8 +65,8 @@ def _looks_like_code(text: str) -> bool:
     if _unfenced_code(text):
         return True
     try:
-        return bool(ast.parse(text).body)
-    except (SyntaxError, ValueError):
+        return bool(parse_source(text).body)
+    except SyntaxError:
         return False
 
 
@@ -106,8 +108,8 @@ def parse_repaired(source: str) -> tuple[ast.Module | None, str, list[str], str]
             candidates.append((snapped, extra + ["indentation"]))
     for text, extra in candidates:  # first: a candidate that parses whole
         try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError) as e:
+            tree = parse_source(text)
+        except SyntaxError as e:
             error = error or f"{type(e).__name__}: {getattr(e, 'msg', e)} (line {getattr(e, 'lineno', '?')})"
             continue
         if tree.body:
@@ -119,8 +121,8 @@ def parse_repaired(source: str) -> tuple[ast.Module | None, str, list[str], str]
                 continue
             candidate = "\n".join(lines[:end])
             try:
-                tree = ast.parse(candidate)
-            except (SyntaxError, ValueError):
+                tree = parse_source(candidate)
+            except SyntaxError:
                 continue
             if tree.body:
                 return tree, candidate + "\n", repairs + extra + [f"dropped {len(lines) - end} trailing line(s)"], ""
@@ -181,9 +183,23 @@ def sanitize_code(text: str, entry_point: str) -> SanitizedCode:
     return first_failure
 
 
-def _calls(node: ast.AST, name: str) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name
+def _calls(node: ast.AST, name: str | set[str]) -> bool:
+    """Whether `node` mentions `name` (or one of a set of names) as a variable or an attribute."""
+    names = {name} if isinstance(name, str) else name
+    return any(isinstance(n, ast.Name) and n.id in names or isinstance(n, ast.Attribute) and n.attr in names
                for n in ast.walk(node))
+
+
+def _reaching(statements: list[ast.stmt], entry_point: str) -> set[str]:
+    """`entry_point` and the suite's helper functions that call it, directly or through one another."""
+    helpers = [n for n in statements if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and _is_helper(n, entry_point)]
+    reaching, grown = {entry_point}, True
+    while grown:
+        found = {h.name for h in helpers if h.name not in reaching and _calls(h, reaching)}
+        reaching |= found
+        grown = bool(found)
+    return reaching
 
 
 def _keep_import(node: ast.Import | ast.ImportFrom, entry_point: str) -> bool:
@@ -225,12 +241,33 @@ def _split_asserts(node: ast.FunctionDef, entry_point: str) -> list[ast.Function
 def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> SanitizedTests:
     """A pytest module of `test_*` functions from a model response.
 
-    Kept: standard-library/pytest imports and test functions that mention `entry_point`. Removed: prose,
-    fences, other top-level code (including the model's own copy of `entry_point`), tests needing unknown
-    fixtures, exact duplicates. Bare top-level `assert`s that call `entry_point` become one test each;
-    different tests with the same name are renamed apart. With `split_asserts`, a test made only of
-    asserts becomes one test per assert (`_split_asserts`). `from solution import *` and
-    `import pytest` come first."""
+    Kept: standard-library/pytest imports, the suite's own helpers (top-level functions other than tests and
+    `entry_point`, and assignments that do not call `entry_point`: after `from solution import *`, so the
+    tests call these, never the candidate's versions of them) and test functions that mention
+    `entry_point`, directly or through those helpers. Removed: prose, fences, other top-level code
+    (including the model's own copy of `entry_point`), tests needing unknown fixtures, exact duplicates.
+    Bare top-level `assert`s that call
+    `entry_point` become one test each; different tests with the same name are renamed apart. With
+    `split_asserts`, a test made only of asserts becomes one test per assert (`_split_asserts`).
+    `from solution import *` and `import pytest` come first. A response nested too deeply to read fails."""
+    try:
+        return _sanitize_tests(text, entry_point, split_asserts)
+    except (RecursionError, MemoryError):  # a tree that parsed but is too deep to unparse or compare
+        return SanitizedTests("", False, "nested too deeply to read")
+
+
+def _is_helper(node: ast.stmt, entry_point: str) -> bool:
+    """A top-level definition of the suite's own that its tests may use."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return not node.name.startswith("test") and node.name != entry_point
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return (all(isinstance(t, ast.Name) and t.id != entry_point for t in targets) and node.value is not None
+                and not _calls(node, entry_point))
+    return False
+
+
+def _sanitize_tests(text: str, entry_point: str, split_asserts: bool) -> SanitizedTests:
     blocks = extract_blocks(text)
     if not blocks and not _looks_like_code(text):
         return SanitizedTests("", False, "no code found in the response")
@@ -247,7 +284,9 @@ def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> S
     if not statements:
         return SanitizedTests("", False, f"does not parse: {errors[0]}", [], repairs)
 
+    reaching = _reaching(statements, entry_point)  # a test that calls one of these tests the entry point
     imports: list[str] = ["from solution import *", "import pytest"]
+    helpers: dict[str, str] = {}  # a function's name (an assignment's source) -> source; a later def replaces
     tests: list[ast.FunctionDef] = []
     seen_bodies: set[str] = set()
     names: set[str] = set()
@@ -258,11 +297,15 @@ def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> S
             if _keep_import(node, entry_point) and line not in imports:
                 imports.append(line)
             continue
+        if _is_helper(node, entry_point):
+            name = node.name if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else ast.unparse(node)
+            helpers[name] = ast.unparse(node)
+            continue
         if isinstance(node, ast.Assert) and _calls(node, entry_point):
             wrapped += 1
             candidates = [_test_function(f"test_assert_{wrapped}", [node])]
         elif (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
-              and _calls(node, entry_point) and _runnable_test(node)):
+              and _calls(node, reaching) and _runnable_test(node)):
             candidates = _split_asserts(node, entry_point) if split_asserts else [node]
             split += len(candidates) - 1
         else:
@@ -288,5 +331,5 @@ def sanitize_tests(text: str, entry_point: str, split_asserts: bool = True) -> S
         repairs.append(f"dropped {dropped} statement(s) or test(s)")
     if not tests:
         return SanitizedTests("", False, f"no test_* function that calls `{entry_point}`", [], repairs)
-    source = "\n".join(imports) + "\n\n\n" + "\n\n\n".join(ast.unparse(t) for t in tests) + "\n"
+    source = "\n".join(imports) + "\n\n\n" + "\n\n\n".join([*helpers.values(), *map(ast.unparse, tests)]) + "\n"
     return SanitizedTests(source, True, "", [t.name for t in tests], repairs)

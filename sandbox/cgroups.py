@@ -1,11 +1,15 @@
-"""Limits that bound an execution as a whole: a memory and a pids cgroup (v1) per side of each worker.
+"""Limits that bound an execution as a whole: a memory, a pids and a cpu cgroup (v1) per side of each worker.
 
 Every process an execution starts stays in its side's cgroups (each child of the fork server joins them
 first, through a `cgroup.procs` descriptor the host opened), so the memory limit counts all of them
-together, forks and memory files included, and the pids limit counts their processes and threads.
-Executions of a worker run one after another and end with all their processes killed, so the cgroups of a
-side hold one execution at a time. Needs root and the v1 memory and pids hierarchies (this project's CI
-machine has cgroup v1 only); elsewhere `available()` is False and the limits are per process (rlimits).
+together, forks and memory files included, the pids limit counts their processes and threads, and the
+cpu cgroup makes them one entity for the scheduler: however many busy processes an execution starts
+(`setsid()` changes no cgroup), a concurrent execution keeps its share of the CPU. Executions of a worker
+run one after another and end with all their processes killed, so the cgroups of a side hold one
+execution at a time; their resettable counters (peak memory, limit hits) are reset before each
+(`reset`). Needs root and the v1 memory and pids hierarchies (this project's CI machine has cgroup v1
+only); elsewhere `available()` is False and the limits are per process (rlimits). The cpu controller is
+used where it is mounted and writable (`cpu_available()`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import time
 logger = logging.getLogger(__name__)
 
 ROOT = "/sys/fs/cgroup"
-CONTROLLERS = ("memory", "pids")
+CONTROLLERS = ("memory", "pids")  # needed; "cpu" is used besides where there is one (`cpu_available`)
 PREFIX = "advcode-sandbox-"
 
 
@@ -47,24 +51,42 @@ def available() -> bool:
     return all(folders) and all(os.access(f, os.W_OK) for f in folders)
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_available() -> bool:
+    """Whether the v1 cpu hierarchy is there for this process's cgroups too (asked once)."""
+    folder = _own("cpu")
+    return available() and folder is not None and os.access(folder, os.W_OK)
+
+
 class Cgroups:
-    """The memory and pids cgroups of one side of one worker."""
+    """The memory, pids and (`cpu_available()`) cpu cgroups of one side of one worker: `folders` in that
+    order."""
 
     def __init__(self, name: str, memory_mb: int, max_processes: int):
         self.folders = []
-        for controller in CONTROLLERS:
+        for controller in CONTROLLERS + (("cpu",) if cpu_available() else ()):
             parent = os.path.join(_own(controller), f"{PREFIX}{os.getpid()}")
             _remove_stale(os.path.dirname(parent))
             folder = os.path.join(parent, name)
             os.makedirs(folder, exist_ok=True)
             self.folders.append(folder)
-        memory, pids = self.folders
+        memory, pids = self.folders[:2]
         _write(memory, "memory.limit_in_bytes", memory_mb << 20)
         if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):  # no escape into swap
             _write(memory, "memory.memsw.limit_in_bytes", memory_mb << 20)
         _write(pids, "pids.max", max_processes)
         # opened here, by root: the kernel checks the opener's credentials when a process writes itself in
         self.fds = [os.open(os.path.join(f, "cgroup.procs"), os.O_WRONLY) for f in self.folders]
+        self.counters = [os.open(os.path.join(memory, n), os.O_WRONLY) for n in sorted(os.listdir(memory))
+                         if n.endswith(("max_usage_in_bytes", "failcnt"))]
+
+    def reset(self):
+        """Zero the counters an execution could otherwise learn an earlier one's use from (peak memory, times
+        the limit was hit: every `memory.*max_usage_in_bytes` and `memory.*failcnt`); ~5 µs. Counters the
+        kernel cannot reset (`pids.events`, `cpu.stat`, `memory.stat`'s totals) stay: no execution at a
+        namespaced level can read any cgroup file (no /sys in its view, no capability to mount one)."""
+        for fd in self.counters:
+            os.pwrite(fd, b"0", 0)
 
     def empty(self, wait_s: float = 1.0) -> bool:
         """Kill whatever is left in the cgroups; True once they are empty."""
@@ -87,9 +109,9 @@ class Cgroups:
     def close(self):
         """Kill what is left and remove the cgroups; the shared parent folder goes with its last child (one
         attempt each: another worker's cgroups keep it, and a crash's leftovers go at the next start)."""
-        for fd in self.fds:
+        for fd in self.fds + self.counters:
             os.close(fd)
-        self.fds = []
+        self.fds, self.counters = [], []
         emptied = self.empty(wait_s=0.5)
         for folder in self.folders:
             if _rmdir(folder, attempts=20 if emptied else 1):

@@ -6,8 +6,10 @@ child; the host hands the code to the candidate's child and the tests to the tes
 sockets the fork servers pass on but never read, and connects the two children with a socket of their own.
 The tests call the candidate's functions across it with plain values only (`sandbox/remote.py`), so the
 process that runs the candidate's code holds nothing that decides or reports an outcome. The tests' child
-reports one line per test to the host; the host counts outcomes against the tests it expected from the
-source's syntax tree, never from exit codes or output. It never raises on bad code or tests.
+first reports how many cases each test collected, then one line per case; the host counts outcomes against
+the tests it expected from the source's syntax tree, each with as many cases as the larger of the count the
+tree shows and the collected one (a test whose count neither gives fails), never from exit codes or output.
+It never raises on bad code or tests, and bounds what it reads from them (`parse_source`, `_read_reports`).
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sandbox import cgroups, isolation, wire
-from sandbox.wire import DONE, OUTCOMES, PASSED, PROTOCOL
+from sandbox.wire import COLLECTED, DONE, OUTCOMES, PASSED, PROTOCOL
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 16 << 20  # a test process that reports more is cut off (the rest counts as missing)
+MAX_OUTCOMES = 20_000  # distinct test ids the host keeps from one execution (later ones count as missing)
+MAX_SOURCE_CHARS = 4 << 20  # a larger test source is not analysed: the execution is an error
 
 
 @dataclass
@@ -47,7 +51,7 @@ class SandboxConfig:
     max_output_chars: int = 8192  # output kept per execution of each process and stream (candidate/tests, stdout/stderr)
     num_workers: int = 0  # parallel workers; 0 = one per CPU core
     isolation: str = "auto"  # "auto" (strongest available), "bwrap", "unshare" or "process"
-    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation (also: ADVCODE_ALLOW_UNISOLATED=1)
+    allow_unisolated: bool = False  # let the "process" level run as root: no network, file or process isolation
 
     def __post_init__(self):
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes < 1:
@@ -64,7 +68,7 @@ class ExecutionResult:
     passed: int = 0
     failed: int = 0  # failed, skipped, xfailed, or expected but never reported
     errors: int = 0  # collection or setup errors
-    total: int = 0  # tests expected from the test source (parametrized cases count one each)
+    total: int = 0  # cases expected (each case of a parametrized test counts one; `count_outcomes`)
     timed_out: bool = False
     test_outcomes: dict[str, str] = field(default_factory=dict)  # test id -> passed/failed/error/skipped/missing
     duration_s: float = 0.0
@@ -107,17 +111,37 @@ def add_solution_import(tests: str) -> str:
 
 
 # ---------------------------------------------------------------- what the tests are
+def parse_source(source: str) -> ast.Module:
+    """`ast.parse` for untrusted text, bounded: SyntaxError also for a source over MAX_SOURCE_CHARS, one with
+    NUL bytes, and one nested too deeply for the parser (which raises RecursionError or MemoryError then).
+    Every host-side reading of a test source goes through here."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise SyntaxError(f"source of {len(source)} characters (the limit is {MAX_SOURCE_CHARS})")
+    try:
+        return ast.parse(source)
+    except ValueError as e:
+        raise SyntaxError(str(e)) from None
+    except (RecursionError, MemoryError) as e:
+        raise SyntaxError(f"nested too deeply to parse ({type(e).__name__})") from None
+
+
 def _request(tests: str) -> dict:
-    """What the tests' process is sent for one execution (SyntaxError if `tests` does not parse)."""
+    """What the tests' process is sent for one execution (SyntaxError if `tests` does not parse). `cases`
+    (each test's case count from the syntax tree, None where it cannot tell) is the host's, not the child's."""
     tests = add_solution_import(tests)
     expected, fast = analyse_tests(tests)
-    return {"tests": tests, "expected": list(expected), "fast": fast}
+    return {"tests": tests, "expected": [name for name, _ in expected], "cases": [n for _, n in expected],
+            "fast": fast}
+
+
+def _is_parametrize(dec) -> bool:
+    return isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"
 
 
 def _param_names(dec) -> list[str] | None:
     """The argument names of a parametrize decorator, given by position or as `argnames=`; None if unknown
     or if `dec` is another decorator."""
-    if not (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "parametrize"):
+    if not _is_parametrize(dec):
         return None
     node = dec.args[0] if dec.args else next((k.value for k in dec.keywords if k.arg == "argnames"), None)
     try:
@@ -127,6 +151,20 @@ def _param_names(dec) -> list[str] | None:
     if isinstance(names, str):
         return [n.strip() for n in names.split(",") if n.strip()]
     return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def _case_count(decorators) -> int | None:
+    """Cases of a test from its parametrize decorators: the product of their argument lists' lengths (at
+    most MAX_OUTCOMES + 1: more can never all report); None when a list is not written out in the source."""
+    count = 1
+    for dec in decorators:
+        if not _is_parametrize(dec):
+            continue
+        values = dec.args[1] if len(dec.args) > 1 else next((k.value for k in dec.keywords if k.arg == "argvalues"), None)
+        if not isinstance(values, (ast.List, ast.Tuple)) or any(isinstance(v, ast.Starred) for v in values.elts):
+            return None
+        count = min(count * len(values.elts), MAX_OUTCOMES + 1)
+    return count
 
 
 def test_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]]:
@@ -143,14 +181,15 @@ def test_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.As
 
 
 @functools.lru_cache(maxsize=1024)
-def analyse_tests(source: str) -> tuple[tuple[str, ...], bool]:
-    """Expected test ids (base names) and whether the fast runner can run them (SyntaxError if the source
-    does not parse). The fast runner takes module-level `test_*` functions with plain asserts,
-    `pytest.raises` and `@pytest.mark.parametrize`; fixtures, classes, other decorators or marks go to pytest.
-    Remembered per source: `run_matrix` runs each test source against every code."""
-    expected, fast = [], "fixture" not in source and "pytest.param" not in source
-    for name, node, cls in test_functions(ast.parse(source)):
-        expected.append(name)
+def analyse_tests(source: str) -> tuple[tuple[tuple[str, int | None], ...], bool]:
+    """The expected tests, as (id, case count from the syntax tree or None: `_case_count`), and whether the
+    fast runner can run them (SyntaxError if the source does not parse: `parse_source`). The fast runner
+    takes module-level `test_*` functions with plain asserts, `pytest.raises` and `@pytest.mark.parametrize`;
+    fixtures, classes, other decorators or marks go to pytest. Linear in the source's size. Remembered per
+    source: `run_matrix` runs each test source against every code."""
+    expected, fast = {}, "fixture" not in source and "pytest.param" not in source
+    for name, node, cls in test_functions(parse_source(source)):
+        expected.setdefault(name, _case_count(node.decorator_list + (cls.decorator_list if cls else [])))
         args = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
         covered = []
         for dec in node.decorator_list:
@@ -161,19 +200,43 @@ def analyse_tests(source: str) -> tuple[tuple[str, ...], bool]:
             covered += names
         if cls or isinstance(node, ast.AsyncFunctionDef) or set(args) - set(covered) or node.args.vararg:
             fast = False
-    return tuple(expected), fast
+    return tuple(expected.items()), fast
 
 
-def count_outcomes(expected: list[str], reported: dict[str, str], timed_out: bool, broken: bool = False) -> dict:
-    """Every expected test must report; one that never reports has failed ("missing"). With `broken` (the
-    sandbox itself failed: a fork server died or an execution could not be isolated) every test that did
-    not pass is an error and so is the execution, as when nothing ran. Linear in the tests."""
+def required_cases(from_source: int | None, collected: int | None) -> int | None:
+    """How many cases of a test must report: the larger of its count from the syntax tree and the count the
+    tests' process collected (fixture parameters, lists built at run time), at least 1; None if neither is
+    known (the test then fails)."""
+    known = [n for n in (from_source, collected) if n is not None]
+    return max(max(known), 1) if known else None
+
+
+def count_outcomes(expected: dict[str, int | None], reported: dict[str, str], timed_out: bool,
+                   broken: bool = False) -> dict:
+    """Every case of every expected test (name -> `required_cases`) must report; one that never reports
+    has failed ("missing": `name` itself for a test of one case, else `name[#missing k]`), and so has a test
+    whose case count is unknown (`name[#uncounted]`). With `broken` (the sandbox itself failed: a fork
+    server died or an execution could not be isolated) every test that did not pass is an error and so is
+    the execution, as when nothing ran. Linear in the tests; the missing cases it adds are bounded (beyond
+    MAX_OUTCOMES, one entry stands for all of a test's)."""
     by_base: dict[str, dict[str, str]] = {}
     for test, outcome in reported.items():
         by_base.setdefault(test.split("[", 1)[0], {})[test] = outcome
     outcomes: dict[str, str] = {}
-    for name in dict.fromkeys(expected):
-        outcomes.update(by_base.get(name) or {name: "missing"})
+    budget = MAX_OUTCOMES
+    for name, need in expected.items():
+        cases = by_base.get(name, {})
+        outcomes.update(cases)
+        if need is None:
+            outcomes[f"{name}[#uncounted]"] = "missing"
+        elif not cases:
+            outcomes.update({name: "missing"} if need == 1 or budget < need else
+                            {f"{name}[#missing {k}]": "missing" for k in range(1, need + 1)})
+        elif len(cases) < need:
+            short = need - len(cases)
+            outcomes.update({f"{name}[#missing]": "missing"} if budget < short else
+                            {f"{name}[#missing {k}]": "missing" for k in range(1, short + 1)})
+        budget -= max(need or 1, 1)
     if broken:
         outcomes = {test: o if o == PASSED else "error" for test, o in outcomes.items()}
     passed = sum(o == PASSED for o in outcomes.values())
@@ -262,11 +325,13 @@ class _Worker:
         limits = {side: pair[turn] for side, pair in self.limits.items() if pair}
         if not all(limit.empty() for limit in limits.values()):
             raise _Stale("processes of the execution before last could not be killed")
+        for limit in limits.values():
+            limit.reset()
         settings = {"timeout_s": timeout, "memory_mb": self.config.memory_mb, "max_file_mb": self.config.max_file_mb,
                     "max_processes": self.config.max_processes}
         sockets: list[socket.socket] = []
         outputs: dict[str, int] = {}
-        reported, messages, timed_out, tampered, healthy = {}, [], False, False, True
+        got, healthy = _Reports(), True
         try:
             for _ in range(3):  # each pair joins `sockets` at once, so that it is closed whatever fails next
                 sockets += socket.socketpair()
@@ -285,23 +350,25 @@ class _Worker:
             try:
                 _send_before(c_host, {"code": code}, deadline)
                 _send_before(t_host, request, deadline)
-                reported, messages, timed_out, tampered = _read_reports(t_host, deadline)
+                got = _read_reports(t_host, deadline, set(request["expected"]))
             except socket.timeout:
-                timed_out = True
+                got.timed_out = True
             except OSError:
                 pass  # a child died early: what it reported counts, and what it did not is missing
         finally:
             for s in sockets:
                 s.close()
             try:
-                healthy = self._kill(messages)
-                stdout, stderr = self._outputs(outputs, messages)
+                healthy = self._kill(got.messages)
+                stdout, stderr = self._outputs(outputs, got.messages)
             finally:
                 for fd in outputs.values():
                     os.close(fd)
+        expected = {name: required_cases(n, got.collected.get(name))
+                    for name, n in zip(request["expected"], request["cases"])}
         # a broken worker is not the code's or the tests' doing: no test may look failed because of it
-        reply = count_outcomes(request["expected"], reported, timed_out, broken=not healthy)
-        reply.update(stdout=stdout, stderr=stderr, tampered=tampered, duration_s=time.monotonic() - start,
+        reply = count_outcomes(expected, got.outcomes, got.timed_out, broken=not healthy)
+        reply.update(stdout=stdout, stderr=stderr, tampered=got.tampered, duration_s=time.monotonic() - start,
                      runner="fast" if request["fast"] else "pytest")
         return reply, healthy
 
@@ -348,45 +415,73 @@ def _send_before(sock, message: dict, deadline: float):
     wire.send_frame(sock, message)
 
 
-def _read_reports(sock, deadline: float):
+@dataclass
+class _Reports:
+    """What the tests' process reported on its socket to the host (`_read_reports`)."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # test id -> outcome, expected tests' cases only
+    collected: dict[str, int] = field(default_factory=dict)  # test -> the cases it collected, before running
+    messages: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    tampered: bool = False
+
+
+def _read_reports(sock, deadline: float, expected) -> _Reports:
     """Outcome lines from the tests' process until it says it is done, the deadline passes or it ends.
-    Linear in what it sends, however it splits its lines. A line that is not a report is skipped; one nested
-    too deeply to parse also marks the execution tampered."""
-    reported, messages, tampered, buffer, size = {}, [], False, bytearray(), 0
+    Linear in what it sends, however it splits its lines; bounded in what it keeps (ids of the `expected`
+    tests only, at most MAX_OUTCOMES, messages for the first 1000). A line that is not a report is skipped;
+    one nested too deeply to parse also marks the execution tampered. Never raises on what it reads."""
+    got, buffer, size = _Reports(), bytearray(), 0
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            return reported, messages, True, tampered
+            got.timed_out = True
+            return got
         sock.settimeout(left)
         try:
             chunk = sock.recv(1 << 16)
         except socket.timeout:
-            return reported, messages, True, tampered
+            got.timed_out = True
+            return got
+        except OSError:  # a child died early: what it reported counts, and what it did not is missing
+            return got
         if not chunk:
-            return reported, messages, False, tampered
+            return got
         searched = len(buffer)  # the part before has no newline
         buffer += chunk
         size += len(chunk)
         if size > MAX_REPORT_BYTES:  # a flood: what it reported so far counts, the rest is missing
-            return reported, messages, False, tampered
+            return got
         start, end = 0, buffer.find(b"\n", searched)
         while end >= 0:
-            try:
-                record = json.loads(buffer[start:end])
-                test, outcome, message = str(record["t"]), str(record["o"]), str(record.get("m", ""))
-            except (ValueError, KeyError, TypeError, RecursionError) as e:
-                test = outcome = message = ""
-                tampered |= isinstance(e, RecursionError)  # nested deeper than any report: not the runner's line
-            if test == DONE:
-                return reported, messages, False, tampered
-            if test == PROTOCOL:
-                tampered = True
-            elif outcome in OUTCOMES:
-                reported.setdefault(test, outcome)  # the first report of a test wins
-            if message and len(messages) < 1000:
-                messages.append(f"{test}: {message}\n")
+            if _read_line(bytes(buffer[start:end]), got, expected):
+                return got
             start, end = end + 1, buffer.find(b"\n", end + 1)
         del buffer[:start]
+
+
+def _read_line(line: bytes, got: _Reports, expected) -> bool:
+    """One report line into `got`; True when it is the last (DONE)."""
+    try:
+        record = json.loads(line)
+        test, outcome, message = str(record["t"]), str(record.get("o", "")), str(record.get("m", ""))
+        counts = record.get("c") if test == COLLECTED else None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as e:
+        got.tampered |= isinstance(e, (RecursionError, MemoryError))  # nested deeper than any report: not the runner's
+        return False
+    if test == DONE:
+        return True
+    if test == PROTOCOL:
+        got.tampered = True
+    elif test == COLLECTED:
+        if type(counts) is dict and not got.collected:  # the first collection report counts
+            got.collected = {name: min(n, MAX_OUTCOMES + 1) for name, n in counts.items()
+                             if name in expected and type(n) is int and n >= 0}
+    elif outcome in OUTCOMES and test.split("[", 1)[0] in expected and len(got.outcomes) < MAX_OUTCOMES:
+        got.outcomes.setdefault(test, outcome)  # the first report of a test wins
+    if message and len(got.messages) < 1000:
+        got.messages.append(f"{test[:200]}: {message[:2000]}\n")
+    return False
 
 
 def _read_capped(fd: int, limit: int) -> str:
@@ -401,12 +496,12 @@ def _cap(text: str, limit: int) -> str:
 # ---------------------------------------------------------------- the pool
 _SERIALS = itertools.count()
 _WORKER_SERIALS = itertools.count()  # every worker's cgroups get fresh names, replacements too
-ALLOW_UNISOLATED_ENV = "ADVCODE_ALLOW_UNISOLATED"  # =1: as allow_unisolated, for tools without the option
 
 
 class Sandbox:
     """Runs code against tests in isolated, warm workers. Thread-safe; use as a context manager or
-    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates."""
+    call `close()`. `isolation` names the level in force; `isolation_description` says what it isolates;
+    `isolation_record()` is both, as runs and reports record them."""
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
@@ -424,13 +519,16 @@ class Sandbox:
         self.isolation = self._start_first_worker(level)
         self.isolation_description = isolation.describe(self.isolation, self.cgroups)
         if self.isolation == "process" and os.geteuid() == 0:
-            how = ("SandboxConfig.allow_unisolated" if self.config.allow_unisolated
-                   else f"{ALLOW_UNISOLATED_ENV}=1 in the environment")
-            self.isolation_description += f"; running as root, allowed by {how}"
+            self.isolation_description += "; running as root, allowed by allow_unisolated (--allow-unisolated)"
         log = logger.warning if self.isolation == "process" else logger.info
         log("sandbox isolation: %s", self.isolation_description)
         for i in range(self.num_workers):
             self._idle.put(i)
+
+    def isolation_record(self) -> dict:
+        """The isolation in force, as a run's config.json, an evaluation report and `run_inference.py --json`
+        record it: {"level": "bwrap" | "unshare" | "process", "description": what it isolates}."""
+        return {"level": self.isolation, "description": self.isolation_description}
 
     # ------------------------------------------------------------ public interface
     def execute_tests(self, code: str, tests: str, timeout_s: float | None = None) -> ExecutionResult:
@@ -439,7 +537,7 @@ class Sandbox:
         timeout = timeout_s or self.config.timeout_s
         try:
             request = _request(tests)
-        except (SyntaxError, ValueError) as e:
+        except SyntaxError as e:  # `parse_source` turns every failure to read untrusted text into one
             return ExecutionResult(status="error", runner="none", stderr=f"test source does not parse: {e}",
                                    duration_s=time.monotonic() - start)
         index = self._idle.get()
@@ -495,18 +593,16 @@ class Sandbox:
         """Start worker 0 now and run one execution on it, so that a level the kernel refuses is found at
         once, not as an error on every execution. Under "auto" a level that fails (bubblewrap installed but
         user namespaces refused, as in some containers) gives way to the next one, with a warning; a level
-        asked for by name raises. The "process" level as root needs `allow_unisolated` (or the environment
-        variable ADVCODE_ALLOW_UNISOLATED=1). Returns the level."""
+        asked for by name raises. The "process" level as root needs `allow_unisolated` (every entry point's
+        `--allow-unisolated`). Returns the level."""
         while True:
-            if level == "process" and os.geteuid() == 0 and not (
-                    self.config.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV, "") == "1"):
+            if level == "process" and os.geteuid() == 0 and not self.config.allow_unisolated:
                 self._spawner.shutdown(wait=False)
                 raise RuntimeError(
                     "sandbox isolation 'process' would run untrusted code as root with full access to this "
                     "machine's files, network and processes; install bubblewrap (apt-get install bubblewrap), "
-                    "or accept that: `run_training.py --allow-unisolated`, SandboxConfig(allow_unisolated=True) "
-                    f"from Python, or {ALLOW_UNISOLATED_ENV}=1 in the environment for any entry point "
-                    "(run_inference.py, python -m evaluation, bench/)")
+                    "or accept that: --allow-unisolated (run_training.py, run_inference.py, python -m evaluation), "
+                    "or SandboxConfig(allow_unisolated=True) from Python")
             self.isolation = level
             try:
                 reply, healthy = self._worker(0).execute("def f():\n    return 1\n",

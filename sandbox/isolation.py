@@ -12,11 +12,12 @@ at the strongest isolation level this machine allows. `Sandbox.isolation` names 
   package data of other installed packages, no host environment variables (the environment is a fixed,
   minimal set, for the container's first process too). Started as root, each container first drops to a
   uid of its own with no capabilities (setpriv): process limits then hold per container and no two
-  containers can signal each other. Inside, `zygote.py` gives every execution fresh namespaces, a fresh
-  tmpfs and the limits, and drops the capabilities the container granted it for that.
-- ``process``: neither tool: resource limits, a new session and a private folder per execution only. No
-  network, file-system or process isolation; refused as root unless `SandboxConfig.allow_unisolated` (or
-  ADVCODE_ALLOW_UNISOLATED=1 in the environment).
+  containers can signal each other. Inside, `zygote.py` gives every execution fresh namespaces (network
+  included), a fresh tmpfs, the limits and a seccomp filter, and drops the capabilities the container
+  granted it for that.
+- ``process``: neither tool: resource limits, a new session, the seccomp filter and a private folder per
+  execution only. No network, file-system or process isolation; refused as root unless
+  `SandboxConfig.allow_unisolated` (the `--allow-unisolated` option of training, evaluation and inference).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandbox.cgroups import cpu_available
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +94,18 @@ def detect_level(requested: str = "auto") -> str:
 
 def describe(level: str, cgroups: bool = False) -> str:
     """One line for logs and docs/sandbox.md: what this level isolates, and how the limits hold."""
-    limits = ("memory and process count bound each execution as a whole (cgroup v1)" if cgroups else
+    cpu = "; a CPU share of its own (cpu cgroup)" if cgroups and cpu_available() else (
+        "; no CPU share of its own (no cpu cgroup: a busy execution slows the others)" if cgroups else "")
+    limits = (f"memory and process count bound each execution as a whole (cgroup v1){cpu}" if cgroups else
               "memory limited per process and process count per uid only (no cgroup available)")
-    containers = ("own user/pid/net/IPC namespaces per container, fresh pid/mount/IPC namespaces and tmpfs per "
-                  "execution, read-only minimal root with allow-listed packages, no capabilities, no_new_privs")
+    containers = ("own user/pid/net/IPC namespaces per container, fresh pid/mount/IPC/network (loopback only) "
+                  "namespaces and tmpfs per execution, read-only minimal root with allow-listed packages, no "
+                  "capabilities, no_new_privs, seccomp (no kernel keyring, no user namespaces)")
     return {
         "bwrap": f"bubblewrap: {containers}; {limits}",
         "unshare": f"unshare: {containers}; {limits}",
-        "process": f"process only: rlimits and a new session; NO network, file-system or process isolation; {limits}",
+        "process": (f"process only: rlimits, a new session and seccomp (no kernel keyring, no user namespaces); "
+                    f"NO network, file-system or process isolation; {limits}"),
     }[level]
 
 
@@ -261,7 +268,8 @@ def _stage(mounts, point: str) -> tuple[str, list[str]]:
 
 def _bwrap_args(mounts, sources, env) -> list[str]:
     args = [_tool("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]  # for zygote.py; its children drop them
+            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP",  # for zygote.py; its children drop them
+            "--cap-add", "CAP_NET_ADMIN"]  # (each child brings its own network namespace's loopback up)
     for m, src in zip(mounts, sources):
         if m.kind == "ro":
             args += ["--ro-bind", src, m.dst]

@@ -1,6 +1,6 @@
 """Code × tests: which test functions a set of pytest modules holds, which of them are the same test, and
 the matrix of which code passes which test, built from the sandbox's results. Training's rollouts and
-rewards (`training.rollout`, `training.rewards`), the evaluation (`evaluation.evaluate`), the inference
+rewards (`training.rollout`, `scoring.terms`), the evaluation (`scoring.measure`), the inference
 engine's ranking and repair, and problem loading (`data.problems`) all read tests through here. (Host-side
 only: the sandbox's containers never import it, and `code_version` leaves it out.)
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import hashlib
 import itertools
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from sandbox.executor import ExecutionResult, test_functions
+from sandbox.executor import ExecutionResult, parse_source, test_functions
 
 FEEDBACK_TESTS = 8  # failing tests shown to the generator per repair, in training and in inference
 
@@ -46,40 +47,94 @@ class TestMatrix:
 def collect_tests(source: str) -> Mapping[str, str]:
     """Test names of a pytest module (as the sandbox names them: `test_x`, `TestC::test_y`) -> dedup key.
 
-    The key is the test's AST with its name blanked, plus the AST of the module-level helpers, constants
-    and fixtures it refers to (transitively), so two tests are the same only when they run the same code:
-    `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in another share a
-    key; two tests calling differently defined helpers `check()` do not. Returns {} for a source that does
-    not parse. Read-only (remembered per source)."""
+    The key is a hash of the test's AST with its name blanked and of the AST of the module-level helpers,
+    constants and fixtures it refers to (transitively), so two tests are the same only when they run the
+    same code: `def test_a(): assert f(1) == 2` in one module and `def test_b(): assert f(1) == 2` in
+    another share a key; two tests calling differently defined helpers `check()` do not. Linear in the
+    source's size (each definition is hashed once, its references through `_closure_hashes`). Returns {}
+    for a source that does not parse or is nested too deeply to read (`parse_source`). Read-only
+    (remembered per source)."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        tree = parse_source(source)
+        top: dict[str, ast.AST] = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                top[node.name] = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                top.update((n.id, node) for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+        reached = _closure_hashes({name: (ast.dump(node, annotate_fields=False), _names(node) & top.keys())
+                                   for name, node in top.items()})
+        classes: dict[int, str] = {}  # a method depends on its class (setup methods, attributes): its key holds it
+        keys = {}
+        for name, node, cls in test_functions(tree):
+            anonymous = copy.copy(node)
+            anonymous.name = ""  # the name is not the test
+            refs = sorted({reached[n] for n in _names(node) & top.keys() if n != node.name})
+            if cls is not None and id(cls) not in classes:
+                classes[id(cls)] = _digest(ast.dump(cls))
+            keys[name] = _digest(ast.dump(anonymous, annotate_fields=False), *refs,
+                                 classes[id(cls)] if cls is not None else "")
+    except (SyntaxError, RecursionError, MemoryError):  # a tree too deep for ast.dump's recursion, too
         return MappingProxyType({})
-    top: dict[str, ast.AST] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            top[node.name] = node
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            top.update((n.id, node) for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+    return MappingProxyType(keys)
 
-    def key(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-        anonymous = copy.copy(node)
-        anonymous.name = ""  # the name is not the test
-        seen, todo, parts = {node.name}, [anonymous], []
-        while todo:  # the test's code, then every module-level definition it reaches
-            cur = todo.pop()
-            parts.append(ast.dump(cur, annotate_fields=False))
-            for n in ast.walk(cur):
-                name = n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, ast.arg) else None
-                if name in top and name not in seen:
-                    seen.add(name)
-                    todo.append(top[name])
-        return "\n".join(parts[:1] + sorted(parts[1:]))
 
-    # a method depends on its class (setup methods, attributes): its key holds the class too
-    return MappingProxyType({name: key(node) + ("" if cls is None else "\n" + ast.dump(cls))
-                             for name, node, cls in test_functions(tree)})
+def _names(node: ast.AST) -> set[str]:
+    """The identifiers a definition reads, writes or declares as arguments."""
+    return {n.id if isinstance(n, ast.Name) else n.arg for n in ast.walk(node) if isinstance(n, (ast.Name, ast.arg))}
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _closure_hashes(graph: dict[str, tuple[str, set[str]]]) -> dict[str, str]:
+    """For each name of `graph` (name -> (its code, the names it refers to)), a hash of its code and of the
+    code of everything it reaches. Names that reach each other (a cycle) share one hash over all their code;
+    computed over the strongly connected components (Tarjan's algorithm, without recursion), so linear in
+    the graph's size however its definitions name each other."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: dict[str, str] = {}
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root][1])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            name, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child][1]))))
+                elif child in on_stack:
+                    low[name] = min(low[name], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[name])
+            if low[name] == index[name]:  # `name` roots a component: pop it, hash it with what it reaches
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    members.append(member)
+                    if member == name:
+                        break
+                inside = set(members)
+                reached = {out[r] for m in members for r in graph[m][1] if r not in inside}
+                digest = _digest(*sorted(graph[m][0] for m in members), "->", *sorted(reached))
+                for member in members:
+                    out[member] = digest
+    return out
 
 
 def module_columns(
@@ -155,13 +210,13 @@ def unique_columns(keys: Sequence[str] | None, columns: np.ndarray) -> np.ndarra
 def describe_test(source: str, name: str, limit: int = 160) -> str:
     """`name: <its first assert>` for repair feedback (the name alone when there is none)."""
     try:
-        for node in ast.parse(source).body:
+        for node in parse_source(source).body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
                 assert_ = next((s for s in ast.walk(node) if isinstance(s, ast.Assert)), None)
                 if assert_ is not None:
                     text = ast.unparse(assert_)
                     return f"{name}: {text[:limit]}{'...' if len(text) > limit else ''}"
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):  # unparse recurses: a deep tree ends here too
         pass
     return name
 

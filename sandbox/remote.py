@@ -14,6 +14,9 @@ What a test gets back from the candidate's code is always a plain value built he
   a lambda for instance, raises TypeError); arguments the call changed in place are changed here too;
 - an exception raised over there is raised here as the same built-in type, or as a class of the same name
   derived from it for the candidate's own exception classes (`pytest.raises(solution.MyError)` works);
+  never as a class of pytest's or of the sandbox's, never as one outside `Exception` (those derive from
+  `Escaped`: `SystemExit` and `KeyboardInterrupt` fail the test, they do not end the run), and
+  `StopIteration` ends an iteration only as the answer to `next` (elsewhere it is a `RuntimeError`);
 - a process that died or broke the protocol raises `BoundaryError`, which is not an `Exception`, so that
   `pytest.raises(Exception)` cannot mistake a crash for the error it expects.
 
@@ -33,6 +36,7 @@ import importlib.util
 import keyword
 import sys
 import threading
+import traceback
 import types
 
 import wire
@@ -40,6 +44,12 @@ import wire
 
 class BoundaryError(BaseException):
     """The candidate's process ended, broke the protocol, or returned something that cannot cross."""
+
+
+class Escaped(BaseException):
+    """The base here of every exception the candidate's code raised outside `Exception` (`SystemExit`,
+    `KeyboardInterrupt`, `GeneratorExit`, its own `BaseException` subclasses): it fails the test that
+    called, as any error does, but neither stops the tests' run nor passes for what the test expects."""
 
 
 class Channel:
@@ -76,7 +86,7 @@ class Channel:
             if type(reply) is list and reply and reply[0] == "ok" and len(reply) in (2, 3):
                 return [self.decode(reply[1])] + reply[2:]
             if type(reply) is list and len(reply) == 2 and reply[0] == "raise" and type(reply[1]) is dict:
-                exc = self.exception(reply[1])
+                exc = self.exception(reply[1], message)
             elif type(reply) is list and len(reply) == 2 and reply[0] == "fail":
                 raise BoundaryError(str(reply[1])[:500])
             else:
@@ -106,33 +116,55 @@ class Channel:
         return Remote(self, handle)
 
     def exception_class(self, chain, base_name) -> type:
-        """A class here for an exception class over there: a built-in one is itself; a class of a module
-        this process has loaded is that class; any other is made here once, under the same name."""
+        """A class here for an exception class over there: a built-in one derived from `Exception` is itself;
+        a standard-library one derived from `Exception` that this process has loaded is that class; any
+        other is made here once, under the same name, derived from the nearest of those (or from `Escaped`,
+        for classes outside `Exception`). So no class of pytest's, of the sandbox's or of the tests' own
+        crosses as itself (`Exit`, `Skipped`, `Failed` would stop or skip the run)."""
         base = getattr(builtins, str(base_name), None)
         if not (isinstance(base, type) and issubclass(base, BaseException)):
             base = Exception
+        if not issubclass(base, Exception):
+            base = self._mirror("builtins", base.__name__, Escaped)
         for module, qualname in reversed(chain):
             module, qualname = str(module), str(qualname)
-            known = sys.modules.get(module) if module != "solution" else None
+            known = sys.modules.get(module) if module.split(".")[0] in STDLIB and module != "solution" else None
             for part in qualname.split(".") if known else ():
                 known = getattr(known, part, None)
-            if isinstance(known, type) and issubclass(known, base):
+            if isinstance(known, type) and issubclass(known, base) and issubclass(known, Exception):
                 base = known
                 continue
-            key = (module, qualname, base)
-            if key not in self.mirrors:
-                name = qualname.rsplit(".", 1)[-1]
-                self.mirrors[key] = type(name, (base,), {"__module__": module, "__qualname__": qualname})
-            base = self.mirrors[key]
+            base = self._mirror(module, qualname, base)
         return base
 
-    def exception(self, info: dict) -> BaseException:
+    def _mirror(self, module: str, qualname: str, base: type) -> type:
+        key = (module, qualname, base)
+        if key not in self.mirrors:
+            name = qualname.rsplit(".", 1)[-1]
+            self.mirrors[key] = type(name, (base,), {"__module__": module, "__qualname__": qualname})
+        return self.mirrors[key]
+
+    def exception(self, info: dict, request: list) -> BaseException:
+        """The exception a reply describes, built here from plain values. `StopIteration` (and
+        `StopAsyncIteration`) ends an iteration only as the answer to a `next` request; anywhere else it
+        arrives as `RuntimeError`, as Python makes of it inside a generator, so that `map`, `zip`, `all` or
+        a generator in a test cannot mistake it for the end of their own iteration."""
         cls = self.exception_class(info["chain"], info["base"])
-        args = self.decode(info["args"]) if info.get("args") is not None else (str(info["text"]),)
+        if issubclass(cls, (StopIteration, StopAsyncIteration)) and request[:2] != ["op", "next"]:
+            return RuntimeError(f"the candidate's code raised {cls.__name__}: {str(info.get('text', ''))[:500]}")
+        text = str(info["text"])
+        args = self.decode(info["args"]) if info.get("args") is not None else (text,)
         try:
-            return cls(*args)
-        except Exception:
-            return cls(str(info["text"]))
+            exc = cls(*args)
+            str(exc)  # pytest and the runner describe it: arguments that break that do not cross
+            traceback.format_exception_only(cls, exc)
+            return exc
+        except Exception:  # (a SyntaxError's malformed details, an integer too long to print): its text only,
+            exc = BaseException.__new__(cls)  # without running a constructor that could refuse that too
+            exc.args = (text,)
+            if isinstance(exc, SyntaxError):
+                exc.msg = text
+            return exc
 
     # ------------------------------------------------------------ operations
     def call(self, handle, args, kwargs):
@@ -291,6 +323,7 @@ del _name, _op
 
 # ---------------------------------------------------------------- `import solution`
 BUILTINS = frozenset(dir(builtins)) | frozenset(keyword.kwlist)
+STDLIB = frozenset(sys.stdlib_module_names)
 
 
 def star_names(tree: ast.Module) -> list[str]:
@@ -343,7 +376,11 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         except BoundaryError as e:
             raise ImportError(f"the solution could not be imported: {e}") from None
         except BaseException as e:
-            raise ImportError(f"the solution failed to import: {type(e).__name__}: {e}") from None
+            try:
+                text = f"{type(e).__name__}: {e}"
+            except BaseException:  # an exception whose text cannot be made
+                text = type(e).__name__
+            raise ImportError(f"the solution failed to import: {text}") from None
         try:
             values = {str(name): channel.decode(value) for name, value in exports}
         except (ValueError, TypeError, KeyError, RecursionError) as e:

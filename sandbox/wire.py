@@ -24,6 +24,7 @@ MAX_FRAME = 64 << 20  # a larger frame ends the conversation
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 OUTCOMES = (PASSED, FAILED, ERROR, SKIPPED)
 DONE = "__done__"  # its last line's test id: every report is in
+COLLECTED = "__collected__"  # its first line's test id, before any test runs: {"t": COLLECTED, "c": {test: cases}}
 PROTOCOL = "__protocol__"  # the test id of its report that the candidate's process broke the protocol (tampered)
 PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)  # their subclasses cross as them
 _SMALL_INT = 1 << 63  # beyond this, ints travel as hex (decimal conversion of huge ints is capped at 4300 digits)

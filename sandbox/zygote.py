@@ -12,8 +12,10 @@ Each child, before any untrusted byte arrives (where the level has namespaces):
 - is pid 1 of a new pid namespace (killing it ends every process the execution started, setsid() ones too),
   with a fresh /proc;
 - has a new mount namespace with a fresh, size-capped tmpfs on /tmp (its working folder) and /dev/shm,
-  and a new IPC namespace (no SysV shared memory or semaphores survive it);
+  a new IPC namespace (no SysV shared memory or semaphores survive it) and a new network namespace with
+  loopback only (no socket, port or connection state survives it);
 - drops every capability (bounding and ambient sets too) and sets no_new_privs;
+- installs a seccomp filter (every level): no kernel keyring, no new user namespace;
 - once its execution comes: joins the memory and pids cgroups the host passed with "run" (where it has
   them), so the limits bound everything the execution starts; sets rlimits (address space, CPU time, file
   size, core dumps; process count without cgroups); keeps only its sockets (host, peer) and its
@@ -28,6 +30,7 @@ import os
 import resource
 import signal
 import socket
+import struct
 import sys
 import traceback
 
@@ -41,7 +44,14 @@ WORK_ROOT = os.environ.get("SANDBOX_WORK_ROOT", "")  # process level: where each
 TMP_MB = int(os.environ.get("SANDBOX_TMP_MB", "64"))  # size of each execution's tmpfs
 HOST_FD, PEER_FD = 3, 4  # the child's sockets, after it has closed everything else
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x20000000, 0x40000000, 0x10000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+# (audit architecture, system call numbers) of the machines the seccomp filter knows
+SYSCALLS = {
+    "x86_64": (0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "clone3": 435, "unshare": 272, "clone": 56}),
+    "aarch64": (0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "clone3": 435, "unshare": 97, "clone": 220}),
+}
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 4, 24, 38, 47
@@ -74,7 +84,8 @@ def prepare():
     os.setsid()
     if NAMESPACED:
         # the container's mounts are private (bubblewrap's; `unshare --propagation private`): ours stay ours
-        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+        _loopback_up()
         tmp = f"size={TMP_MB}m,mode=700"
         _mount("sandbox-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
         _mount("sandbox-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
@@ -88,6 +99,51 @@ def prepare():
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
         _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_install_seccomp(), "seccomp")
+
+
+def _loopback_up():
+    """The new network namespace's only interface, loopback, up (as the container's was)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16s24x", b"lo")), 16)[0]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def _install_seccomp() -> int:
+    """A seccomp filter for this process and all it starts: no kernel keyring (add_key, request_key, keyctl:
+    EPERM) and no new user namespace (unshare or clone with CLONE_NEWUSER: EPERM; clone3, whose flags a
+    filter cannot read: ENOSYS, so the C library falls back to clone); system calls of another ABI (32-bit
+    or x32) are refused. 0 on success; raises on a machine whose system call numbers it does not know."""
+    machine = os.uname().machine
+    if machine not in SYSCALLS:
+        raise OSError(f"no seccomp filter for {machine}")
+    arch, nr = SYSCALLS[machine]
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW, _ERRNO | errno
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    program = [  # (code, jump if true, jump if false, k); jumps are to labels, resolved below
+        (ld, 0, 0, 4), (jeq, 0, "nosys", arch), (ld, 0, 0, 0), (jge, "nosys", 0, 0x40000000),
+        (jeq, "perm", 0, nr["add_key"]), (jeq, "perm", 0, nr["request_key"]), (jeq, "perm", 0, nr["keyctl"]),
+        (jeq, "nosys", 0, nr["clone3"]), (jeq, "flags", 0, nr["unshare"]), (jeq, "flags", 0, nr["clone"]),
+        (ret, 0, 0, allow),
+        "flags", (ld, 0, 0, 16), (jset, "perm", 0, CLONE_NEWUSER), (ret, 0, 0, allow),  # args[0], low half
+        "perm", (ret, 0, 0, eperm),
+        "nosys", (ret, 0, 0, enosys),
+    ]
+    labels, code = {}, []
+    for step in program:
+        if isinstance(step, str):
+            labels[step] = len(code)
+        else:
+            code.append(step)
+    to = lambda target, at: target if isinstance(target, int) else labels[target] - at - 1  # noqa: E731
+    raw = b"".join(struct.pack("HBBI", c, to(t, i), to(f, i), k) for i, (c, t, f, k) in enumerate(code))
+    buffer = ctypes.create_string_buffer(raw)
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = Program(len(code), ctypes.addressof(buffer))
+    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
 
 
 def confine(limits, cgroup_fds):
@@ -97,7 +153,7 @@ def confine(limits, cgroup_fds):
     _limit(resource.RLIMIT_AS, _vm_size() + (limits["memory_mb"] << 20))
     _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
     _limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
-    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_CORE, 1)  # no core dump; 0 is ignored when core_pattern pipes to a program, 1 is not
     if not cgroup_fds:  # without a pids cgroup: per uid (a uid of its own when the host is root)
         _limit(resource.RLIMIT_NPROC, limits["max_processes"])
 

@@ -470,3 +470,47 @@ def test_a_save_that_fails_midway_is_one_line_and_keeps_the_earlier_checkpoints(
         save(manager, 2, models_pair)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()] == [first.name]  # no temporary
     assert resolve_checkpoint(tmp_path, "latest") == first
+
+
+def test_the_choice_of_a_run_folder_is_said_with_its_step_and_reason(tmp_path, models_pair):
+    from training.checkpoint_manager import checkpoint_choice
+
+    run = tmp_path / "run"
+    manager = CheckpointManager(run)
+    generator, discriminator, optimizer = models_pair
+    manager.save_checkpoint(10, generator, discriminator, optimizer, None,
+                            {"last_metrics": {"validation/score": 0.9}}, score=0.9)
+    manager.save_checkpoint(20, generator, discriminator, optimizer, None, {"last_metrics": {}}, score=0.1)
+    best, latest = run / "checkpoints/step-000010", run / "checkpoints/step-000020"
+    assert checkpoint_choice(run, resolve_checkpoint(run, None, "best"), None, "best") == (
+        f"checkpoint {best} (step 10): the best of {run} by validation score")
+    assert checkpoint_choice(run / "latest", latest) == f"checkpoint {latest} (step 20): the latest of {run}"
+    assert checkpoint_choice(run, latest, "latest", "best").endswith(f": the latest of {run}")
+    assert checkpoint_choice(latest, latest) == f"checkpoint {latest} (step 20)"  # given as such: no reason
+    (run / "checkpoints/best.json").unlink()
+    manager.save_checkpoint(30, generator, discriminator, optimizer, None, {"last_metrics": {}}, score=2.0)
+    assert checkpoint_choice(run, run / "checkpoints/step-000030", None, "best").endswith(
+        "the best of {} by training reward and valid-test rate (no validation slice)".format(run))
+
+
+def test_the_nearest_run_folder_is_a_sibling_holding_a_config(tmp_path):
+    from training.checkpoint_manager import nearest_run_folder
+
+    for name in ("learn-1", "learn-2", "tiny"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "learn-1" / "config.json").write_text("{}")
+    (tmp_path / "tiny" / "config.json").write_text("{}")  # learn-2 holds no run: never suggested
+    assert nearest_run_folder(tmp_path / "lern-2") == tmp_path / "learn-1"
+    assert nearest_run_folder(tmp_path / "tyni") == tmp_path / "tiny"
+    assert nearest_run_folder(tmp_path / "nowhere" / "run") is None
+
+
+def test_a_busy_run_folder_says_how_to_wait_or_stop_the_holder_and_nothing_about_resuming(tmp_path):
+    from training.checkpoint_manager import RunFolderBusy, lock_run_folder
+
+    held = lock_run_folder(tmp_path)
+    with pytest.raises(RunFolderBusy) as busy:
+        lock_run_folder(tmp_path)
+    held.close()
+    assert f"(pid {os.getpid()}): wait for it to end, stop it (kill {os.getpid()})" in str(busy.value)
+    assert "resume" not in str(busy.value)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.evaluate import EvalSettings, compare, evaluate_problems, main, markdown_report, paired_bootstrap
+from evaluation.evaluate import compare, main, markdown_report, paired_bootstrap
+from scoring.measure import EvalSettings, evaluate_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--stage-tokens", "6", "--code-tokens", "8", "--test-tokens", "8", "--mutants", "2"]
@@ -103,17 +104,45 @@ def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, t
         assert r.mutation_score == 0.5  # suite 1 kills every mutant (they were kept because it does), suite 2 none
 
 
-def test_checkpoint_as_a_model_and_overlap_refused(tmp_path):
+def test_checkpoint_as_a_model_and_overlap_refused(tmp_path, capsys):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--preset", "tiny", "--stages", "understand",
                         "--output-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
-    args = ["--models", str(run / "latest"), "--problems", "examples", "--limit", "1", "--num-samples", "1",
+    args = ["--models", str(run / "latest"), str(run), "--problems", "examples", "--limit", "1", "--num-samples", "1",
             "--out", str(tmp_path / "out"), *TINY]
     assert main(args) == 2  # trained on the example problems: refused
+    capsys.readouterr()
     assert main(args + ["--allow-overlap"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["models"][0]["model"] == str(run / "latest") and report["models"][0]["overlap"] == 1
+    # which checkpoint each run folder gave, and why: said, and recorded with its step
+    ckpt = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
+    step = int(ckpt.name.split("-")[1])
+    assert [m["checkpoint"] for m in report["models"]] == [{"path": str(ckpt), "step": step}] * 2  # one checkpoint: both
+    err = capsys.readouterr().err
+    assert f"{run / 'latest'}: checkpoint {ckpt} (step {step}): the latest of {run}" in err
+    assert f"{run}: checkpoint {ckpt} (step {step}): the best of {run} by validation score" in err
+    assert report["isolation"]["level"] in ("bwrap", "unshare", "process")
+    assert f"sandbox isolation: {report['isolation']['description']}" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_unisolated_sandbox_as_root_needs_the_flag(tmp_path, monkeypatch, capsys):
+    import os
+
+    from sandbox import isolation
+
+    if os.geteuid() != 0:
+        pytest.skip("only refused as root")
+    monkeypatch.setattr(isolation, "available_levels", lambda: ["process"])  # no bubblewrap, no unshare
+    args = ["--models", "tiny", "--problems", "examples", "--limit", "1", "--num-samples", "0", "--no-discriminator",
+            "--chain", "none", "--out", str(tmp_path), *TINY]
+    assert main(args) == 1
+    assert "--allow-unisolated" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "report.json").exists()
+    assert main(args + ["--allow-unisolated"]) == 0
+    isolation_recorded = json.loads((tmp_path / "report.json").read_text())["isolation"]
+    assert isolation_recorded["level"] == "process" and "running as root" in isolation_recorded["description"]
 
 
 def test_bad_input_exits_nonzero(tmp_path, capsys):

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from data.problems import Problem
-from inference import InferenceConfig, InferenceEngine, InferenceResult, dual_agreement, repair_feedback
+from inference import InferenceConfig, InferenceEngine, InferenceResult, repair_feedback
 from sandbox.matrix import describe_test
 from models.base import CodeGeneration, TestsGeneration
 from models.sanitize import sanitize_code, sanitize_tests
 from reasoning.stages import STAGE_NAMES
+from scoring.ranking import dual_agreement
 from training.checkpoint_manager import CheckpointError, CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,12 +269,34 @@ def test_cli_json_batch(tiny_run):
     out = run_cli("--checkpoint", tiny_run, "--problems-file", "examples", "--limit", 2,
                   "--execute", "--json", "--device", "cpu", "--num-candidates", 2, *CLI_BUDGET)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"checkpoint {tiny_run}/checkpoints/step-000001" in out.stderr  # the run folder's best, said
+    # the run folder's best, said with its step and why (these checkpoints were saved without validation)
+    assert (f"checkpoint {tiny_run}/checkpoints/step-000001 (step 1): the best of {tiny_run} by training reward"
+            in out.stderr)
     data = json.loads(out.stdout)
     assert data["checkpoint"].endswith("step-000001") and data["summary"]["problems"] == 2
+    assert data["isolation"]["level"] in ("bwrap", "unshare", "process") and data["isolation"]["description"]
     for r in data["results"]:
         assert list(r["chain"]) == list(STAGE_NAMES) and len(r["candidates"]) == 2
         assert r["execution"]["total"] == 6 and r["passed"] is False
+
+
+def test_cli_unisolated_sandbox_as_root_needs_the_flag(monkeypatch, capsys):
+    import os
+
+    import run_inference
+    from sandbox import isolation
+
+    if os.geteuid() != 0:
+        pytest.skip("only refused as root")
+    monkeypatch.setattr(isolation, "available_levels", lambda: ["process"])  # no bubblewrap, no unshare
+    args = ["--model", "tiny", "--discriminator-model", "none", "--problems-file", "examples", "--limit", "1",
+            "--execute", "--json", *CLI_BUDGET]
+    assert run_inference.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-unisolated" in err[0]
+    assert run_inference.main(args + ["--allow-unisolated"]) == 0
+    recorded = json.loads(capsys.readouterr().out)["isolation"]
+    assert recorded["level"] == "process" and "running as root" in recorded["description"]
 
 
 def test_cli_text_problem_is_readable():

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from evaluation.metrics import compute_test_diversity, reasoning_coherence
+from scoring.metrics import compute_test_diversity, reasoning_coherence
 
 # ---------------------------------------------------------------- test diversity
 BASE = """

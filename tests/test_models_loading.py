@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from common.cache import cache_dir
 from models import LLMGenerator, load_model
 from models import loading
 from models.loading import (
@@ -15,7 +16,6 @@ from models.loading import (
     ModelIntegrityError,
     assemble_gguf,
     build_tiny_model,
-    cache_dir,
     find_part,
     forget_gguf_quantizer,
     gguf_part_paths,
@@ -140,6 +140,57 @@ def test_unknown_model_name_fails_at_once(tmp_path):
         with pytest.raises(FileNotFoundError, match="no such model folder"):
             load_model(name, device="cpu")
     assert time.perf_counter() - start < 5  # no hub retries
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """A hub that accepts the connection and never answers (as a firewall that drops packets would)."""
+    import socket
+
+    import huggingface_hub.constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    yield
+    server.close()
+
+
+def test_an_id_neither_cached_nor_answered_fails_within_seconds_naming_what_is_accepted(silent_hub):
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as failed:
+        load_model("runs/typo", device="cpu")  # a mistyped run folder has the shape of a Hugging Face id
+    assert time.perf_counter() - start < 5
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("runs/typo: no such model folder")
+    assert "hub cannot be reached" in message
+    for accepted in ("'default'", "'tiny'", "a model folder", ".gguf file", "owner/name"):
+        assert accepted in message
+
+
+def test_an_id_in_the_local_cache_does_not_ask_the_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--owner--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--owner--cached" / "refs").mkdir()
+    (tmp_path / "models--owner--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    asked = []
+
+    def no_network(*args, **kwargs):
+        asked.append(args)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", no_network)
+    loading.check_hub_id("owner/cached")  # returns: from_pretrained reads the cache
+    assert asked == []
+    with pytest.raises(FileNotFoundError, match=r"owner/other: .* hub cannot be reached \(Name or service not known\)"):
+        loading.check_hub_id("owner/other")
+    assert len(asked) == 1
 
 
 def test_forget_gguf_quantizer_makes_a_model_saveable(tiny_pair, tmp_path):

@@ -1,10 +1,11 @@
 """Mutation testing: hand-made sources whose mutants are listed by hand, then the sandbox filter and its cache."""
 import ast
+import logging
 
 import pytest
 
 from data.problems import Problem
-from evaluation.mutation import Mutant, make_mutants, nonequivalent_mutants
+from scoring.mutation import Mutant, make_mutants, nonequivalent_mutants
 
 
 def by_description(source):
@@ -173,9 +174,11 @@ def test_nonequivalent_mutants_drops_the_mutants_the_tests_cannot_tell_apart(san
         nonequivalent_mutants(CLAMP, NoSandbox(), limit=2)
 
 
-def test_nonequivalent_mutants_limit_keeps_a_spread_subset(sandbox, monkeypatch, tmp_path):
+def test_nonequivalent_mutants_limit_keeps_a_spread_subset(sandbox, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
-    mutants = nonequivalent_mutants(CLAMP, sandbox, limit=2, seed=0)
+    with caplog.at_level(logging.DEBUG, logger="scoring.mutation"):
+        mutants = nonequivalent_mutants(CLAMP, sandbox, limit=2, seed=0)
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]  # one line per problem: not for the console
     assert len(mutants) == 2
     assert len({m.operator for m in mutants}) == 2  # two operators, not the two constants
     assert {m.description for m in mutants} <= KILLED

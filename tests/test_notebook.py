@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "colab_quickstart.ipynb"
-PROJECT_PACKAGES = ("training", "models", "data", "inference", "evaluation", "sandbox", "reasoning")
+PROJECT_PACKAGES = ("training", "models", "data", "inference", "evaluation", "sandbox", "reasoning", "common", "scoring")
 
 
 def code_cells() -> list[str]:

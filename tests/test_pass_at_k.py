@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from evaluation.pass_at_k import estimate_pass_at_k, pass_at_k
+from scoring.pass_at_k import estimate_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(

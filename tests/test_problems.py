@@ -103,6 +103,33 @@ def test_humaneval_ships_164_problems():
     assert len(load_humaneval(limit=5)) == 5
 
 
+CYCLIC_TASK = {  # HumanEval/38's shape: the tests call a helper that the prompt defines
+    "task_id": "cyclic",
+    "prompt": "import string\n\ndef encode(s: str) -> str:\n    return s[1:] + s[:1]\n\n\n"
+              "def decode(s: str) -> str:\n    \"\"\"Undo encode.\"\"\"\n",
+    "canonical_solution": "    return s[-1:] + s[:-1]\n",
+    "test": "def check(candidate):\n    for s in ['abc', 'hello', string.ascii_lowercase]:\n"
+            "        assert candidate(encode(s)) == s\n",
+    "entry_point": "decode",
+}
+
+
+def test_ground_truth_tests_carry_the_prompt_s_helpers(sandbox):
+    from data.problems import humaneval_problem
+
+    problem = humaneval_problem(CYCLIC_TASK)
+    assert sandbox.execute_tests(problem.reference_solution, problem.tests).all_passed
+    # a candidate that redefines the helper so that any answer passes: the tests use the problem's own
+    cheat = "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n"
+    r = sandbox.execute_tests(cheat, problem.tests)
+    assert r.test_outcomes == {"test_check": "failed"}, (r.test_outcomes, r.stderr)
+    by_id = {p.id: p for p in load_humaneval()}
+    for pid, helper in (("HumanEval/32", "def poly("), ("HumanEval/38", "def encode_cyclic("),
+                        ("HumanEval/50", "def encode_shift(")):
+        head, _, rest = by_id[pid].tests.partition("from solution import *")
+        assert helper in rest and "import math" in by_id["HumanEval/32"].tests, pid
+
+
 def test_heldout_is_a_fixed_slice_of_humaneval():
     from data.problems import HELDOUT_SIZE, load_heldout
 

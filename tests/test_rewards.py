@@ -4,14 +4,10 @@ import pytest
 
 from sandbox import ExecutionResult
 from sandbox.matrix import build_test_matrix, collect_tests, ground_truth_matrix
+from scoring.terms import discriminator_terms, pass_rates
 from training.config import RewardConfig
 from training.ppo import compute_advantages
-from training.rewards import (
-    compute_discriminator_reward,
-    compute_generator_reward,
-    discriminator_terms,
-    pass_rates,
-)
+from training.rewards import compute_discriminator_reward, compute_generator_reward
 
 # the hand-computed numbers below use these weights (no mutation term); the mutation term has its own test
 CFG = RewardConfig(disc_discrimination_coef=0.85, disc_mutation_coef=0.0, disc_validity_coef=0.05,

@@ -1,6 +1,8 @@
 """run_training.py end to end through subprocess (tiny preset): options, errors, a run, a SIGKILL and resume."""
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,18 +65,22 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
         assert "error" in last and words in last and "Traceback" not in r.stderr
 
 
-def test_a_second_trainer_on_a_locked_run_folder_is_refused(tmp_path):
+def test_a_second_trainer_on_a_locked_run_folder_is_refused_without_resume_advice(tmp_path):
     sys.path.insert(0, str(ROOT))
     from training.checkpoint_manager import lock_run_folder
 
-    held = lock_run_folder(tmp_path / "run")  # as a live trainer holds it
+    held = lock_run_folder(tmp_path / "run")  # as a live trainer holds it, with a checkpoint saved
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "latest.json").write_text('{"name": "step-000004"}')
     try:
         r = run("--preset", "tiny", "--output-dir", str(tmp_path / "run"))
     finally:
         held.close()
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"in use by another trainer (pid {os.getpid()})" in r.stderr.strip().splitlines()[-1]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing else written
+    lines = r.stderr.strip().splitlines()
+    assert f"in use by another trainer (pid {os.getpid()}): wait for it to end, stop it (kill {os.getpid()})" in lines[-1]
+    assert "resume" not in r.stderr  # the run is still going: nothing to resume
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "checkpoints"]  # nothing else written
 
 
 def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
@@ -85,7 +91,28 @@ def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and rows[-1]["stage"] == "edge_cases"
     assert (tmp_path / "checkpoints" / "latest.json").exists()
+    config = json.loads((tmp_path / "config.json").read_text())  # beside the settings: how the run was started
+    assert config["launch_command"] == f"python run_training.py --preset tiny --stages understand,edge_cases --output-dir {tmp_path} --quiet"
+    assert config["isolation"]["level"] in ("bwrap", "unshare", "process") and config["isolation"]["description"]
     assert "it/s]" not in r.stderr and "step/s]" not in r.stderr  # --quiet: no progress bar, not even weight loading
+
+
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_log_lines_stay_above_the_progress_bars(tmp_path):
+    """With the bars on, each log record starts a line of its own: one written through a bar starts after the
+    bar's text or its clearing (spaces, a cursor move) on the same line. The checkpoint writer draws no bar."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    r = subprocess.run(SCRIPT + ["--preset", "tiny", "--stages", "understand", "--output-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step/s]" in r.stderr and "batch/s]" in r.stderr  # the stage's bar and validation's were drawn
+    records = [line for line in re.split(r"[\r\n]", r.stderr) if LOG_RECORD.search(line)]
+    assert any("validation: {" in line for line in records)  # logged while the stage's bar was up
+    assert [line for line in records if not LOG_RECORD.match(line)] == []
+    assert "Writing model shards" not in r.stderr and "saved checkpoint" in r.stderr
+    assert "mutants killed" not in r.stderr  # per-problem chatter is DEBUG
 
 
 def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
@@ -106,6 +133,7 @@ def test_sigkill_mid_stage_then_resume_finishes(tmp_path):
     # the command Ctrl-C prints: nothing but the run folder (the run's own config.json supplies the rest)
     r = run("--output-dir", str(tmp_path), "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from checkpoint {tmp_path}/checkpoints/step-" in r.stdout and f": the latest of {tmp_path}" in r.stdout
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(8))  # every step exactly once
     assert "metrics.jsonl: cut 1 torn line" in r.stderr
@@ -125,6 +153,124 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
         assert r.returncode == 2 and words in last and "Traceback" not in r.stderr, r.stderr
         assert "run folder" not in r.stdout  # refused before anything was built
     assert (tmp_path / "config.json").read_text() == saved  # nothing in the run folder changed
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-stage tiny run (4 steps, its checkpoint step-000004), for tests to copy."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    r = run("--preset", "tiny", "--stages", "understand", "--validation-problems", "0", "--output-dir", str(run_dir),
+            "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run_dir
+
+
+def folder_state(run_dir: Path) -> dict:
+    """Every path under the run folder, and the bytes of its own files (config.json, metrics.jsonl, ...)."""
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() if p.parent == run_dir and p.is_file() else None
+            for p in run_dir.rglob("*")}
+
+
+def test_resume_from_a_checkpoint_path_into_its_run_takes_the_runs_own_config(finished_run, tmp_path):
+    run_dir = tmp_path / "a"
+    shutil.copytree(finished_run, run_dir)
+    ckpt = run_dir / "checkpoints" / "step-000004"
+    before = folder_state(run_dir)
+    r = run("--resume", str(ckpt), "--output-dir", str(run_dir), "--seed", "1")  # the README's form
+    assert r.returncode == 2 and "seed is 0 in its config.json, 1 was given" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert folder_state(run_dir) == before  # refused before anything was written
+    r = run("--resume", str(ckpt), "--output-dir", str(run_dir), "--seed", "1", "--allow-changes", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from checkpoint {ckpt} (step 4)" in r.stdout
+    record = json.loads((run_dir / "changes.jsonl").read_text())
+    assert record["changes"] == {"seed": [0, 1]} and record["resume"] == str(ckpt)  # nothing else changed
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seed"] == 1 and config["generator_model"] == "tiny"  # the run's settings, not the demo preset's
+    # into a new folder: that run's options; a checkpoint they do not fit is refused before anything is written
+    r = run("--resume", str(ckpt), "--output-dir", str(tmp_path / "new"))  # (the demo preset's default model)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "incompatible checkpoint: it was trained with generator_model='tiny'" in last, r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_of_a_folder_without_a_run_names_it_and_the_nearest_run(tmp_path):
+    (tmp_path / "learn-1").mkdir()
+    (tmp_path / "learn-1" / "config.json").write_text("{}")
+    for args in (["--output-dir", str(tmp_path / "lern-1"), "--resume"],
+                 ["--resume", str(tmp_path / "lern-1"), "--output-dir", str(tmp_path / "next")]):
+        r = run(*args)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert str(tmp_path / "lern-1") in last and f"the nearest run folder is {tmp_path / 'learn-1'}" in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learn-1"]  # no demo run started, nothing made
+
+
+def test_launch_command_is_the_launchers_own_up_to_the_script(monkeypatch):
+    import training.config
+    from training.config import launch_command
+
+    monkeypatch.setattr(sys, "argv", ["run_training.py", "--output-dir", "runs/b"])
+    for name in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch_command() == ["python", "run_training.py"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for parent, expected in [
+        (["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--num_processes", "2", "run_training.py",
+          "--output-dir", "runs/b"], ["accelerate", "launch", "--num_processes", "2", "run_training.py"]),
+        (["/opt/py/bin/python3.11", "-m", "torch.distributed.run", "--nproc_per_node", "2", "./run_training.py"],
+         ["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "./run_training.py"]),
+        ([], ["torchrun", "--nproc_per_node", "2", "run_training.py"]),  # the parent cannot be read: the environment
+    ]:
+        monkeypatch.setattr(training.config, "parent_command_line", lambda: parent)
+        assert launch_command() == expected
+
+
+def test_launch_command_under_torchrun(tmp_path):
+    script = tmp_path / "show_launch.py"
+    script.write_text(f"import json, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                      "from training.config import launch_command\nprint(json.dumps(launch_command()))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
+    assert shown == [["python", *cmd[1:]]] * 2  # each process names the launcher, not itself
+
+
+def test_only_the_main_process_prints_the_resume_line_and_it_names_the_launcher(tmp_path, monkeypatch, capsys):
+    import run_training
+    import training.config
+    import training.trainer
+
+    parent = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--num_processes", "2", "run_training.py"]
+    monkeypatch.setattr(training.config, "parent_command_line", lambda: parent)
+    monkeypatch.setattr(sys, "argv", ["run_training.py"])
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # (a rank > 0 sets it)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"name": "step-000004"}')
+    launches = []
+
+    def stopped(config, run_dir, **kwargs):  # Ctrl-C reaches every process of the launch, then a crash does
+        launches.append(kwargs["launch_command"])
+        raise KeyboardInterrupt if len(launches) % 2 else RuntimeError("disk full")
+
+    monkeypatch.setattr(training.trainer, "run_training", stopped)
+    args = ["--preset", "tiny", "--output-dir", str(tmp_path)]
+    resume = f"accelerate launch --num_processes 2 run_training.py --output-dir {tmp_path} --resume"
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert run_training.main(args) == 130
+        interrupted = capsys.readouterr().err
+        assert run_training.main(args) == 1
+        crashed = capsys.readouterr().err
+        if rank == "1":
+            assert "resume" not in interrupted + crashed and "disk full" in crashed
+        else:
+            assert interrupted.strip() == f"interrupted; resume with: {resume}"
+            assert crashed.strip().splitlines()[-1] == f"the run's checkpoints are kept; resume with: {resume}"
+    assert set(launches) == {f"accelerate launch --num_processes 2 run_training.py {' '.join(args)}"}  # for config.json
 
 
 def test_resume_changes_need_a_flag_except_steps_added_after_the_position():

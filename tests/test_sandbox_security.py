@@ -704,7 +704,7 @@ def cgroup_lines():
     for line in open('/proc/self/cgroup'):
         _, names, path = line.rstrip().split(':', 2)
         for name in names.split(','):
-            if name in ('memory', 'pids'):
+            if name in ('memory', 'pids', 'cpu'):
                 out[name] = path
     return out
 """
@@ -728,8 +728,320 @@ def test_each_process_of_an_execution_is_in_its_execution_s_cgroups(level):
     lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("CANDIDATE ", "TESTS ")))
     for side, label in (("candidate", "CANDIDATE"), ("tests", "TESTS")):
         paths = ast.literal_eval(lines[label])
-        for i, controller in enumerate(cgroups.CONTROLLERS):  # executions use the side's two pairs in turn
+        controllers = cgroups.CONTROLLERS + (("cpu",) if cgroups.cpu_available() else ())
+        assert len(worker.limits[side][0].folders) == len(controllers)
+        for i, controller in enumerate(controllers):  # executions use the side's two pairs in turn
             own = ["/" + "/".join(limit.folders[i].split("/")[-2:]) for limit in worker.limits[side]]
             assert any(paths[controller].endswith(o) for o in own), (side, controller, paths, own)
         assert not any(os.path.exists(folder) for limit in worker.limits[side] for folder in limit.folders)
 
+
+
+# ----------------------------------------------------------------- every case of every test, or no pass
+CASE_ATTACKS = {  # what the candidate does in a test's second case, after passing its first
+    "hang": "import time\n        time.sleep(30)",
+    "KeyboardInterrupt": "raise KeyboardInterrupt",
+    "SystemExit": "raise SystemExit(0)",
+    "GeneratorExit": "raise GeneratorExit",
+    "its process ends": "import os\n        os._exit(0)",
+    "pytest's Exit impersonated": "class Exit(Exception):\n            pass\n"
+                                  "        Exit.__module__, Exit.__qualname__ = '_pytest.outcomes', 'Exit'\n"
+                                  "        raise Exit('stop the run')",
+    "pytest's Skipped impersonated": "class OutcomeException(BaseException):\n            pass\n"
+                                     "        class Skipped(OutcomeException):\n            pass\n"
+                                     "        OutcomeException.__module__ = Skipped.__module__ = '_pytest.outcomes'\n"
+                                     "        OutcomeException.__qualname__, Skipped.__qualname__ = 'OutcomeException', 'Skipped'\n"
+                                     "        raise Skipped('not run')",
+    "pytest's XFailed impersonated": "class XFailed(Exception):\n            pass\n"
+                                     "        XFailed.__module__, XFailed.__qualname__ = '_pytest.outcomes', 'XFailed'\n"
+                                     "        raise XFailed('expected')",
+    "the sandbox's own error impersonated": "class BoundaryError(BaseException):\n            pass\n"
+                                            "        BoundaryError.__module__ = 'remote'\n        raise BoundaryError('x')",
+    "a SyntaxError with malformed details": "raise SyntaxError('bad', ('f.py', 1, 1, 5))",
+    "a SyntaxError with arguments it refuses": "raise SyntaxError('bad', 'abc')",
+    "an exception whose text cannot be made": "raise ValueError(10 ** 5000)",
+    "an exception nested too deeply to describe": "x = []\n        for _ in range(100000):\n            x = [x]\n"
+                                                   "        raise ValueError(x)",
+}
+
+
+def case_sources(a: int, b: int, runner: str, literal: bool = True) -> str:
+    """A test of two cases (the second needs `b`), on the fast runner or under pytest (a fixture), with its
+    cases written out in the source or built when the module runs."""
+    cases = "[0, 1]" if literal else "list(range(2))"
+    head = "import pytest\n\n"
+    if runner == "pytest":
+        head += "@pytest.fixture\ndef offset():\n    return 0\n\n"
+    arg = ", offset" if runner == "pytest" else ""
+    return (head + f"@pytest.mark.parametrize('i', {cases})\ndef test_cases(i{arg}):\n"
+            f"    assert f(i) == [{a}, {b}][i]\n\ndef test_after():\n    assert f(0) == {a}\n")
+
+
+@pytest.mark.parametrize("runner", ["fast", "pytest"])
+@pytest.mark.parametrize("attack", sorted(CASE_ATTACKS))
+def test_a_test_passes_only_if_every_case_ran_and_passed(any_box, attack, runner):
+    a, b = random.sample(range(10**9, 10**10), 2)
+    code = f"def f(i):\n    if i == 0:\n        return {a}\n    else:\n        {CASE_ATTACKS[attack]}\n"
+    for literal in (True, False):  # counted from the syntax tree, or from the tests' collection report
+        r = any_box.execute_tests(code, case_sources(a, b, runner, literal), timeout_s=2)
+        assert r.runner == runner
+        assert not r.passed_test("test_cases") and r.total >= 3, (literal, r.test_outcomes, r.stderr[-2000:])
+        assert r.test_outcomes.get("test_cases[0]") == "passed", (literal, r.test_outcomes)
+    if attack not in ("hang", "its process ends"):  # the run went on after the attack
+        assert r.test_outcomes["test_after"] == "passed", r.test_outcomes
+
+
+def test_a_correct_candidate_passes_every_case(any_box):
+    a, b = random.sample(range(10**9, 10**10), 2)
+    code = f"def f(i):\n    return [{a}, {b}][i]\n"
+    for runner in ("fast", "pytest"):
+        for literal in (True, False):
+            r = any_box.execute_tests(code, case_sources(a, b, runner, literal))
+            assert r.all_passed and r.total == 3 and r.runner == runner, r.test_outcomes
+
+
+def test_cases_that_could_not_be_counted_fail(any_box):
+    """Tests that say they are done before their collection report: the cases built at run time were never
+    counted, so the test fails whatever was reported for it."""
+    tests = ("import os, json\n"
+             "os.write(3, (json.dumps({'t': 'test_cases[0]', 'o': 'passed'}) + '\\n').encode())\n"
+             "os.write(3, b'{\"t\": \"__done__\", \"o\": \"__done__\"}\\n')\n\n"
+             "@pytest.mark.parametrize('i', list(range(2)))\ndef test_cases(i):\n    pass\n")
+    r = any_box.execute_tests("", "import pytest\n" + tests)
+    assert not r.passed_test("test_cases") and r.test_outcomes["test_cases[#uncounted]"] == "missing", r.test_outcomes
+
+
+STOP_ITERATION = """
+import pytest
+
+def test_map():
+    assert all(map(lambda x: f(x) == x, [1, 2, 3]))
+
+def test_zip():
+    for x, y in zip([1, 2], map(f, [1, 2])):
+        assert x == y
+
+def test_generator():
+    assert list(f(x) for x in [1, 2]) == [1, 2]
+
+def test_a_real_end_of_iteration_still_ends():
+    it = iter(squares(2))
+    assert next(it) == 0 and next(it) == 1 and list(squares(3)) == [0, 1, 4]
+    with pytest.raises(StopIteration):
+        next(it)
+"""
+
+
+def test_stop_iteration_from_the_candidate_is_not_the_end_of_a_test_s_iteration(any_box):
+    code = "def f(x):\n    raise StopIteration\n\ndef squares(n):\n    for i in range(n):\n        yield i * i\n"
+    r = any_box.execute_tests(code, STOP_ITERATION)
+    assert r.test_outcomes == {"test_map": "failed", "test_zip": "failed", "test_generator": "failed",
+                               "test_a_real_end_of_iteration_still_ends": "passed"}, (r.test_outcomes, r.stderr)
+    assert "RuntimeError" in r.stderr
+
+
+def test_a_failing_fixture_teardown_fails_the_test(any_box):
+    a = random.randrange(10**9)
+    tests = ("import pytest\n\n@pytest.fixture\ndef value():\n    yield f()\n    assert cleaned_up()\n\n"
+             f"def test_value(value):\n    assert value == {a}\n")
+    code = f"def f():\n    return {a}\n\ndef cleaned_up():\n    return False\n"
+    r = any_box.execute_tests(code, tests)
+    assert r.test_outcomes == {"test_value": "error"} and "teardown" in r.stderr, (r.test_outcomes, r.stderr)
+    r = any_box.execute_tests(code.replace("False", "True"), tests)
+    assert r.all_passed, r.test_outcomes
+
+
+# ----------------------------------------------------------------- a host that cannot be stalled
+DEEP_SOURCES = {
+    "unary operators": "def test_a():\n    assert f() == " + "-" * 100_000 + "1\n",
+    "a chain of additions": "def test_a():\n    assert f() == " + "1+" * 100_000 + "1\n",
+    "attributes": "def test_a():\n    assert f() == a" + ".b" * 100_000 + "\n",
+    "deep but parseable": "def test_a():\n    assert f() == " + "1+" * 1_500 + "1\n",
+    "NUL bytes": "def test_a():\n    assert f() == 1\x00\n",
+}
+
+
+def test_sources_nested_too_deeply_are_errors_not_exceptions(any_box):
+    from sandbox.matrix import collect_tests, describe_test
+
+    ok = "def f():\n    return 1\n", "def test_a():\n    assert f() == 1\n"
+    for name, source in DEEP_SOURCES.items():
+        r = any_box.execute_tests(ok[0], source)
+        assert not r.all_passed and r.status in ("error", "failed"), (name, r.status)
+        collect_tests(source), describe_test(source, "test_a")  # neither raises
+    matrix = any_box.run_matrix([ok[0]], [ok[1], *DEEP_SOURCES.values(), ok[1]])
+    assert matrix[0][0].all_passed and matrix[0][-1].all_passed  # one bad source loses nothing else
+
+
+def test_a_flood_of_reports_is_bounded(any_box):
+    from sandbox.executor import MAX_OUTCOMES
+
+    flood = ("import os\n\ndef test_a():\n    lines = b''.join(b'{\"t\": \"test_a[%d]\", \"o\": \"passed\", \"m\": \"x\"}\\n' % i"
+             " for i in range(200_000))\n"
+             "    os.write(3, lines)\n    os.write(3, b''.join(b'{\"t\": \"other%d\", \"o\": \"passed\"}\\n' % i"
+             " for i in range(100_000)))\n\ndef test_b():\n    assert f() == 2\n")
+    started = time.monotonic()
+    r = any_box.execute_tests("def f():\n    return 1\n", flood, timeout_s=20)
+    # at most MAX_OUTCOMES ids kept (test_b's report came after them: missing), none of a test not expected
+    assert len(r.test_outcomes) <= MAX_OUTCOMES + 1 and r.test_outcomes["test_b"] == "missing"
+    assert not any(name.startswith("other") for name in r.test_outcomes)
+    assert len(r.stderr) < 20_000 and time.monotonic() - started < 15
+
+
+def test_test_analysis_is_linear_in_the_source_s_size():
+    from sandbox.executor import analyse_tests
+    from sandbox.matrix import collect_tests
+
+    n = 1500  # ~75 KiB of tests and helpers that name each other
+    source = "".join(f"def test_{i}():\n    assert helper_{i}() or test_{(i + 1) % n} or test_{(i + 7) % n}\n"
+                     f"def helper_{i}():\n    return helper_{(i + 1) % n}\n" for i in range(n))
+    started = time.perf_counter()
+    keys = collect_tests(source)
+    analyse_tests(source)
+    assert len(keys) == n and time.perf_counter() - started < 2
+
+
+def test_no_core_dumps(any_box):
+    probe = "import resource\nCORE = resource.getrlimit(resource.RLIMIT_CORE)\n"
+    tests = probe.replace("CORE =", "MY_CORE =") + "\ndef test_core():\n    assert CORE == (1, 1) and MY_CORE == (1, 1)\n"
+    assert any_box.execute_tests(probe, tests).all_passed
+
+
+def test_cgroup_counters_tell_nothing_of_earlier_executions(any_box):
+    """At the process level the execution can read its cgroup's files: the peak of the last execution there is
+    reset; at the namespaced levels it cannot read any."""
+    if not any_box.cgroups:
+        pytest.skip("no cgroup here")
+    probe = (
+        "import os\n"
+        "def peak():\n"
+        "    path = dict(l.strip().split(':', 2)[1:] for l in open('/proc/self/cgroup'))['memory']\n"
+        "    try:\n"
+        "        return int(open(f'/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes').read())\n"
+        "    except OSError:\n        return None\n"
+        "def hog():\n    block = bytearray(150 << 20)\n    return len(block)\n"
+    )
+    for _ in range(2):  # both cgroup pairs of the side
+        assert any_box.execute_tests(probe, "def test_hog():\n    assert hog() > 0\n").all_passed
+    for _ in range(2):
+        r = any_box.execute_tests(probe, "def test_peak():\n    print('PEAK', peak())\n")
+        seen = r.stdout.split("PEAK ", 1)[1].split()[0]
+        assert (seen == "None") if any_box.isolation != "process" else int(seen) < 100 << 20, r.stdout
+
+
+CPU_HOG = """
+import os, time
+def hog(n, seconds):
+    for _ in range(n):
+        if os.fork() == 0:
+            os.setsid()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+    return n
+"""
+CPU_SHARE = """
+import time
+def test_share():
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < 1.0:
+        pass
+    print('SHARE', (time.process_time() - cpu) / (time.monotonic() - wall))
+"""
+
+
+@pytest.mark.parametrize("level", NAMESPACED + ["process"])
+def test_busy_processes_of_one_execution_do_not_starve_another(level):
+    if not cgroups.cpu_available():
+        pytest.skip("no writable cgroup v1 cpu controller here: executions share the CPU per process")
+
+    def share(sb) -> float:
+        r = sb.execute_tests("", CPU_SHARE)
+        return float(r.stdout.split("SHARE ", 1)[1].split()[0])
+
+    with start(level, num_workers=2, max_processes=16) as sb:
+        alone = share(sb)
+        hogging = threading.Thread(target=sb.execute_tests, args=(
+            CPU_HOG, "import time\n\ndef test_hog():\n    assert hog(14, 4) == 14\n    time.sleep(3.5)\n", 8))
+        hogging.start()
+        time.sleep(0.7)
+        try:
+            beside = share(sb)  # 14 busy processes beside it: 2/15 of the CPU without a share of its own
+        finally:
+            hogging.join()
+    assert beside > 0.3 * alone, (alone, beside)  # measured here: ~0.55 with the cpu cgroup, ~0.17 without
+
+
+# ----------------------------------------------------------------- nothing survives an execution
+NET_PROBE = """
+import os, socket
+def network():
+    '''This execution's network namespace, whether loopback works, and the TCP sockets it can see.'''
+    server = socket.socket()
+    server.bind(('127.0.0.1', PORT))
+    server.listen(1)
+    client = socket.create_connection(('127.0.0.1', PORT), timeout=2)
+    client.close()
+    server.close()  # leaves a TIME_WAIT behind in this namespace
+    with open('/proc/net/tcp') as f:
+        return os.stat('/proc/self/ns/net').st_ino, len(f.readlines()) - 1
+"""
+
+
+def test_each_execution_has_a_network_namespace_of_its_own(box):
+    port = random.randrange(20000, 60000)
+    probe = NET_PROBE.replace("PORT", str(port))
+    tests = probe.replace("def network", "def my_network") + (
+        "\ndef test_net():\n    print('NET', network(), my_network())\n")
+    seen = []
+    for _ in range(3):
+        r = box.execute_tests(probe, tests)
+        assert r.all_passed, (r.test_outcomes, r.stderr)  # loopback works, and the port is free every time
+        (ns_c, sockets_c), (ns_t, sockets_t) = ast.literal_eval(r.stdout.split("NET ", 1)[1].splitlines()[0].replace(") (", "), ("))
+        assert sockets_c <= 2 and sockets_t <= 2  # its own connection's sockets only, none of earlier executions
+        seen += [ns_c, ns_t]
+    assert len(set(seen)) == len(seen), seen  # a new namespace per execution and side
+
+
+SYSCALL_NUMBERS = {"x86_64": {"add_key": 248, "keyctl": 250, "unshare": 272, "clone3": 435},
+                   "aarch64": {"add_key": 217, "keyctl": 219, "unshare": 97, "clone3": 435}}
+KERNEL_PROBE = """
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def refused(nr, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(nr, *args)
+    return result, ctypes.get_errno()
+def kernel():
+    out = {}
+    out['add_key'] = refused(N['add_key'], b'user', b'advcode-leak', b'secret', 6, -4)  # KEY_SPEC_USER_KEYRING
+    out['keyctl'] = refused(N['keyctl'], 0, -4, 0)  # KEYCTL_GET_KEYRING_ID of the user keyring
+    out['unshare'] = refused(N['unshare'], 0x10000000)  # CLONE_NEWUSER
+    out['clone3'] = refused(N['clone3'], 0, 0)
+    box = []
+    thread = threading.Thread(target=lambda: box.append(1))  # threads still start (clone3 falls back to clone)
+    thread.start()
+    thread.join()
+    pid = os.fork()  # and so do processes
+    if pid == 0:
+        os._exit(7)
+    out['fork'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    out['thread'] = box
+    return out
+"""
+
+
+def test_no_kernel_keyring_and_no_user_namespaces(any_box):
+    import errno
+
+    numbers = SYSCALL_NUMBERS.get(os.uname().machine)
+    if numbers is None:
+        pytest.skip(f"system call numbers of {os.uname().machine} not known to this test")
+    probe = f"N = {numbers!r}\n" + KERNEL_PROBE
+    tests = probe.replace("def kernel", "def my_kernel") + "\ndef test_kernel():\n    print('K', kernel(), my_kernel())\n"
+    r = any_box.execute_tests(probe, tests)
+    assert r.all_passed, (r.test_outcomes, r.stderr)
+    for seen in ast.literal_eval("[" + r.stdout.split("K ", 1)[1].splitlines()[0].replace("} {", "}, {") + "]"):
+        assert seen["add_key"] == seen["keyctl"] == seen["unshare"] == (-1, errno.EPERM), seen
+        assert seen["clone3"] == (-1, errno.ENOSYS) and seen["fork"] == 7 and seen["thread"] == [1], seen

@@ -214,3 +214,18 @@ def test_tests_made_only_of_asserts_are_split_one_per_assert():
         namespace["test_many_2"]()
     whole = sanitize_tests(text, "add", split_asserts=False)
     assert whole.test_names == ["test_many", "test_with_setup"]
+
+
+def test_tests_keep_the_suite_s_own_helpers(sandbox):
+    response = ("```python\nfrom solution import add\nCASES = [(1, 2, 3), (2, 2, 4)]\n\n"
+                "def check(a, b, c):\n    assert add(a, b) == c\n\n"
+                "def add(a, b):\n    return 0\n\n"
+                "def test_cases():\n    for a, b, c in CASES:\n        check(a, b, c)\n```")
+    s = sanitize_tests(response, "add")
+    assert s.ok and s.test_names == ["test_cases"], s.reason
+    tree = ast.parse(s.tests)
+    assert [n.name for n in tree.body if isinstance(n, ast.FunctionDef)] == ["check", "test_cases"]  # not `add`
+    assert sandbox.execute_tests("def add(a, b):\n    return a + b\n", s.tests).all_passed
+    # a candidate that brings its own `check` and `CASES` (which would pass anything) gets the suite's
+    cheat = "def add(a, b):\n    return 0\n\ndef check(*args):\n    pass\n\nCASES = []\n"
+    assert sandbox.execute_tests(cheat, s.tests).test_outcomes == {"test_cases": "failed"}

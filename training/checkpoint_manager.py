@@ -19,7 +19,9 @@ One process writes to a run folder at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import difflib
 import hashlib
 import json
 import logging
@@ -308,7 +310,8 @@ def lock_run_folder(run_dir: str | Path):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise RunFolderBusy(f"{run_dir} is in use by another trainer (pid {holder}); wait for it to end or "
+        stop = f", stop it (kill {holder})" if holder.isdigit() else ""
+        raise RunFolderBusy(f"{run_dir} is in use by another trainer (pid {holder}): wait for it to end{stop}, or "
                             "choose another --output-dir") from None
     handle.seek(0)
     handle.truncate()
@@ -317,15 +320,48 @@ def lock_run_folder(run_dir: str | Path):
     return handle
 
 
-def newest_position(run_dir: str | Path) -> int | None:
-    """The schedule position of `run_dir`'s latest checkpoint by save order (from its trainer_state.json, not
-    hashed): the furthest a resume continues from (it may fall back to an older one, never a newer one);
-    None when there is none or it cannot be read."""
+def nearest_run_folder(path: str | Path) -> Path | None:
+    """The folder beside `path` that holds a run (a config.json) whose name is nearest to `path`'s (difflib),
+    for the error of a mistyped run folder; None when there is none."""
+    path = Path(path)
     try:
-        latest = CheckpointManager(run_dir).get_latest_checkpoint()
-        return None if latest is None else int(json.loads((latest / TRAINER_STATE).read_text())["position"])
-    except (OSError, ValueError, KeyError, TypeError):
+        names = [p.name for p in path.parent.iterdir() if p.name != path.name and (p / "config.json").is_file()]
+    except OSError:
         return None
+    nearest = difflib.get_close_matches(path.name, names, n=1, cutoff=0.0)
+    return path.parent / nearest[0] if nearest else None
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    """A checkpoint's trainer_state.json, unverified (for the checks before a load, which verifies); {} when
+    it cannot be read."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpoint_choice(given: str | Path, chosen: Path, which: str | None = None, run_folder: str | None = None) -> str:
+    """One line for the commands that take a run folder: which checkpoint `resolve_checkpoint(given, which,
+    run_folder)` chose (`chosen`), its step, and why: "checkpoint RUN/checkpoints/step-000008 (step 8): the best
+    of RUN by validation score" (without a validation slice the trainer's score is the last step's training
+    reward and valid-test rate: `checkpoint_score`), "...: the latest of RUN", or no reason for a checkpoint
+    folder given as such."""
+    name = Path(given).name
+    alias = which or (name if name in POINTERS else None) or (run_folder if Path(chosen) != Path(given) else None)
+    try:
+        step = _read_manifest(Path(chosen)).get("step")
+    except CheckpointError:
+        step = None
+    line, run = f"checkpoint {chosen} (step {step})", Path(chosen).parent.parent
+    if alias == "latest":
+        return f"{line}: the latest of {run}"
+    if alias == "best":
+        validated = "validation/score" in read_trainer_state(Path(chosen)).get("last_metrics", {})
+        score = "validation score" if validated else "training reward and valid-test rate (no validation slice)"
+        return f"{line}: the best of {run} by {score}"
+    return line
 
 
 def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:
@@ -486,12 +522,27 @@ def _save_model(model, out_dir: Path, adapter_dir: Path) -> None:
         from peft import PeftModel  # optional dependency
     except ImportError:
         PeftModel = ()
-    if isinstance(model, PeftModel):
-        model.save_pretrained(adapter_dir)
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out_dir)
+    with _no_progress_bars():  # the training's own bar stays the only one
+        if isinstance(model, PeftModel):
+            model.save_pretrained(adapter_dir)
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(out_dir)
     if not any(out_dir.glob("*.safetensors")):
         raise CheckpointError(f"{out_dir.name}: save_pretrained wrote no .safetensors file")
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' progress bars (save_pretrained's "Writing model shards") off inside, as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_adapters(model, adapter_dir: Path | None, checkpoint: Path) -> None:

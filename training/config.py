@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from reasoning.stages import STAGE_NAMES
@@ -16,6 +17,37 @@ from sandbox import SandboxConfig
 def launch_rank_and_size() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) as `accelerate launch` or `torchrun` set them; (0, 1) without a launcher."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launch_command(script: str = "run_training.py") -> list[str]:
+    """The command that started this run, up to and with its script, as a person would type it again: `python
+    run_training.py` in one process; under `accelerate launch` or `torchrun`, the launcher's own command line
+    (its process is this one's parent) up to the script, e.g. `accelerate launch --num_processes 2
+    run_training.py`, else one rebuilt from the environment the launcher set."""
+    world_size = launch_rank_and_size()[1]
+    if world_size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return ["python", script]
+    parent = parent_command_line()
+    names = [os.path.basename(arg) for arg in parent]
+    mine = os.path.basename(sys.argv[0])
+    if mine in names[2:]:  # (after an interpreter and a launcher at least)
+        i = names.index(mine, 2)
+        head = parent[:i]  # the launcher and its options: [python, .../accelerate, launch, ...] or [python, -m, ...]
+        if names[0].startswith("python"):
+            head = ["python", *head[1:]] if head[1:2] == ["-m"] else [names[1], *head[2:]]
+        return head + [parent[i]]
+    count = os.environ.get("LOCAL_WORLD_SIZE") or str(world_size)
+    if any(key.startswith("ACCELERATE_") for key in os.environ):
+        return ["accelerate", "launch", "--num_processes", count, script]
+    return ["torchrun", "--nproc_per_node", count, script]
+
+
+def parent_command_line() -> list[str]:
+    """The parent process's command line (Linux /proc), or [] where it cannot be read."""
+    try:
+        return open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
 
 
 def check_numbers(config) -> None:
@@ -348,15 +380,32 @@ def schedule_prefix_matches(old: dict, new: TrainingConfig, position: int) -> bo
     return len(before) >= position and len(after) >= position and key(before) == key(after)
 
 
+def check_checkpoint_fits(saved: dict, config: TrainingConfig, position: int, start_stage: str | None = None) -> None:
+    """`ValueError` saying why a checkpoint saved with config `saved` (a dict, as in its trainer state) at
+    schedule `position` cannot continue as a run with `config`: other weights (`CHECKPOINT_KEYS`), or a
+    schedule whose first `position` steps differ (allowed with `start_stage`: that stage starts again)."""
+    for key in CHECKPOINT_KEYS:
+        if key in saved and saved[key] != getattr(config, key):
+            raise ValueError(f"it was trained with {key}={saved[key]!r}, this run has {getattr(config, key)!r}")
+    if start_stage is None and not schedule_prefix_matches(saved, config, position):
+        raise ValueError(f"its first {position} schedule steps (stages {saved.get('stages')}, n_steps "
+                         f"{saved.get('n_steps')}, k_alternations {saved.get('k_alternations')}) are not this run's; "
+                         "steps and stages may only be added after them, or give --start-stage")
+
+
+# what a run's config.json records beside its settings (the trainer writes them): never settings, so a resume
+# neither reads nor compares them
+RUN_RECORD_KEYS = ("launch_command", "isolation")
+
 # settings a resumed run may change: how long it runs now, what it keeps and logs, where it computes
 RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device", "report_to"}
 
 
 def resumed_config(args, saved: dict, preset: str | None = None, position: int | None = None,
                    allow_changes: bool = False, start_stage: str | None = None) -> tuple[TrainingConfig, dict]:
-    """A resumed run's config and what it changes: its own `config.json` (`saved`) with the options given
-    now on top (with `preset`: that preset with the options, as the run was started), and {setting: [old,
-    new]} for every change outside `RESUME_MAY_CHANGE` (the caller records them).
+    """A resumed run's config and what it changes: its own `config.json` (`saved`, less its `RUN_RECORD_KEYS`)
+    with the options given now on top (with `preset`: that preset with the options, as the run was started),
+    and {setting: [old, new]} for every change outside `RESUME_MAY_CHANGE` (the caller records them).
 
     A resumed run keeps what it has already done: `ValueError` naming the first setting that would change
     it (seed, problems, hyperparameters, ...), unless `allow_changes`; what its checkpoints' weights are
@@ -365,7 +414,7 @@ def resumed_config(args, saved: dict, preset: str | None = None, position: int |
     with `start_stage` (the run starts that stage again); a schedule that rewrites steps already taken is
     refused even with it."""
     try:
-        base = TrainingConfig.from_dict(saved)
+        base = TrainingConfig.from_dict({key: value for key, value in saved.items() if key not in RUN_RECORD_KEYS})
     except (TypeError, ValueError) as e:
         raise ValueError(f"the run's config.json cannot be read as a config: {e}") from None
     config = (config_from_args(args, preset) if preset

@@ -7,7 +7,7 @@ For each problem at stage s (docs/how-it-works.md):
     discriminator  m samples: a critique of stage s (optional), then tests written against that chain
     sandbox        codes × test modules, the reference solution × test modules (validity), codes × the
                    problem's own tests (one `run_matrix` call); mutants of the reference × test modules
-    rewards        r_gen (n,) and r_disc (m,) from `training.rewards`
+    rewards        r_gen (n,) and r_disc (m,): `scoring.terms`, weighed by `training.rewards`
 
 All samples of all problems of a step go through each `generate` call together (one call per stage).
 Every function here takes what it uses (models, sandbox, config, problems, prefixes, mutants) and nothing else.
@@ -24,13 +24,9 @@ from models.base import CodeGeneration, Generation, TestsGeneration
 from reasoning.stages import STAGES, Chain, chain_for_suite, format_chain, stage_index
 from sandbox import ExecutionResult, Sandbox
 from sandbox.matrix import build_test_matrix, collect_tests, feedback, ground_truth_matrix
+from scoring.terms import discriminator_terms, generator_terms
 from training.config import TrainingConfig
-from training.rewards import (
-    discriminator_reward,
-    discriminator_terms,
-    generator_reward,
-    generator_terms,
-)
+from training.rewards import discriminator_reward, generator_reward
 
 
 @dataclass

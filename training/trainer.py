@@ -34,18 +34,11 @@ import torch
 from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
-from evaluation.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
 from models.loading import resolve_device, resolve_dtype
 from reasoning.stages import stages_before
 from sandbox import Sandbox
-from training.config import (
-    CHECKPOINT_KEYS,
-    ROLES,
-    TrainingConfig,
-    build_schedule,
-    leaves,
-    schedule_prefix_matches,
-)
+from scoring.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
+from training.config import ROLES, TrainingConfig, build_schedule, check_checkpoint_fits, leaves
 from training.policy import (
     bottom_hidden_states,
     freeze,
@@ -88,12 +81,14 @@ class AdversarialTrainer:
 
     Built from a `TrainingConfig`; models, problems, sandbox and checkpoint manager can be passed in
     (tests pass tiny models), else they are made from the config. `run_dir` receives `config.json`,
-    `metrics.jsonl`, `samples.jsonl` and checkpoints (from the main process only). `processes`: this
-    process's place in a multi-process run (`training.distributed.launched_processes`); one by default."""
+    `metrics.jsonl`, `samples.jsonl` and checkpoints (from the main process only); config.json records beside
+    the settings the sandbox's isolation in force and `launch_command`, the command that started the run
+    (`training.config.RUN_RECORD_KEYS`). `processes`: this process's place in a multi-process run
+    (`training.distributed.launched_processes`); one by default."""
 
     def __init__(self, config: TrainingConfig, problems: list[Problem], generator=None, discriminator=None,
                  sandbox: Sandbox | None = None, checkpoint_manager=None, run_dir: str | Path | None = None,
-                 processes: Processes | None = None):
+                 processes: Processes | None = None, launch_command: str = ""):
         from models import LLMDiscriminator, LLMGenerator
         from models.sampling import SamplingConfig
 
@@ -151,7 +146,8 @@ class AdversarialTrainer:
             seed_everything(config.seed + self.processes.rank)
         if self.run_dir and self.processes.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            record = {"launch_command": launch_command, "isolation": self.sandbox.isolation_record()}
+            (self.run_dir / "config.json").write_text(json.dumps({**config.to_dict(), **record}, indent=2) + "\n")
         logger.info("%d training problems, %d validation problems", len(self.train_problems),
                     len(self.validation_problems))
 
@@ -248,8 +244,9 @@ class AdversarialTrainer:
             if self._bar is not None:
                 self._bar.update(1)
             if self.time_is_up() and not last:
-                logger.warning("max_minutes (%.1f) is up at schedule position %d: checkpointing and stopping; "
-                               "resume with --resume", self.config.max_minutes, self.state.position)
+                if self.processes.is_main:
+                    logger.warning("max_minutes (%.1f) is up at schedule position %d: checkpointing and stopping; "
+                                   "resume with --resume", self.config.max_minutes, self.state.position)
                 self.stopped_early = True
                 break
             if self.checkpoints and save_every and not (last and self._bar is not None):
@@ -390,7 +387,7 @@ class AdversarialTrainer:
         """Non-equivalent mutants of the problem's reference, the hardest ones with `config.hard_mutants`
         (made once, cached in memory and on disk)."""
         if problem.id not in self.mutants:
-            from evaluation.mutation import nonequivalent_mutants
+            from scoring.mutation import nonequivalent_mutants
 
             limit, hard = self.config.mutants_per_problem, self.config.hard_mutants
             self.mutants[problem.id] = ([m.source for m in nonequivalent_mutants(problem, self.sandbox, limit, hardest=hard)]
@@ -398,10 +395,10 @@ class AdversarialTrainer:
         return self.mutants[problem.id]
 
     def validate(self) -> dict:
-        """Score both models on the validation slice, greedily (`evaluation.evaluate_problems`: the
+        """Score both models on the validation slice, greedily (`scoring.measure.evaluate_problems`: the
         chain, one code, one test suite): `validation/pass@1`, `validation/valid_test_rate`,
         `validation/mutation_score` and their weighted sum `validation/score` (`VALIDATION_WEIGHTS`)."""
-        from evaluation.evaluate import EvalSettings, evaluate_problems
+        from scoring.measure import EvalSettings, evaluate_problems
 
         if not self.validation_problems or not self.processes.is_main:  # (the main process scores checkpoints)
             return {}
@@ -497,17 +494,11 @@ class AdversarialTrainer:
         from training.checkpoint_manager import CheckpointError, load_adapters, load_checkpoint, restore_rng_state
 
         ckpt = load_checkpoint(path, verify=verify)
-        saved = ckpt.trainer_state.get("config", {})
-        for key in CHECKPOINT_KEYS:
-            if key in saved and saved[key] != getattr(self.config, key):
-                raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: it was trained with {key}="
-                                      f"{saved[key]!r}, this run has {getattr(self.config, key)!r}")
-        position = int(ckpt.trainer_state.get("position", 0))
-        if start_stage is None and not schedule_prefix_matches(saved, self.config, position):
-            raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: its first {position} schedule steps "
-                                  f"(stages {saved.get('stages')}, n_steps {saved.get('n_steps')}, k_alternations "
-                                  f"{saved.get('k_alternations')}) are not this run's; steps and stages may only be "
-                                  "added after them, or give --start-stage")
+        try:
+            check_checkpoint_fits(ckpt.trainer_state.get("config", {}), self.config,
+                                  int(ckpt.trainer_state.get("position", 0)), start_stage)
+        except ValueError as e:
+            raise CheckpointError(f"{ckpt.path}: incompatible checkpoint: {e}") from None
         for role in ROLES:
             model = self.wrappers[role].model
             if is_lora(model):  # only the adapters: the base weights stay the initial ones (the KL reference)
@@ -664,12 +655,13 @@ def sample_row(r: ProblemRollout, step: int) -> dict:
 
 
 def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None = None,
-                 start_stage: str | None = None, changes: dict | None = None) -> dict:
+                 start_stage: str | None = None, changes: dict | None = None, launch_command: str = "") -> dict:
     """What `run_training.py` does: load the problems, build the trainer with a checkpoint manager in
     `run_dir`, resume if asked (`resume` = a checkpoint, a run folder, or "latest" of `run_dir`), and
     train the whole pipeline. Returns the run's summary. The run folder is locked for the whole call
     (`lock_run_folder`: a second trainer on it is refused, naming this one's pid). `changes` ({setting:
-    [old, new]}, from `resumed_config`) are appended to the run's `changes.jsonl` once the lock is held.
+    [old, new]}, from `resumed_config`) are appended to the run's `changes.jsonl` once the lock is held;
+    `launch_command` (the command that started the run) is recorded in its config.json.
     Launched on several processes (`accelerate launch`, `torchrun`), every process calls this with the
     same arguments; the main one holds the lock and writes (`training.distributed`)."""
     from data.problems import load_problem_set
@@ -692,11 +684,11 @@ def run_training(config: TrainingConfig, run_dir: str | Path, resume: str | None
             append_synced(Path(run_dir) / "changes.jsonl", json.dumps(record) + "\n")
             logger.warning("resumed with changed settings (recorded in %s): %s", Path(run_dir) / "changes.jsonl",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-        return _run_training(config, Path(run_dir), problems, resume, start_stage, processes)
+        return _run_training(config, Path(run_dir), problems, resume, start_stage, processes, launch_command)
 
 
 def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem], resume: str | None,
-                  start_stage: str | None, processes: Processes) -> dict:
+                  start_stage: str | None, processes: Processes, launch_command: str) -> dict:
     from data.problems import validate_problem_set
     from training.checkpoint_manager import CheckpointManager, resolve_checkpoint
 
@@ -707,7 +699,7 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
     metrics_file = run_dir / "metrics.jsonl"
     if resume == "latest":  # the run's own newest checkpoint that verifies, listed once (by the main process)
         checkpoint = processes.broadcast(manager.latest_verified_checkpoint() if processes.is_main else None)
-        if checkpoint is None:
+        if checkpoint is None and processes.is_main:
             logger.warning("%s has no checkpoint yet (stopped before the first one): starting the run again", run_dir)
     elif resume is None and metrics_file.is_file() and metrics_file.stat().st_size > 0:
         raise ValueError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume, or choose "
@@ -725,7 +717,7 @@ def _run_training(config: TrainingConfig, run_dir: Path, problems: list[Problem]
             raise ValueError(f"no valid problem in {config.problems!r}: all {len(rejected)} failed validation "
                              f"(e.g. {pid}: {reason})")
         trainer = AdversarialTrainer(config, problems, sandbox=sandbox, checkpoint_manager=manager, run_dir=run_dir,
-                                     processes=processes)
+                                     processes=processes, launch_command=launch_command)
         try:
             if resume == "latest" and checkpoint is None:
                 trainer._drop_logged_steps_after(0)  # the rows of steps that are about to run again

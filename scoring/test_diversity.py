@@ -1,7 +1,7 @@
 """How different a Discriminator's tests are: distinct inputs and asserted behaviours, not distinct strings.
 
 `compute_test_diversity` reads each test with `ast` into the checks it makes (see its docstring); it is
-pure and deterministic. Re-exported by `evaluation.metrics`.
+pure and deterministic. Re-exported by `scoring.metrics`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.mutation import edited_copy
+from scoring.mutation import edited_copy
 from sandbox.executor import test_functions
 
 logger = logging.getLogger(__name__)

@@ -215,7 +215,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
-    from models.loading import cache_dir, write_cache_file
+    from common.cache import cache_dir, write_cache_file
     from sandbox import verdict_version
 
     key = json.dumps([problem.reference_solution, problem.tests, limit, seed, MUTATOR_VERSION,
@@ -234,7 +234,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
         chosen = [killed[i][0] for i in sorted(ranked if limit <= 0 else ranked[:limit])]
     else:
         chosen = _spread([m for m, _ in killed], limit, seed)
-    logger.info("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
+    logger.debug("problem %s: %d of %d mutants killed by the ground-truth tests, kept %d%s",
                 problem.id, len(killed), len(candidates), len(chosen), " (the hardest)" if hardest else "")
     write_cache_file(path, {"id": problem.id, "mutants": [dataclasses.asdict(m) for m in chosen]})
     return chosen

@@ -1,8 +1,8 @@
-"""Evaluation metrics: diversity of Discriminator tests (`evaluation/test_diversity.py`, re-exported) and
+"""Evaluation metrics: diversity of Discriminator tests (`scoring/test_diversity.py`, re-exported) and
 coherence of Generator reasoning chains (`reasoning_coherence`).
 
 Every function is pure and deterministic (no model, no sandbox); every score is in [0, 1].
-pass@k lives in `evaluation/pass_at_k.py`.
+pass@k lives in `scoring/pass_at_k.py`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evaluation.test_diversity import TestDiversity, compute_test_diversity  # noqa: F401 (re-exported)
+from scoring.test_diversity import TestDiversity, compute_test_diversity  # noqa: F401 (re-exported)
 from reasoning.stages import STAGE_NAMES
 
 if TYPE_CHECKING:
