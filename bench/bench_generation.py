@@ -3,8 +3,8 @@
     python3 bench/bench_generation.py speed    [--model default] [--new-tokens 64] [--batches 1 4 16]
     python3 bench/bench_generation.py quality  [--model default] [--samples 4] [--chain]
 
-speed: tokens per second of `LLMGenerator.generate_stage_output` at each batch size, beside raw
-`model.generate` on the same prompt ids with the same settings, in the same run, repetitions interleaved
+speed: tokens per second of `LLMGenerator.generate_stage_output` (the decoding loop `models.base.decode`) at
+each batch size, beside transformers' raw `model.generate` on the same prompt ids with the same settings, in the same run, repetitions interleaved
 (so load from other processes hits every variant alike). Rows: raw generate with the stock transformers
 sampler, raw generate with the top-k-first sampler, and the wrapper with each. Every row generates
 exactly --new-tokens tokens (EOS suppressed), so tokens/s compare like for like.
@@ -45,9 +45,13 @@ def bench_speed(args) -> None:
 
     def raw(batch_size: int, settings: SamplingConfig) -> int:
         batch = build_token_batch([prompt_ids] * batch_size, [[]] * batch_size, gen.pad_id, gen.device)
+        if settings.top_k_first:  # the sampler draws the token; generate's greedy step then picks it
+            kwargs = {"do_sample": False, "logits_processor": [settings.sampler(gen.model.config.vocab_size)]}
+        else:
+            kwargs = {"do_sample": True, "top_k": settings.top_k, "top_p": settings.top_p,
+                      "temperature": settings.temperature}
         out = gen.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 max_new_tokens=n, min_new_tokens=n, pad_token_id=gen.pad_id,
-                                 **settings.generate_kwargs())
+                                 max_new_tokens=n, min_new_tokens=n, pad_token_id=gen.pad_id, **kwargs)
         return (out.shape[1] - batch.prompt_width) * batch_size
 
     def wrapped(batch_size: int, settings: SamplingConfig) -> int:
