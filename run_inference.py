@@ -33,12 +33,14 @@ def parse_args(argv=None):
     models = parser.add_argument_group("models (one of --checkpoint or --model)")
     source = models.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH",
-                        help="a checkpoint folder, a run folder (its best checkpoint, or --which), or runs/NAME/best | runs/NAME/latest")
+                        help="a checkpoint folder, a run folder (its best checkpoint by validation, its latest when "
+                             "the run had no validation slice, or --which), or runs/NAME/best | runs/NAME/latest")
     source.add_argument("--model", metavar="NAME",
                         help="an untrained base instead: default (Qwen2.5-Coder-0.5B-Instruct), smollm2-135m, tiny, a Hugging Face "
                              "id or a local folder (default: default, when --checkpoint is not given)")
     models.add_argument("--which", choices=["best", "latest"], default=None,
-                        help="with a run folder for --checkpoint: its best (the default) or its latest checkpoint")
+                        help="with a run folder for --checkpoint: its best or its latest checkpoint (default: best "
+                             "when the run validated its checkpoints, else latest)")
     models.add_argument("--discriminator-model", metavar="NAME", default="same",
                         help="with --model: the discriminator; 'same' shares the generator's weights, 'none' "
                              "means no discriminator (no ranking tests) (default: same)")
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if engine.checkpoint is not None:  # a run folder means one of its checkpoints: say which one, and why
-        print(f"{PROG}: {checkpoint_choice(args.checkpoint, engine.checkpoint, args.which, 'best')}", file=sys.stderr)
+        print(f"{PROG}: {checkpoint_choice(args.checkpoint, engine.checkpoint, args.which, 'default')}", file=sys.stderr)
     results, isolation = [], None
     try:
         with engine, logging_redirect_tqdm(), tqdm(total=len(problems), desc="solving", unit="problem",

@@ -100,7 +100,8 @@ def markdown_report(runs: list[dict], table: dict, title: str) -> str:
 # ---------------------------------------------------------------- models and checkpoints
 def load_models(spec: str, device: str, use_discriminator: bool):
     """(generator, discriminator or None, `Checkpoint` or None) for a model name, folder, or checkpoint (a
-    checkpoint folder, or a run folder: its best checkpoint; `runs/x/latest` also works)."""
+    checkpoint folder, or a run folder: its best checkpoint when the run validated its checkpoints, else its
+    latest (`run_default`); `runs/x/latest` also works)."""
     from models import LLMDiscriminator, LLMGenerator, load_model
     from training.checkpoint_manager import load_checkpoint, read_resolved
 
@@ -113,7 +114,7 @@ def load_models(spec: str, device: str, use_discriminator: bool):
             discriminator = LLMDiscriminator(load_model(str(ckpt.discriminator_dir), device)) if use_discriminator else None
             return generator, discriminator, ckpt
 
-        return read_resolved(path, None, "best", read)  # retried once if a trainer prunes it meanwhile
+        return read_resolved(path, None, "default", read)  # retried once if a trainer prunes it meanwhile
     if path.name in ("best", "latest") and not path.parent.exists():
         raise FileNotFoundError(f"{spec}: no such run folder")
     pair = load_model(spec, device)
@@ -141,8 +142,8 @@ def parse_args(argv=None):
     d = EvalSettings()
     parser.add_argument("--models", nargs="+", default=["default"], metavar="MODEL",
                         help="models to compare, the first is the baseline: 'default', 'smollm2-135m', 'tiny', a "
-                             "Hugging Face id or folder, a checkpoint folder, a run folder (its best checkpoint) "
-                             "or runs/x/latest")
+                             "Hugging Face id or folder, a checkpoint folder, a run folder (its best checkpoint by "
+                             "validation, its latest when the run had no validation slice), or runs/x/best | runs/x/latest")
     parser.add_argument("--problems", default="heldout",
                         help="'heldout' (80 seeded HumanEval problems, the standard set), 'humaneval' (all 164), "
                              "'train', 'examples', a problem file (JSON, JSONL or Parquet; this project's records, or "
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return fail(message if message.startswith(spec) else f"{spec}: {message}", 1)
             if ckpt is not None:  # a run folder means one of its checkpoints: say which one, and why
-                print(f"{spec}: {checkpoint_choice(spec, ckpt.path, None, 'best')}", file=sys.stderr)
+                print(f"{spec}: {checkpoint_choice(spec, ckpt.path, None, 'default')}", file=sys.stderr)
             trained = set(ckpt.trainer_state.get("training_problems", []) if ckpt else [])  # their content hashes
             seen = [p.id for p in problems if content_hash(p) in trained]
             if seen and not args.allow_overlap:

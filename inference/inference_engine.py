@@ -148,8 +148,8 @@ class InferenceEngine:
     def from_checkpoint(cls, path, which: str | None = None, device="auto", dtype="auto",
                         sandbox: Sandbox | None = None, config: InferenceConfig | None = None,
                         verify: bool = True, sandbox_config: SandboxConfig | None = None) -> InferenceEngine:
-        """Both trained models from a checkpoint folder, or a run folder and `which` ("best", the default, or
-        "latest"; also spelled "runs/x/best"). The manifest is verified first (`verify`: sha256 sums too).
+        """Both trained models from a checkpoint folder, or a run folder and `which` ("best" or "latest", also
+        spelled "runs/x/best"; None: the run's default, `run_default`). The manifest is verified first (`verify`: sha256 sums too).
         Raises `CheckpointError` with a one-line reason."""
         def read(folder: Path) -> InferenceEngine:
             ckpt = load_checkpoint(folder, verify=verify)
@@ -165,7 +165,7 @@ class InferenceEngine:
             logger.info("inference engine from checkpoint %s (step %s)", ckpt.path, ckpt.step)
             return engine
 
-        return read_resolved(path, which, "best", read)  # retried once if a trainer prunes it meanwhile
+        return read_resolved(path, which, "default", read)  # retried once if a trainer prunes it meanwhile
 
     @property
     def sandbox(self) -> Sandbox:

@@ -162,6 +162,24 @@ def test_best_latest_pointers_and_pruning(tmp_path, models_pair):
     assert resolve_checkpoint(run, "latest") == run / "checkpoints/step-000005"
 
 
+def test_a_run_folder_means_its_best_when_it_validated_else_its_latest(tmp_path, models_pair):
+    """`run_folder="default"` (evaluation, inference): the best checkpoint of a run that scored its checkpoints
+    on a validation slice; the latest (its final weights) of one that had none; and the line saying so."""
+    from training.checkpoint_manager import checkpoint_choice, run_default
+
+    run = tmp_path / "run"
+    manager = CheckpointManager(run, keep_last=3)
+    save(manager, 10, models_pair, score=0.9)
+    save(manager, 20, models_pair, score=0.1)
+    for validation, chosen in ((8, "step-000010"), (0, "step-000020")):
+        (run / "config.json").write_text(json.dumps({"validation_problems": validation}))
+        assert run_default(run) == ("best" if validation else "latest")
+        assert resolve_checkpoint(run, run_folder="default") == run / "checkpoints" / chosen
+        line = checkpoint_choice(run, run / "checkpoints" / chosen, None, "default")
+        assert chosen in line and ("the best of" if validation else "the latest of") in line
+    assert resolve_checkpoint(run, "best") == run / "checkpoints/step-000010"  # an explicit alias still rules
+
+
 def test_pruning_with_keep_last_one_keeps_best_and_latest(tmp_path, models_pair):
     manager = CheckpointManager(tmp_path, keep_last=1)
     save(manager, 1, models_pair, score=1.0)

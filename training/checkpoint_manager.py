@@ -342,6 +342,18 @@ def read_trainer_state(checkpoint: Path) -> dict:
         return {}
 
 
+def run_default(run_dir: str | Path) -> str:
+    """What a run folder given without "best" or "latest" means: "best" when the run scored its checkpoints on
+    a validation slice (`validation_problems` > 0 in its config.json), else "latest": without one, "best" is
+    only the training reward of the last step before each checkpoint, and the final weights are the run's
+    choice (learn run 5: the final checkpoint gained on held-out problems, the validation's pick did not)."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "best"
+    return "best" if isinstance(config, dict) and config.get("validation_problems", 0) else "latest"
+
+
 def checkpoint_choice(given: str | Path, chosen: Path, which: str | None = None, run_folder: str | None = None) -> str:
     """One line for the commands that take a run folder: which checkpoint `resolve_checkpoint(given, which,
     run_folder)` chose (`chosen`), its step, and why: "checkpoint RUN/checkpoints/step-000008 (step 8): the best
@@ -350,6 +362,8 @@ def checkpoint_choice(given: str | Path, chosen: Path, which: str | None = None,
     folder given as such."""
     name = Path(given).name
     alias = which or (name if name in POINTERS else None) or (run_folder if Path(chosen) != Path(given) else None)
+    if alias == "default":
+        alias = run_default(Path(chosen).parent.parent)
     try:
         step = _read_manifest(Path(chosen)).get("step")
     except CheckpointError:
@@ -366,8 +380,9 @@ def checkpoint_choice(given: str | Path, chosen: Path, which: str | None = None,
 
 def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: str | None = None) -> Path:
     """A checkpoint folder from a checkpoint folder, or from a run folder (or its checkpoints/ folder) and
-    `which` = "best" or "latest", also spelled `runs/x/best`. `run_folder` ("best" or "latest"): what a run
-    folder given without `which` means (None: it is refused). Raises CheckpointError with a one-line reason."""
+    `which` = "best" or "latest", also spelled `runs/x/best`. `run_folder` ("best", "latest", or "default": the
+    run's own `run_default`): what a run folder given without `which` means (None: it is refused). Raises
+    CheckpointError with a one-line reason."""
     path = Path(path)
     if which is None and path.name in POINTERS and not (path / MANIFEST).is_file():
         path, which = path.parent, path.name
@@ -380,7 +395,7 @@ def resolve_checkpoint(path: str | Path, which: str | None = None, run_folder: s
             raise CheckpointError(f"{path} is not a checkpoint: no {MANIFEST}")
         if run_folder is None:
             raise CheckpointError(f"{path} is a run folder, not a checkpoint: use {path}/latest or {path}/best")
-        which = run_folder
+        which = run_default(path) if run_folder == "default" else run_folder
     if which not in POINTERS:
         raise CheckpointError(f"unknown checkpoint alias {which!r}: use 'best' or 'latest'")
     ckpt_dir = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
