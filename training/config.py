@@ -219,8 +219,10 @@ PRESETS: dict[str, dict] = {
     # then `python -m evaluation` of base against trained on held-out HumanEval (docs/experiments.md); valid
     # tests weigh 0.2 and the format term is off (run 5: its suites stopped shrinking). No validation slice:
     # the final weights are the run's choice (run 5: they gained on held-out problems, the checkpoint its
-    # 8-problem validation chose did not), and its minutes go to training
-    "learn": dict(n_steps=2, k_alternations=2, problems_per_step=2, group_size=4, num_test_samples=4,
+    # 8-problem validation chose did not), and its minutes go to training. 8 problems per step: a generate
+    # call's time grows far slower than its rows (docs/training.md 'Signal per hour'), so N = K = 1 steps
+    # per stage keep the run within its hour with 4x the groups of each step
+    "learn": dict(n_steps=1, k_alternations=1, problems_per_step=8, group_size=4, num_test_samples=4,
                   rollout_remaining_stages=False, critique=False, stage_tokens=32, code_tokens=192, test_tokens=192,
                   train_last_layers=4, validation_problems=0, max_minutes=60.0,
                   rewards=dict(disc_validity_coef=0.2, disc_format_coef=0.0),
