@@ -1,4 +1,4 @@
-"""Rollout benchmark: one training step's sampling, plain fp32 `generate` against the fast path.
+"""Rollout benchmark: one training step's sampling, plain fp32 decoding against the fast path.
 
     python3 bench/bench_rollout.py [--model default] [--shapes demo learn] [--repeats 1]
 
@@ -10,7 +10,7 @@ at a closed code block), so all variants do the same work; real steps stop earli
 
 Variants, interleaved within each repeat (load from other processes hits every one alike):
 
-    fp32 plain          all weights fp32, transformers `generate` as is (the reference of the speedup)
+    fp32 plain          all weights fp32, no shared prefix (`models.base.decode` as is: the reference of the speedup)
     fp32 shared         the same weights, the shared prompt prefix prefilled once (`prefill_shared_prefixes`)
     mixed plain         frozen weights bf16, the trained last layers fp32, under bf16 autocast (learn run 2)
     bf16 copy plain     sampling from the bf16 generation copy (`training.policy.frozen_copy`)

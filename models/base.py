@@ -11,8 +11,8 @@ Position ids count real tokens only, so a row's log-probs do not depend on how m
 
 Shared-prefix prefill (`prefill_shared_prefixes`): the samples of one prompt, and the prompts of one problem
 (the same problem text and greedy stages, then a different sampled stage), begin with the same tokens.
-`generate` would compute those tokens' keys and values once per row; `sample` computes them once per group
-(batch 1, no padding) and hands `generate` a cache that holds them for every row, so it prefills only the
+a plain prefill would compute those tokens' keys and values once per row; `sample` computes them once per group
+(batch 1, no padding) and hands `decode` a cache that holds them for every row, so it prefills only the
 rows' differing ends. Causal attention makes a prefix's keys and values independent of what follows it,
 and positions count real tokens, so every row sees the same numbers up to float rounding.
 """
@@ -124,7 +124,7 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def cache_argument(model) -> str:
-    """The name of the KV cache in `model`'s forward and `generate` and in its outputs: `cache` since
+    """The name of the KV cache in `model`'s forward and in its outputs: `cache` since
     transformers 5.x renamed it, `past_key_values` before."""
     base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own forward takes **kwargs
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -132,18 +132,17 @@ def cache_argument(model) -> str:
 
 def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5,
                             max_cost: float = 0.75) -> tuple[DynamicCache, int] | None:
-    """A KV cache for `generate` that holds, for each row, the part of its prompt it shares with its
+    """A KV cache for `decode` that holds, for each row, the part of its prompt it shares with its
     neighbours, each shared part computed once. Returns `(cache, W)` or None when sharing does not pay.
 
-    Rows are the left-padded prompts of one `generate` call, P = the longest. Consecutive rows whose
+    Rows are the left-padded prompts of one `decode` call, P = the longest. Consecutive rows whose
     common prefix covers at least `min_share` of a row form a group; a group's prefix (at most each
-    member's length - 1: `generate` must feed every row at least one token) runs once, at batch 1. The
+    member's length - 1: `decode` must feed every row at least one token) runs once, at batch 1. The
     cache is the first W = P - S columns of the padded batch, S the longest row end left outside its group's
     prefix: row r holds its first len_r - S prompt tokens there, right-aligned as in the padded batch
-    (padding is masked out by the attention mask as usual). `generate(input_ids (N, P), attention_mask,
-    cache=cache)` (`cache_argument`) then prefills only the last S columns. Used when some group has two rows or more
-    and the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the
-    plain path."""
+    (padding is masked out by the attention mask as usual). `decode(batch, ..., cached=(cache, W))` then
+    prefills only the last S columns. Used when some group has two rows or more and the tokens prefilled this
+    way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the plain path."""
     groups: list[list[int]] = []  # row indices
     shared: list[int] = []  # each group's common prefix length
     for r, ids in enumerate(rows):
@@ -189,14 +188,18 @@ def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopP
            done, min_new_tokens: int = 0, eos_ids: Sequence[int] = (),
            cached: tuple[DynamicCache, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
     """Autoregressive decoding of the left-padded prompts of `batch` (R = 0) with a KV cache, each row until
-    `done(row, tokens)` says it is finished (or `max_new_tokens`). Returns each row's new tokens and, with a
-    `sampler`, the log-prob the sampler gave each (greedy without one).
+    `done(row, tokens)` says it is finished, it drew an EOS, or `max_new_tokens`. Returns each row's new tokens
+    (an EOS kept) and, with a `sampler`, the log-prob the sampler gave each (`draw`); greedy without one.
 
-    A finished row leaves the batch at once (its cache rows are dropped): rows end at very different
-    lengths (a code block closes after 60 tokens or 250), and transformers' `generate` keeps computing
-    every finished row until the last one ends. Each row sees the same numbers either way, up to float
-    rounding. `cached`: a cache of the first W prompt columns (`prefill_shared_prefixes`); only the rest
-    is prefilled. EOS is suppressed before `min_new_tokens`."""
+    A finished row leaves the batch at once (its cache rows are dropped): rows end at very different lengths
+    (a code block closes after 60 tokens or 250), and transformers' `generate` keeps computing every finished
+    row until the last one ends. A greedy row gets the same tokens either way, up to float rounding; a
+    sampled row draws from the same distribution, but the random stream is spent on the rows still running,
+    so seeded samples differ from `generate`'s (and from this project's before 2026-12-07). Only the
+    sampler shapes the distribution: a model's `generation_config` (a repetition penalty, say) is not
+    applied, so the recorded log-probs are those the PPO update scores. `cached`: a cache of the first W
+    prompt columns (`prefill_shared_prefixes`); only the rest is prefilled. EOS is suppressed before
+    `min_new_tokens` (benchmarks; the recorded log-probs then leave EOS out of the normaliser)."""
     N = len(batch.input_ids)
     cache, width = cached if cached is not None else (DynamicCache(config=model.config), 0)
     rows = torch.arange(N, device=batch.input_ids.device)  # (n,) the original row of each batch row
@@ -214,8 +217,8 @@ def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopP
         scores = out.logits[:, -1].float()  # (n, V)
         if t < min_new_tokens and len(eos):
             scores[:, eos] = float("-inf")
-        chosen = (sampler(None, scores) if sampler else scores).argmax(-1)  # (n,)
-        drawn = sampler.chosen_logprobs.pop().tolist() if sampler else None
+        chosen, drawn = sampler.draw(scores) if sampler else (scores.argmax(-1), None)  # (n,), (n,)
+        drawn = drawn.tolist() if drawn is not None else None
         keep = []
         for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist())):
             tokens[row].append(token)
@@ -337,7 +340,7 @@ class LLMBase:
         code_block: bool = False,
         prefixes: Sequence[str] | str = "",
     ) -> list[list[Generation]]:
-        """`num_samples` responses to each prompt, all in ONE batched `generate` call.
+        """`num_samples` responses to each prompt, all in ONE batched decoding (`decode`).
         Returns one list per prompt, in prompt order. `code_block`: the reply is one code block, so a
         row may stop once it closes (when `settings.stop_after_code_block`). `prefixes` (one, or one per
         prompt): the start of the assistant's reply, written into the prompt (prefill); sampling continues

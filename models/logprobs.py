@@ -50,63 +50,54 @@ def autocast(model: torch.nn.Module, precision: str = "fp32"):
                           enabled=precision == "bf16" or low is not None)
 
 
-class _TokenLogprobs(torch.autograd.Function):
-    """log softmax(h · Wᵀ / T)[a] for N rows of hidden states, a chunk of rows at a time.
-
-    The (N, V) logits of a 152k vocabulary (0.6 MB a token in fp32) are never held whole: the forward keeps
-    only each row's logsumexp, and the backward computes a chunk's logits again for its gradient,
-    d lp / d logits = (onehot(a) − softmax) / T (as fused linear cross-entropy kernels do, e.g. Liger). One
-    more matmul per chunk buys the memory traffic of several (N, V) fp32 tensors. The matmuls run in
-    `dtype` (bf16 under autocast), the softmax in fp32."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, dtype, chunk, entropy):
-        lps, lses, ents = [], [], []
-        w = weight.to(dtype)
-        for h, a in zip(hidden.split(chunk), tokens.split(chunk)):
-            logits = (h.to(dtype) @ w.T).float().div_(temperature)  # (n, V)
-            lse = torch.logsumexp(logits, -1)  # (n,)
-            lps.append(logits.gather(-1, a[:, None]).squeeze(-1) - lse)
-            lses.append(lse)
-            if entropy:  # H = lse − Σ softmax · logits
-                ents.append(lse - ((logits - lse[:, None]).exp_() * logits).sum(-1))
-        ctx.save_for_backward(hidden, weight, tokens, torch.cat(lses))
-        ctx.temperature, ctx.dtype, ctx.chunk = temperature, dtype, chunk
-        lp = torch.cat(lps)  # (N,)
-        return lp, (torch.cat(ents) if entropy else torch.zeros_like(lp))
-
-    @staticmethod
-    def backward(ctx, grad_lp, _grad_entropy):
-        hidden, weight, tokens, lse = ctx.saved_tensors
-        T, dtype, chunk = ctx.temperature, ctx.dtype, ctx.chunk
-        w = weight.to(dtype)
-        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        for start in range(0, len(hidden), chunk):
-            h, a = hidden[start:start + chunk], tokens[start:start + chunk]
-            g = grad_lp[start:start + chunk].float() / T  # (n,)
-            coef = (h.to(dtype) @ w.T).float().div_(T).sub_(lse[start:start + chunk, None]).exp_()  # (n, V) softmax
-            coef.mul_(-g[:, None]).scatter_add_(-1, a[:, None], g[:, None])  # (onehot − softmax) · g / T
-            if grad_h is not None:
-                grad_h[start:start + chunk] = (coef.to(dtype) @ w).to(hidden.dtype)
-            if grad_w is not None:
-                grad_w += (coef.to(dtype).T @ h.to(dtype)).float()
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
-
-
-def token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Tensor, temperature: float = 1.0,
+def token_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, temperature: float = 1.0,
                    entropy: bool = False, chunk_bytes: int = 2**28) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N,) log softmax(head(hidden) / T)[tokens] and, with `entropy`, the (N,) entropy of that distribution
-    (no grad). hidden (N, H), tokens (N,). `head` is the output layer (a `Linear` without bias); its matmul
-    runs in the autocast dtype when autocast is on. Rows go through in chunks of about `chunk_bytes` of fp32
-    logits (`_TokenLogprobs`)."""
-    weight = head.weight  # (V, H)
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    chunk = max(1, chunk_bytes // (4 * weight.shape[0]))
-    with torch.autocast(device_type=device, enabled=False):
-        lp, ent = _TokenLogprobs.apply(hidden, weight, tokens, float(temperature), dtype, chunk, entropy)
-    return lp, (ent.detach() if entropy else None)
+    (no grad). hidden (N, H), tokens (N,); `head` maps (n, H) to (n, V) logits (the output layer, with whatever
+    the model applies after it: `output_logits`).
+
+    Rows go through in chunks of about `chunk_bytes` of fp32 logits, each under activation checkpointing: the
+    (N, V) logits of a 152k vocabulary (0.6 MB a token in fp32) are never held whole, and the backward computes
+    a chunk's logits again instead of keeping them (one more matmul per chunk for the memory traffic of several
+    (N, V) fp32 tensors, as fused linear cross-entropy kernels trade)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h).float() / temperature  # (n, V)
+        lp = logprobs_from_logits(logits, a)  # (n,)
+        return lp, (entropy_from_logits(logits.detach()) if entropy else lp.new_zeros(()))
+
+    with torch.no_grad():
+        V = head(hidden[:1]).shape[-1] if len(hidden) else 1  # the vocabulary (one row's logits)
+    rows = max(1, chunk_bytes // (4 * V))
+    lps, ents = [], []
+    for h, a in zip(hidden.split(rows), tokens.split(rows)):
+        lp, ent = checkpoint(chunk, h, a, use_reentrant=False) if torch.is_grad_enabled() else chunk(h, a)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:
+        return hidden.new_zeros(0, dtype=torch.float32), (hidden.new_zeros(0, dtype=torch.float32) if entropy else None)
+    return torch.cat(lps), (torch.cat(ents).detach() if entropy else None)
+
+
+def output_logits(model: torch.nn.Module):
+    """(n, H) final hidden states -> (n, V) logits as the model's own forward makes them: its output layer
+    (a bias or LoRA adapters included), then a final logit soft-cap (Gemma-2) or scale (Cohere) where the
+    config has one."""
+    head = model.get_output_embeddings()
+    config = model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+
+    def logits(h: torch.Tensor) -> torch.Tensor:
+        out = head(h)
+        if scale is not None:
+            out = out * scale
+        if cap:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+    return logits
 
 
 def forward_logprobs(
@@ -133,7 +124,7 @@ def forward_logprobs(
         hidden = model.get_decoder()(**inputs, attention_mask=attention_mask,
                                      position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
         # hidden[:, t] predicts input_ids[:, t + 1]
-        lp, ent = token_logprobs(hidden[:, keep_from - 1:-1][scored], model.get_output_embeddings(),
+        lp, ent = token_logprobs(hidden[:, keep_from - 1:-1][scored], output_logits(model),
                                  input_ids[:, keep_from:][scored], temperature,
                                  entropy=entropy_mask is not None)  # (N,), (N,)
     scored = F.pad(scored, (keep_from, 0), value=False)  # (B, T)

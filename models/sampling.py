@@ -73,7 +73,9 @@ class TopKFirstTopPLogitsProcessor(LogitsProcessor):
         self.top_k, self.top_p, self.temperature, self.sample = top_k, top_p, temperature, sample
         self.chosen_logprobs: list[torch.Tensor] = []  # per step (B,), when sampling
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def _nucleus(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, V) scores -> the top k scores / T with -inf outside the nucleus (B, k), their ids (B, k), and
+        the whole-vocabulary log-normaliser of scores / T (B, 1) when it was needed."""
         if self.temperature != 1.0:
             scores = scores / self.temperature  # (B, V)
         k = min(self.top_k, scores.shape[-1])
@@ -87,13 +89,24 @@ class TopKFirstTopPLogitsProcessor(LogitsProcessor):
             keep = mass_above < self.top_p
             keep[:, 0] = True
             top_scores = top_scores.masked_fill(~keep, float("-inf"))
+        return top_scores, top_ids, log_z
+
+    def draw(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row from the nucleus of (B, V) scores: its id (B,) and its log-prob under the
+        whole-vocabulary softmax of scores / T (B,), the quantity the PPO update scores."""
+        top_scores, top_ids, log_z = self._nucleus(scores)
+        choice = torch.multinomial(torch.softmax(top_scores.float(), dim=-1), num_samples=1)  # (B, 1) rank in top k
+        return top_ids.gather(-1, choice).squeeze(-1), (top_scores.gather(-1, choice).float() - log_z).squeeze(-1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """transformers' `LogitsProcessor` interface (benchmarks run it inside `generate`)."""
         out = torch.full_like(scores, float("-inf"))  # (B, V)
         if not self.sample:
+            top_scores, top_ids, _ = self._nucleus(scores)
             return out.scatter_(-1, top_ids, top_scores)
-        probs = torch.softmax(top_scores.float(), dim=-1)  # (B, k) the nucleus, renormalised
-        choice = torch.multinomial(probs, num_samples=1)  # (B, 1) rank within the top k
-        self.chosen_logprobs.append((scores.gather(-1, top_ids.gather(-1, choice)).float() - log_z).squeeze(-1))  # (B,)
-        return out.scatter_(-1, top_ids.gather(-1, choice), 0.0)  # (B, V) one finite score per row
+        ids, logprobs = self.draw(scores)
+        self.chosen_logprobs.append(logprobs)  # (B,)
+        return out.scatter_(-1, ids[:, None], 0.0)  # (B, V) one finite score per row
 
 
 class CodeBlockStop:

@@ -175,6 +175,33 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_token_logprobs_and_their_gradients_equal_the_whole_softmax(temperature):
+    """`token_logprobs` a few rows at a time (checkpointed chunks) against log_softmax over whole logits: values,
+    entropy, and the gradients of the hidden states, a tied output weight and a bias; bf16 autocast too."""
+    from models.logprobs import token_logprobs
+
+    torch.manual_seed(0)
+    N, H, V = 37, 16, 101
+    embedding, head = torch.nn.Embedding(V, H), torch.nn.Linear(H, V)
+    head.weight = embedding.weight  # tied, as the default model's output layer is
+    hidden, tokens, weights = torch.randn(N, H, requires_grad=True), torch.randint(0, V, (N,)), torch.randn(N)
+    params = [hidden, embedding.weight, head.bias]
+    lp, entropy = token_logprobs(hidden, head, tokens, temperature, entropy=True, chunk_bytes=4 * V * 5)  # 8 chunks
+    logits = head(hidden) / temperature
+    expected = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+    probs = logits.softmax(-1)
+    torch.testing.assert_close(lp, expected)
+    torch.testing.assert_close(entropy, -(probs * probs.log()).sum(-1))
+    for ours, theirs in zip(torch.autograd.grad((lp * weights).sum(), params),
+                            torch.autograd.grad((expected * weights).sum(), params)):
+        torch.testing.assert_close(ours, theirs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmul in bf16, the softmax in fp32
+        low, _ = token_logprobs(hidden, head, tokens, temperature, chunk_bytes=4 * V * 5)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, expected, atol=0.1, rtol=0.05)
+
+
 def test_batch_logprobs_match_the_models_own_logits(tiny_model_factory):
     model = tiny_model_factory()
     batch = make_batch()

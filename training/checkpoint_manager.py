@@ -428,7 +428,7 @@ def read_resolved(path: str | Path, which: str | None, run_folder: str | None, r
             raise  # still there: the failure is the checkpoint's own
         if first.resolve() == Path(path).resolve():
             raise CheckpointError(f"{first} was removed while it was being read (pruned by a trainer writing to "
-                                  f"its run?); give the run folder to read its best checkpoint") from None
+                                  f"its run?); give the run folder to read the checkpoint it stands for") from None
     again = resolve_checkpoint(path, which, run_folder)
     logger.warning("checkpoint %s was removed while it was being read (pruned by a trainer writing to this run); "
                    "reading %s instead", first, again)

@@ -45,7 +45,8 @@ def launch_command(script: str = "run_training.py") -> list[str]:
 def parent_command_line() -> list[str]:
     """The parent process's command line (Linux /proc), or [] where it cannot be read."""
     try:
-        return open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode(errors="replace").split("\0")[:-1]
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
 

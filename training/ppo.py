@@ -200,7 +200,8 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[t
         return [(torch.arange(B, device=real.device), 0, T)]
     columns = torch.arange(T, device=real.device)
     start = torch.where(real, columns, T).amin(1).clamp(max=T - 1).tolist()  # (B,) first real column
-    end = (torch.where(real, columns, -1).amax(1) + 1).clamp(min=1).tolist()  # (B,) one past the last
+    end = (torch.where(real, columns, -1).amax(1) + 1).tolist()  # (B,) one past the last real column
+    end = [max(e, s + 1) for s, e in zip(start, end)]  # (a row without a real token: one column)
     order = sorted(range(B), key=lambda r: (start[r], end[r]))
     groups: list[list[int]] = []
     lo = hi = 0
