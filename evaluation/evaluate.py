@@ -163,7 +163,9 @@ def parse_args(argv=None):
     parser.add_argument("--test-tokens", type=int, default=d.test_tokens, help=f"max new tokens of a test suite (default: {d.test_tokens})")
     parser.add_argument("--mutants", type=int, default=d.mutants_per_problem,
                         help=f"non-equivalent mutants per reference for the mutation score (default: {d.mutants_per_problem})")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems per batched generate (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="problems per batch: a batch's stages, codes and test suites are one batched generation "
+                             "each (default: 16)")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default: {d.seed})")
     parser.add_argument("--allow-overlap", action="store_true",
