@@ -62,22 +62,21 @@ def token_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, temperature
     (N, V) fp32 tensors, as fused linear cross-entropy kernels trade)."""
     from torch.utils.checkpoint import checkpoint
 
-    def chunk(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ents: list[torch.Tensor] = []
+
+    def chunk(h: torch.Tensor, a: torch.Tensor, index: int) -> torch.Tensor:
         logits = head(h).float() / temperature  # (n, V)
-        lp = logprobs_from_logits(logits, a)  # (n,)
-        return lp, (entropy_from_logits(logits.detach()) if entropy else lp.new_zeros(()))
+        if entropy and len(ents) == index:  # once: not again when the backward recomputes the chunk
+            ents.append(entropy_from_logits(logits.detach()))  # (n,)
+        return logprobs_from_logits(logits, a)  # (n,)
 
     with torch.no_grad():
         V = head(hidden[:1]).shape[-1] if len(hidden) else 1  # the vocabulary (one row's logits)
     rows = max(1, chunk_bytes // (4 * V))
-    lps, ents = [], []
-    for h, a in zip(hidden.split(rows), tokens.split(rows)):
-        lp, ent = checkpoint(chunk, h, a, use_reentrant=False) if torch.is_grad_enabled() else chunk(h, a)
-        lps.append(lp)
-        ents.append(ent)
-    if not lps:
-        return hidden.new_zeros(0, dtype=torch.float32), (hidden.new_zeros(0, dtype=torch.float32) if entropy else None)
-    return torch.cat(lps), (torch.cat(ents).detach() if entropy else None)
+    lps = [checkpoint(chunk, h, a, i, use_reentrant=False) if torch.is_grad_enabled() else chunk(h, a, i)
+           for i, (h, a) in enumerate(zip(hidden.split(rows), tokens.split(rows)))]
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    return (torch.cat(lps) if lps else empty), ((torch.cat(ents) if ents else empty) if entropy else None)
 
 
 def output_logits(model: torch.nn.Module):

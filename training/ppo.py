@@ -202,17 +202,16 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[t
     start = torch.where(real, columns, T).amin(1).clamp(max=T - 1).tolist()  # (B,) first real column
     end = (torch.where(real, columns, -1).amax(1) + 1).tolist()  # (B,) one past the last real column
     end = [max(e, s + 1) for s, e in zip(start, end)]  # (a row without a real token: one column)
-    order = sorted(range(B), key=lambda r: (start[r], end[r]))
-    groups: list[list[int]] = []
-    lo = hi = 0
-    for r in order:
-        if groups and (len(groups[-1]) + 1) * (max(hi, end[r]) - min(lo, start[r])) <= max_tokens:
-            groups[-1].append(r)
+    groups: list[tuple[list[int], int, int]] = []  # (rows, lo, hi)
+    for r in sorted(range(B), key=lambda r: (start[r], end[r])):
+        if groups:
+            rows, lo, hi = groups[-1]
             lo, hi = min(lo, start[r]), max(hi, end[r])
-        else:
-            groups.append([r])
-            lo, hi = start[r], end[r]
-    return [(torch.tensor(g, device=real.device), min(start[r] for r in g), max(end[r] for r in g)) for g in groups]
+            if (len(rows) + 1) * (hi - lo) <= max_tokens:
+                groups[-1] = (rows + [r], lo, hi)
+                continue
+        groups.append(([r], start[r], end[r]))
+    return [(torch.tensor(rows, device=real.device), lo, hi) for rows, lo, hi in groups]
 
 
 def first_scored_column(mask: torch.Tensor | None) -> int:
@@ -261,7 +260,8 @@ def train_step(
     Each step: loss = `compute_policy_loss` (clip_coef, kl_coef), backward, clip the global gradient norm
     to `max_grad_norm`, step. The loss and its gradient are taken a micro-batch of rows at a time
     (`micro_batches`, `config.micro_batch_tokens`): the minibatch's token mean is the sum of its micro-batches'
-    token means weighted by their shares of its tokens, so the step is that of the whole minibatch. A non-finite loss or gradient norm skips the step: gradients are dropped, the
+    token means weighted by their shares of its tokens, so the step is that of the whole minibatch. A
+    non-finite loss or gradient norm skips the step: gradients are dropped, the
     optimizer does not step, weights and optimizer state stay bit-for-bit unchanged; it is counted in
     `ppo/skipped_steps`. With `batch.old_logprobs` None the log-probs of the current weights (before any
     step, no grad) are used, so the first step has ratio 1. The forward runs under bf16 autocast when
