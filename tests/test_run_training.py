@@ -227,14 +227,16 @@ def test_launch_command_is_the_launchers_own_up_to_the_script(monkeypatch):
 
 def test_launch_command_under_torchrun(tmp_path):
     script = tmp_path / "show_launch.py"
-    script.write_text(f"import json, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-                      "from training.config import launch_command\nprint(json.dumps(launch_command()))\n")
+    # each rank writes its own file: two ranks printing to one pipe can interleave their lines
+    script.write_text(f"import json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                      "from training.config import launch_command\n"
+                      "open(f'shown-{os.environ[\"RANK\"]}.json', 'w').write(json.dumps(launch_command()))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                        env={**env, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    shown = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
+    shown = [json.loads((tmp_path / f"shown-{rank}.json").read_text()) for rank in (0, 1)]
     assert shown == [["python", *cmd[1:]]] * 2  # each process names the launcher, not itself
 
 
