@@ -14,8 +14,9 @@ Each child, before any untrusted byte arrives (where the level has namespaces):
 - has a new mount namespace with a fresh, size-capped tmpfs on /tmp (its working folder) and /dev/shm,
   a new IPC namespace (no SysV shared memory or semaphores survive it) and a new network namespace with
   loopback only (no socket, port or connection state survives it);
-- drops every capability (bounding and ambient sets too) and sets no_new_privs;
-- installs a seccomp filter (every level): no kernel keyring, no new user namespace;
+- drops every capability; the bounding and ambient sets are empty, no_new_privs is set and a seccomp filter
+  (every level: no kernel keyring, no new user namespace) is in force: the fork server did those once
+  (`harden`), and a child inherits them and cannot undo them;
 - once its execution comes: joins the memory and pids cgroups the host passed with "run" (where it has
   them), so the limits bound everything the execution starts; sets rlimits (address space, CPU time, file
   size, core dumps; process count without cgroups); keeps only its sockets (host, peer) and its
@@ -79,6 +80,19 @@ def _mount(source, target, fstype, flags, data=None):
 
 
 # ---------------------------------------------------------------- the child: isolation, then the side's code
+def harden():
+    """What every child inherits and nothing here needs, done once in the fork server before its first fork:
+    an empty bounding set and ambient set (where the level has namespaces; they matter only at an exec, which
+    the fork server never does), no_new_privs and the seccomp filter (both are inherited across fork and can
+    never be undone by a child)."""
+    if NAMESPACED:
+        for cap in range(LAST_CAP + 1):
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop from the bounding set")
+        _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_install_seccomp(), "seccomp")
+
+
 def prepare():
     """What needs privileges (in our own user namespace) and no request: done before one arrives."""
     os.setsid()
@@ -93,13 +107,8 @@ def prepare():
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         except OSError:  # the kernel refuses a new proc here: show none rather than the container's
             libc.umount2(b"/proc", MNT_DETACH)
-        for cap in range(LAST_CAP + 1):
-            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop from the bounding set")
-        _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-        _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(_install_seccomp(), "seccomp")
+        _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")  # no capability left in any set
 
 
 def _loopback_up():
@@ -346,8 +355,14 @@ def main():
         if name:
             __import__(name)
     # Every object so far stays out of the collector's way: a collection in a child would otherwise write
-    # to (and so copy) every page the child shares with us, ~15 ms per execution (measured here).
+    # to (and so copy) every page the child shares with us, ~15 ms per execution (measured here). The
+    # imports' garbage goes first, and the C library hands its free pages back: fewer pages for each fork
+    # to map and each exit to unmap.
+    gc.collect()
+    with contextlib.suppress(AttributeError):  # a C library without malloc_trim keeps its pages
+        libc.malloc_trim(0)
     gc.freeze()
+    harden()  # a failure here ends the fork server before it says it is ready: the worker does not start
     control = socket.socket(fileno=CONTROL_FD)
     if NAMESPACED:
         # Be pid 1 of a pid namespace our user namespace owns, so that each execution's namespace can be
