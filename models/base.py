@@ -11,22 +11,26 @@ Position ids count real tokens only, so a row's log-probs do not depend on how m
 
 Shared-prefix prefill (`prefill_shared_prefixes`): the samples of one prompt, and the prompts of one problem
 (the same problem text and greedy stages, then a different sampled stage), begin with the same tokens.
-a plain prefill would compute those tokens' keys and values once per row; `sample` computes them once per group
-(batch 1, no padding) and hands `decode` a cache that holds them for every row, so it prefills only the
-rows' differing ends. Causal attention makes a prefix's keys and values independent of what follows it,
-and positions count real tokens, so every row sees the same numbers up to float rounding.
+a plain prefill would compute those tokens' keys and values once per row, padded to the longest prompt;
+`sample` computes them once per group (batch 1, no padding) and hands `decode` a cache that holds them for
+every row, so it prefills only the rows' differing ends. Inside `LLMBase.reusing_prompts` a call also starts
+from the prompts of the call before it (`PromptStore`): the next reasoning stage's prompt repeats the
+problem and the stages so far. Causal attention makes a prefix's keys and values independent of what follows
+it, and positions count real tokens, so every row sees the same numbers up to float rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from models.loading import contiguous_head_input, load_model, prepare_tokenizer, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStop, SamplingConfig, TopKFirstTopPLogitsProcessor
@@ -130,19 +134,114 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5,
-                            max_cost: float = 0.75) -> tuple[DynamicCache, int] | None:
-    """A KV cache for `decode` that holds, for each row, the part of its prompt it shares with its
-    neighbours, each shared part computed once. Returns `(cache, W)` or None when sharing does not pay.
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room to grow: a decoding step writes
+    its token into the buffers instead of copying the whole cache (`torch.cat`, 22% of a step's time at 64 rows
+    and 600 cached tokens with the default model on 2 CPU cores)."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.length, self.buffers = 0, None
+        n, t = self.length, key_states.shape[-2]
+        if self.buffers is None or n + t > self.buffers[0].shape[-2]:
+            room = n + t + max(n + t, 128)  # doubled, so a long decode copies its cache O(log) times
+            self.buffers = tuple(new.new_empty(*new.shape[:-2], room, new.shape[-1])
+                                 for new in (key_states, value_states))
+            if n:
+                self.buffers[0][..., :n, :] = self.keys
+                self.buffers[1][..., :n, :] = self.values
+        self.buffers[0][..., n:n + t, :] = key_states
+        self.buffers[1][..., n:n + t, :] = value_states
+        self.length = n + t
+        self.keys, self.values = self.buffers[0][..., :n + t, :], self.buffers[1][..., :n + t, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized and self.length:
+            self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
+            self.keys, self.values = self.buffers[0][..., :self.length, :], self.buffers[1][..., :self.length, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.is_initialized:
+            self.length = self.keys.shape[-2]
+
+
+def growing_cache(model, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> DynamicCache:
+    """A `DynamicCache` for `model` whose full-attention layers grow in place (`_GrowingLayer`), holding
+    `layers` (each layer's keys and values) to begin with."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    for layer, (keys, values) in zip(cache.layers, layers):
+        layer.update(keys, values)
+    return cache
+
+
+class PromptStore:
+    """The keys and values of the prompts one model prefilled in its last call (`LLMBase.reusing_prompts`),
+    so that a prompt of the next call that starts like one of them prefills only the rest. A reasoning stage's
+    prompt holds the problem and the stages before it, which the previous stage's prompt held too; a code
+    prompt holds the whole chain; a second call on the same prompts (sampled codes after the greedy one)
+    prefills nothing. Entries are batch-1 caches of each group's prefix (`prefill_shared_prefixes`); only the
+    last call's are kept, so memory stays one call's prompts. Valid while the weights do not change."""
+
+    def __init__(self):
+        self.previous: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        self.current: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
+
+    def new_call(self):
+        """Keep the entries of the call that ended (the one to reuse from), drop the older ones."""
+        if self.current:
+            self.previous, self.current = self.current, []
+
+    def longest(self, ids: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """(n, layers): the stored prompt that shares the most leading tokens with `ids`, and how many."""
+        best, layers = 0, None
+        for stored, kv in self.previous + self.current:
+            n = common_prefix_length(stored, ids)
+            if n > best:
+                best, layers = n, kv
+        return best, layers
+
+    def add(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.current.append((list(ids), layers))
+
+
+def _prefill_one(model, ids: list[int], store: PromptStore | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values), (1, heads, len(ids), head_dim), of the prompt `ids` at batch 1; with a
+    `store`, only past the longest stored prefix, and the result is stored."""
+    done, stored = store.longest(ids) if store is not None else (0, None)
+    if done >= len(ids):
+        layers = [(k[:, :, :len(ids)], v[:, :, :len(ids)]) for k, v in stored]
+    else:
+        past = (DynamicCache([(k[:, :, :done], v[:, :, :done]) for k, v in stored], config=model.config)
+                if done else DynamicCache(config=model.config))
+        out = model(input_ids=torch.tensor([ids[done:]], device=model.device), use_cache=True, logits_to_keep=1,
+                    **{cache_argument(model): past})
+        layers = [(layer.keys, layer.values) for layer in out[cache_argument(model)].layers]
+    if store is not None:
+        store.add(ids, layers)
+    return layers
+
+
+def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5, max_cost: float | None = None,
+                            store: PromptStore | None = None) -> tuple[DynamicCache, int] | None:
+    """A KV cache for `decode` that holds, for each row, its prompt but the last tokens, computed without
+    padding and once per group of rows that share a prefix. Returns `(cache, W)` or None for the plain path.
 
     Rows are the left-padded prompts of one `decode` call, P = the longest. Consecutive rows whose
     common prefix covers at least `min_share` of a row form a group; a group's prefix (at most each
-    member's length - 1: `decode` must feed every row at least one token) runs once, at batch 1. The
-    cache is the first W = P - S columns of the padded batch, S the longest row end left outside its group's
-    prefix: row r holds its first len_r - S prompt tokens there, right-aligned as in the padded batch
-    (padding is masked out by the attention mask as usual). `decode(batch, ..., cached=(cache, W))` then
-    prefills only the last S columns. Used when some group has two rows or more and the tokens prefilled this
-    way (the prefixes, plus N x S) are at most `max_cost` of the N x P of the plain path."""
+    member's length - 1: `decode` must feed every row at least one token) runs once, at batch 1 (with a
+    `store`, only past what an earlier prompt already computed: `PromptStore`). The cache is the first
+    W = P - S columns of the padded batch, S the longest row end left outside its group's prefix: row r holds
+    its first len_r - S prompt tokens there, right-aligned as in the padded batch (padding is masked out by
+    the attention mask as usual). `decode(batch, ..., cached=(cache, W))` then prefills only the last S
+    columns. Used when the tokens prefilled this way (the prefixes, plus N x S) are at most `max_cost` of the
+    N x P of the plain path (default: 1 on a CPU, 0.75 elsewhere); on a GPU, also only when some group has two
+    rows or the store holds a prefix (a batch-1 prefill per row pays there only by sharing). On 2 CPU cores,
+    16 prompts of 200-700 tokens prefilled one at a time took 11.7 s against 19-20 s padded into one batch
+    (the default model, bf16: fewer tokens, and each one faster)."""
     groups: list[list[int]] = []  # row indices
     shared: list[int] = []  # each group's common prefix length
     for r, ids in enumerate(rows):
@@ -154,8 +253,14 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
                 continue
         groups.append([r])
         shared.append(len(ids))
-    if all(len(g) == 1 for g in groups):  # nothing shared: the plain batched prefill
-        return None
+    if store is not None:
+        store.new_call()
+    on_cpu = torch.device(model.device).type == "cpu"
+    if max_cost is None:
+        max_cost = 1.0 if on_cpu else 0.75
+    if (not on_cpu and all(len(g) == 1 for g in groups)
+            and (store is None or not any(store.longest(rows[g[0]])[0] for g in groups))):
+        return None  # nothing shared or stored: the plain batched prefill
     shared = [min(c, min(len(rows[r]) for r in g) - 1) for g, c in zip(groups, shared)]  # leave one token to feed
     P = max(len(ids) for ids in rows)
     S = max(len(rows[r]) - c for g, c in zip(groups, shared) for r in g)
@@ -167,26 +272,24 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
         c = max(len(rows[r]) - S for r in g)  # only what the group's rows keep in the cache
         if c <= 0:
             continue
-        prefix = torch.tensor([rows[g[0]][:c]], device=model.device)  # (1, c)
-        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        for layer_idx, layer in enumerate(out[cache_argument(model)].layers):
+        for layer_idx, (k, v) in enumerate(_prefill_one(model, rows[g[0]][:c], store)):  # (1, heads, c, head_dim)
             if len(layers) <= layer_idx:
-                k, v = layer.keys, layer.values  # (1, heads, c, head_dim)
                 layers.append((k.new_zeros(len(rows), k.shape[1], width, k.shape[3]),
                                v.new_zeros(len(rows), v.shape[1], width, v.shape[3])))  # (N, heads, W, head_dim)
             keys, values = layers[layer_idx]
             for r in g:
                 n = len(rows[r]) - S  # this row's cached prompt tokens
                 if n > 0:
-                    keys[r, :, width - n:] = layer.keys[0, :, :n]
-                    values[r, :, width - n:] = layer.values[0, :, :n]
-    return DynamicCache(layers, config=model.config), width
+                    keys[r, :, width - n:] = k[0, :, :n]
+                    values[r, :, width - n:] = v[0, :, :n]
+    return growing_cache(model, layers), width
 
 
 @torch.no_grad()
 def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopPLogitsProcessor | None,
            done, min_new_tokens: int = 0, eos_ids: Sequence[int] = (),
-           cached: tuple[DynamicCache, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+           cached: tuple[DynamicCache, int] | None = None,
+           greedy_rows: Sequence[bool] | None = None) -> tuple[list[list[int]], list[list[float]]]:
     """Autoregressive decoding of the left-padded prompts of `batch` (R = 0) with a KV cache, each row until
     `done(row, tokens)` says it is finished, it drew an EOS, or `max_new_tokens`. Returns each row's new tokens
     (an EOS kept) and, with a `sampler`, the log-prob the sampler gave each (`draw`); greedy without one.
@@ -199,9 +302,11 @@ def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopP
     sampler shapes the distribution: a model's `generation_config` (a repetition penalty, say) is not
     applied, so the recorded log-probs are those the PPO update scores. `cached`: a cache of the first W
     prompt columns (`prefill_shared_prefixes`); only the rest is prefilled. EOS is suppressed before
-    `min_new_tokens` (benchmarks; the recorded log-probs then leave EOS out of the normaliser)."""
+    `min_new_tokens` (benchmarks; the recorded log-probs then leave EOS out of the normaliser).
+    `greedy_rows`: rows that take the most likely token even with a sampler (no log-probs recorded for them),
+    so that a greedy answer and sampled ones to the same prompt decode together."""
     N = len(batch.input_ids)
-    cache, width = cached if cached is not None else (DynamicCache(config=model.config), 0)
+    cache, width = cached if cached is not None else (growing_cache(model), 0)
     rows = torch.arange(N, device=batch.input_ids.device)  # (n,) the original row of each batch row
     mask = batch.attention_mask  # (n, P + t)
     positions = position_ids(mask)[:, width:]  # (n, P - W)
@@ -209,6 +314,8 @@ def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopP
     tokens: list[list[int]] = [[] for _ in range(N)]
     logprobs: list[list[float]] = [[] for _ in range(N)]
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=mask.device)
+    greedy = (torch.tensor(list(greedy_rows), dtype=torch.bool, device=mask.device)
+              if sampler is not None and greedy_rows is not None and any(greedy_rows) else None)
     name = cache_argument(model)
     for t in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -218,11 +325,13 @@ def decode(model, batch: TokenBatch, max_new_tokens: int, sampler: TopKFirstTopP
         if t < min_new_tokens and len(eos):
             scores[:, eos] = float("-inf")
         chosen, drawn = sampler.draw(scores) if sampler else (scores.argmax(-1), None)  # (n,), (n,)
+        if greedy is not None:
+            chosen = torch.where(greedy[rows], scores.argmax(-1), chosen)
         drawn = drawn.tolist() if drawn is not None else None
         keep = []
         for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist())):
             tokens[row].append(token)
-            if drawn is not None:
+            if drawn is not None and not (greedy_rows and greedy_rows[row]):
                 logprobs[row].append(drawn[i])
             if not (token in eos_ids or done(row, tokens[row])):
                 keep.append(i)
@@ -295,6 +404,7 @@ class LLMBase:
         self.sampling = sampling or SamplingConfig()
         # the weights `sample` runs (None: `model`); training sets a bf16 copy (`training.policy.frozen_copy`)
         self.sampling_model: torch.nn.Module | None = None
+        self.prompt_store: PromptStore | None = None  # set inside `reusing_prompts`
         self.prefill = prefill  # open the code block of code and tests replies in the prompt
         if system_prompt is not None:
             self.system_prompt = system_prompt
@@ -326,6 +436,17 @@ class LLMBase:
         return self.tokenizer(prompt, add_special_tokens=not has_template)["input_ids"]
 
     # ------------------------------------------------------------------ sampling
+    @contextlib.contextmanager
+    def reusing_prompts(self) -> Iterator[None]:
+        """Inside the block, each `sample` call prefills only what its prompts do not share with the
+        prompts of the call before it (`PromptStore`): the evaluation's stages, codes and sampled codes of a
+        batch. The weights must not change inside the block (the stored keys and values would be stale)."""
+        self.prompt_store = PromptStore()
+        try:
+            yield
+        finally:
+            self.prompt_store = None
+
     def settings(self, sampling: SamplingConfig | None = None, **overrides) -> SamplingConfig:
         """This wrapper's settings (or `sampling`) with keyword overrides; None values are ignored."""
         return dataclasses.replace(sampling or self.sampling, **{k: v for k, v in overrides.items() if v is not None})
@@ -339,36 +460,40 @@ class LLMBase:
         default_max_new_tokens: int,
         code_block: bool = False,
         prefixes: Sequence[str] | str = "",
+        greedy_first: bool = False,
     ) -> list[list[Generation]]:
         """`num_samples` responses to each prompt, all in ONE batched decoding (`decode`).
         Returns one list per prompt, in prompt order. `code_block`: the reply is one code block, so a
         row may stop once it closes (when `settings.stop_after_code_block`). `prefixes` (one, or one per
         prompt): the start of the assistant's reply, written into the prompt (prefill); sampling continues
-        from it."""
+        from it. `greedy_first`: each prompt's first response is greedy and the `num_samples` after it are
+        sampled, in the same decoding."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        per_prompt = num_samples + greedy_first
         prefixes = [prefixes] * len(user_texts) if isinstance(prefixes, str) else list(prefixes)
         prompts = [self.format_prompt(t) + prefix for t, prefix in zip(user_texts, prefixes, strict=True)]
         prompt_ids = [self.encode(p) for p in prompts]
-        rows = [ids for ids in prompt_ids for _ in range(num_samples)]
+        rows = [ids for ids in prompt_ids for _ in range(per_prompt)]
         batch = build_token_batch(rows, [[] for _ in rows], self.pad_id, self.device)
         stop = None
         if code_block and settings.stop_after_code_block:
-            stop = CodeBlockStop(self.tokenizer, [prefix.count("```") for prefix in prefixes for _ in range(num_samples)])
+            stop = CodeBlockStop(self.tokenizer, [prefix.count("```") for prefix in prefixes for _ in range(per_prompt)])
         model = self.model if self.sampling_model is None else self.sampling_model
         rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
         with autocast(model), torch.random.fork_rng(devices=rng_devices, enabled=settings.seed is not None):
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-            cached = prefill_shared_prefixes(model, rows) if settings.share_prefix else None
+            cached = prefill_shared_prefixes(model, rows, store=self.prompt_store) if settings.share_prefix else None
             new_tokens, chosen = decode(model, batch, settings.max_new_tokens or default_max_new_tokens,
                                         settings.sampler(model.config.vocab_size), stop or (lambda row, tokens: False),
-                                        min_new_tokens=settings.min_new_tokens, eos_ids=self.eos_ids, cached=cached)
+                                        min_new_tokens=settings.min_new_tokens, eos_ids=self.eos_ids, cached=cached,
+                                        greedy_rows=[greedy_first and r % per_prompt == 0 for r in range(len(rows))])
 
         out: list[list[Generation]] = [[] for _ in prompts]
         for row, response in enumerate(new_tokens):  # each ends at its EOS, its closed code block or the budget
-            i = row // num_samples
+            i = row // per_prompt
             out[i].append(
                 Generation(
                     prompt=prompts[i],

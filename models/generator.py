@@ -68,11 +68,14 @@ class LLMGenerator(LLMBase):
         num_samples: int = 1,
         feedback: Sequence[Feedback] | None = None,
         sampling: SamplingConfig | None = None,
+        greedy_first: bool = False,
         **overrides,
     ) -> list[list[CodeGeneration]]:
         """Sample the final code after the chain, sanitized (`models.sanitize.sanitize_code`).
 
-        feedback: one entry per problem, its earlier attempts and their failing tests (see `Feedback`)."""
+        feedback: one entry per problem, its earlier attempts and their failing tests (see `Feedback`).
+        greedy_first: each problem's first code is the greedy one, then its `num_samples` sampled codes (one
+        decoding for both; `LLMBase.sample`)."""
         problems, args = as_batch(problems, chain=chain)
         feedbacks = list(feedback) if feedback else [None] * len(problems)
         if len(feedbacks) != len(problems):
@@ -82,7 +85,8 @@ class LLMGenerator(LLMBase):
         ]
         settings = self.settings(sampling, **overrides)
         prefix = CODE_PREFIX if self.prefill else ""
-        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefixes=prefix)
+        groups = self.sample(prompts, num_samples, settings, CODE_MAX_NEW_TOKENS, code_block=True, prefixes=prefix,
+                             greedy_first=greedy_first)
         return sanitized_records(problems, groups, "code", sanitize_code, CodeGeneration)
 
     def complete_chains(

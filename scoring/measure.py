@@ -2,12 +2,14 @@
 what the trainer's validation slice scores checkpoints by.
 
 `evaluate_problems` runs the five greedy reasoning stages (or none), a greedy code, `num_samples` sampled
-codes and `num_test_suites` discriminator test suites per problem, one batched `generate` per step of a
-batch, and the sandbox on all of them; `ProblemResult` holds what it measured, `measures` turns results
+codes and `num_test_suites` discriminator test suites per problem, one batched decoding per step of a
+batch (the greedy and the sampled codes together; each model's prompts reuse the keys and values of its
+previous call's, `LLMBase.reusing_prompts`), and the sandbox on all of them; `ProblemResult` holds what it measured, `measures` turns results
 into the reported numbers (pass@k, ranked@1, valid-test rate, mutation score, test diversity, ...).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,55 +97,67 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     `generate` per stage, for the greedy codes, the sampled codes and the test suites of a batch.
     `mutants`: problem id -> mutant sources (made here, and cached on disk, when missing)."""
     mutants = {} if mutants is None else mutants
-    sample = dict(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
-    n, m = settings.num_samples, settings.num_test_suites if discriminator is not None else 0
     results = []
     for start in tqdm(range(0, len(problems), batch_size), desc=desc, unit="batch", leave=False):
         batch = problems[start:start + batch_size]
-        chains = [{} for _ in batch]
-        if settings.chain == "full":  # the five stages, greedy, one batched call per stage
-            generator.complete_chains(batch, chains, STAGES, do_sample=False, max_new_tokens=settings.stage_tokens,
-                                      seed=settings.seed)
+        with generator.reusing_prompts(), discriminator.reusing_prompts() if discriminator else nullcontext():
+            results += _evaluate_batch(generator, discriminator, batch, sandbox, settings, mutants)
+    return results
+
+
+def _evaluate_batch(generator, discriminator, batch, sandbox, settings: EvalSettings, mutants: dict) -> list[ProblemResult]:
+    """`evaluate_problems` on one batch, each model's prompts reused from call to call (`reusing_prompts`)."""
+    sample = dict(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
+    n, m = settings.num_samples, settings.num_test_suites if discriminator is not None else 0
+    results = []
+    chains = [{} for _ in batch]
+    if settings.chain == "full":  # the five stages, greedy, one batched call per stage
+        generator.complete_chains(batch, chains, STAGES, do_sample=False, max_new_tokens=settings.stage_tokens,
+                                  seed=settings.seed)
+    if n:  # the greedy code and the sampled ones in one decoding
+        codes = generator.generate_code(batch, chains, n, greedy_first=True, max_new_tokens=settings.code_tokens,
+                                        **sample)
+        greedy, sampled = [c[:1] for c in codes], [c[1:] for c in codes]
+    else:
         greedy = generator.generate_code(batch, chains, 1, do_sample=False, max_new_tokens=settings.code_tokens)
-        sampled = (generator.generate_code(batch, chains, n, max_new_tokens=settings.code_tokens, **sample)
-                   if n else [[] for _ in batch])
-        suites = (discriminator.generate_tests(batch, chains, m, max_new_tokens=settings.test_tokens,
-                                               do_sample=m > 1, **sample) if m else [[] for _ in batch])
-        # sandbox: codes on the problem's tests; reference and mutants on the suites; sampled codes on the suites
-        pairs, where = [], []
-        for k, p in enumerate(batch):
-            if m and settings.mutants_per_problem and p.id not in mutants:
-                mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
-            codes = [c.code if c.ok else "" for c in greedy[k] + sampled[k]]
-            modules = [s.tests if s.ok else "def test_format_failure():\n    assert False\n" for s in suites[k]]
-            rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []
-            where.append((len(pairs), len(codes), len(rows), len(modules)))
-            pairs += [(code, p.tests) for code in codes] + [(row, mod) for row in rows for mod in modules]
-        outcomes = sandbox.execute_pairs(pairs)
-        for k, p in enumerate(batch):
-            at, n_codes, n_rows, n_mod = where[k]
-            gt = outcomes[at:at + n_codes]
-            grid = [outcomes[at + n_codes + r * n_mod: at + n_codes + (r + 1) * n_mod] for r in range(n_rows)]
-            passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
-            result = ProblemResult(
-                id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
-                coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
-            if m:
-                names = [s.test_names if s.ok else [] for s in suites[k]]
-                sources = [s.tests if s.ok else "" for s in suites[k]]
-                n_mut = len(mutants.get(p.id, []))
-                tm = build_test_matrix(grid[1:], names, grid[0], sources)  # rows: mutants, then sampled codes
-                mutant_passes, code_passes = tm.passes[:n_mut], tm.passes[n_mut:]
-                code_ok = np.array([c.ok for c in sampled[k]], dtype=bool) if n > 1 else np.zeros(0, dtype=bool)
-                terms = discriminator_terms(code_passes, tm.valid, tm.sample_ids, np.array([s.ok for s in suites[k]]),
-                                            1, code_ok, tm.keys, mutant_passes)
-                result.num_tests = float(terms["num_tests"].mean())
-                result.valid_test_rate = float(terms["valid_frac"].mean())
-                result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
-                result.test_diversity = compute_test_diversity(sources, p.entry_point).score  # "" (malformed): no tests
-                if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
-                    ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
-                    chosen = dual_agreement(ranking, code_ok)[1]
-                    result.ranked_passed = passed[1 + chosen]
-            results.append(result)
+        sampled = [[] for _ in batch]
+    suites = (discriminator.generate_tests(batch, chains, m, max_new_tokens=settings.test_tokens,
+                                           do_sample=m > 1, **sample) if m else [[] for _ in batch])
+    # sandbox: codes on the problem's tests; reference and mutants on the suites; sampled codes on the suites
+    pairs, where = [], []
+    for k, p in enumerate(batch):
+        if m and settings.mutants_per_problem and p.id not in mutants:
+            mutants[p.id] = [mu.source for mu in nonequivalent_mutants(p, sandbox, settings.mutants_per_problem)]
+        codes = [c.code if c.ok else "" for c in greedy[k] + sampled[k]]
+        modules = [s.tests if s.ok else "def test_format_failure():\n    assert False\n" for s in suites[k]]
+        rows = [p.reference_solution, *mutants.get(p.id, [])] + (codes[1:] if n > 1 else []) if m else []
+        where.append((len(pairs), len(codes), len(rows), len(modules)))
+        pairs += [(code, p.tests) for code in codes] + [(row, mod) for row in rows for mod in modules]
+    outcomes = sandbox.execute_pairs(pairs)
+    for k, p in enumerate(batch):
+        at, n_codes, n_rows, n_mod = where[k]
+        gt = outcomes[at:at + n_codes]
+        grid = [outcomes[at + n_codes + r * n_mod: at + n_codes + (r + 1) * n_mod] for r in range(n_rows)]
+        passed = [g.all_passed and c.ok for g, c in zip(gt, greedy[k] + sampled[k])]
+        result = ProblemResult(
+            id=p.id, greedy_passed=passed[0], greedy_ok=greedy[k][0].ok, n=n, c=int(sum(passed[1:])),
+            coherence=reasoning_coherence(chains[k], greedy[k][0].code, p).score if chains[k] else None)
+        if m:
+            names = [s.test_names if s.ok else [] for s in suites[k]]
+            sources = [s.tests if s.ok else "" for s in suites[k]]
+            n_mut = len(mutants.get(p.id, []))
+            tm = build_test_matrix(grid[1:], names, grid[0], sources)  # rows: mutants, then sampled codes
+            mutant_passes, code_passes = tm.passes[:n_mut], tm.passes[n_mut:]
+            code_ok = np.array([c.ok for c in sampled[k]], dtype=bool) if n > 1 else np.zeros(0, dtype=bool)
+            terms = discriminator_terms(code_passes, tm.valid, tm.sample_ids, np.array([s.ok for s in suites[k]]),
+                                        1, code_ok, tm.keys, mutant_passes)
+            result.num_tests = float(terms["num_tests"].mean())
+            result.valid_test_rate = float(terms["valid_frac"].mean())
+            result.mutation_score = float(terms["mutation_score"].mean()) if n_mut else None
+            result.test_diversity = compute_test_diversity(sources, p.entry_point).score  # "" (malformed): no tests
+            if n > 1:  # the hidden tests never choose: rank by the discriminator's tests alone
+                ranking = code_passes[:, unique_columns(tm.keys, np.ones(len(tm.keys), dtype=bool))]
+                chosen = dual_agreement(ranking, code_ok)[1]
+                result.ranked_passed = passed[1 + chosen]
+        results.append(result)
     return results

@@ -17,7 +17,9 @@ strings, imports, decorators, annotations or default arguments:
                   [], ...) when every other `return` returns a literal of that one type
 
 `nonequivalent_mutants` runs mutants of a problem's reference solution against its ground-truth tests and
-keeps those the tests kill: a mutant no ground-truth test fails is treated as equivalent to the reference.
+keeps those the tests kill: a mutant no ground-truth test fails is treated as equivalent to the reference,
+and one that runs into the time limit is dropped too (any test that reaches its loop kills it, whatever the
+test asserts, so it says nothing of a suite's strength, and it costs a whole time limit per suite).
 With `hardest=True` it keeps the subtlest of them instead of a spread: those that fail the fewest
 ground-truth tests (training's mutation reward uses these: a spread of 8 is mostly killed by any 3 tests,
 so it stops telling a strong suite from a weak one).
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MUTATOR_VERSION = 1  # bump when the operators change: it is part of the cache key
+MUTATOR_VERSION = 2  # bump when the operators or the choice change: it is part of the cache key (2: no mutant that times out)
 
 _SYMBOL = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
            ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not", ast.Add: "+", ast.Sub: "-",
@@ -211,7 +213,8 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
     the smallest share of the ground-truth tests (ties broken by `seed`), in source order.
 
     Up to 4 × limit candidates (8 × limit with `hardest`) run in the sandbox; one that passes every
-    ground-truth test is dropped as (probably) equivalent to the reference. The answer is cached on disk
+    ground-truth test is dropped as (probably) equivalent to the reference, and one that runs into the time
+    limit as a mutant that measures nothing (module docstring). The answer is cached on disk
     under the model cache folder (`mutants/`), keyed by reference, tests, limit, seed, `hardest`,
     MUTATOR_VERSION and `sandbox.verdict_version` (the sandbox's code and limits), so a second call runs
     nothing."""
@@ -227,7 +230,7 @@ def nonequivalent_mutants(problem: Problem, sandbox: Sandbox, limit: int = 8, se
         pass
     candidates = make_mutants(problem.reference_solution, limit=(8 if hardest else 4) * limit, seed=seed)
     rows = sandbox.run_matrix([m.source for m in candidates], [problem.tests]) if candidates else []
-    killed = [(m, row[0]) for m, row in zip(candidates, rows) if not row[0].all_passed]
+    killed = [(m, row[0]) for m, row in zip(candidates, rows) if not (row[0].all_passed or row[0].timed_out)]
     if hardest:
         tiebreak = random.Random(seed).sample(range(len(killed)), len(killed))
         ranked = sorted(range(len(killed)), key=lambda i: (1 - killed[i][1].pass_rate, tiebreak[i]))

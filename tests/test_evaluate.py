@@ -79,9 +79,10 @@ def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, t
     from models.base import CodeGeneration, TestsGeneration
     from models.sanitize import sanitize_tests
 
-    def codes(self, problems, chains, num_samples, **kw):
+    def codes(self, problems, chains, num_samples, greedy_first=False, **kw):
         wrong = lambda p: f"def {p.entry_point}(*args, **kwargs):\n    return None\n"  # noqa: E731
-        pick = [lambda p: p.reference_solution] if num_samples == 1 else [wrong, lambda p: p.reference_solution]
+        right = lambda p: p.reference_solution  # noqa: E731
+        pick = [right] * greedy_first + ([right] if num_samples == 1 else [wrong, right])
         return [[CodeGeneration("", [1], [1], "", code=f(p), ok=True) for f in pick] for p in problems]
 
     def tests(self, problems, chains, num_samples, **kw):

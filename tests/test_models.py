@@ -1,4 +1,5 @@
 """The LLM wrappers on the tiny model: batching, records, log-probs, sampling, prompts (CPU, seconds)."""
+import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,7 @@ def test_decode_drops_finished_rows_and_keeps_the_others_tokens(tiny_generator, 
     assert widths == [3, 3, 3, 2, 2, 1, 1, 1, 1]  # the prefill and two steps at 3 rows, then 2, then 1
 
 
-def test_shared_prefixes_group_neighbours_and_skip_when_nothing_is_shared(tiny_generator):
+def test_shared_prefixes_group_neighbours_and_prefill_without_padding(tiny_generator):
     from models.base import prefill_shared_prefixes
 
     model = tiny_generator.model
@@ -161,7 +162,11 @@ def test_shared_prefixes_group_neighbours_and_skip_when_nothing_is_shared(tiny_g
     assert keys[3, :, :38 - 29].abs().sum() == 0 and keys[3, :, 38 - 29:].abs().sum() > 0  # right-aligned
     alone = model(input_ids=torch.tensor([b]), use_cache=True)
     torch.testing.assert_close(keys[4, :, -30:], alone[cache_argument(model)].layers[0].keys[0])
-    assert prefill_shared_prefixes(model, [a, b, list(range(300, 335))]) is None  # no two rows share: plain path
+    c = list(range(300, 335))
+    # no two rows share: on a CPU each prompt is still prefilled alone, without padding (the last token is fed)
+    cache, width = prefill_shared_prefixes(model, [a, b, c])
+    assert width == 39 and cache.layers[0].keys[1, :, :39 - 29].abs().sum() == 0
+    assert prefill_shared_prefixes(model, [a, b, c], max_cost=0.75) is None  # 102 + 3 tokens > 0.75 x 3 x 40
 
 
 def test_response_cut_at_first_eos_padding_dropped(tiny_generator, example_problems, monkeypatch):
@@ -372,3 +377,48 @@ def test_model_methods_take_a_batch_and_return_one(tiny_generator, tiny_discrimi
         tiny_generator.generate_code(example_problems[0], None)
     out = tiny_discriminator.generate_tests(example_problems[:1], None, num_samples=2, max_new_tokens=2, seed=0)
     assert len(out) == 1 and len(out[0]) == 2  # one list of samples per problem, for one problem too
+
+
+def test_reusing_prompts_prefills_only_what_the_last_call_did_not(tiny_generator, example_problems, monkeypatch):
+    """Inside `reusing_prompts` the next stage's prompt (the problem and the stages so far) starts from the last
+    call's keys and values: the model sees only the new tokens, and the rows get the same greedy tokens."""
+    problems = example_problems[:2]
+    lengths, original = [], tiny_generator.model.forward
+
+    def spy(*args, **kwargs):
+        if "attention_mask" not in kwargs:  # a batch-1 prefill of one prompt (`decode` passes the mask)
+            lengths.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    out = {}
+    for reuse in (False, True):
+        chains = [{} for _ in problems]
+        monkeypatch.setattr(tiny_generator.model, "forward", spy)
+        lengths.clear()
+        with tiny_generator.reusing_prompts() if reuse else contextlib.nullcontext():
+            tiny_generator.complete_chains(problems, chains, ["understand", "edge_cases"], do_sample=False,
+                                           max_new_tokens=4)
+            codes = tiny_generator.generate_code(problems, chains, 1, do_sample=False, max_new_tokens=4)
+            again = tiny_generator.generate_code(problems, chains, 1, do_sample=False, max_new_tokens=4)
+        monkeypatch.undo()
+        out[reuse] = (chains, [g[0].response_ids for g in codes], [g[0].response_ids for g in again], list(lengths))
+        assert tiny_generator.prompt_store is None  # dropped with the block
+    assert out[True][:3] == out[False][:3]
+    plain, reused = out[False][3], out[True][3]
+    assert len(plain) == 8 and len(reused) == 6  # 2 prompts x 4 calls; the repeated code call prefills nothing ...
+    assert reused[0] == plain[0] and sum(reused) < 0.6 * sum(plain)  # ... and the rest far less (even the first
+    # call's second prompt: it starts like the first one, with the system prompt)
+
+
+def test_greedy_first_decodes_the_greedy_code_with_the_sampled_ones(tiny_generator, example_problems):
+    """`greedy_first`: each problem's first code is the greedy one (the tokens a greedy call gives, no sampler
+    log-probs), then its sampled codes, all in one decoding."""
+    problems, chains = example_problems[:2], [{"understand": "Add."}, {}]
+    greedy = tiny_generator.generate_code(problems, chains, 1, do_sample=False, max_new_tokens=8)
+    both = tiny_generator.generate_code(problems, chains, 3, greedy_first=True, max_new_tokens=8, seed=3,
+                                        temperature=1.0)
+    assert [len(group) for group in both] == [4, 4]
+    for alone, group in zip(greedy, both):
+        assert group[0].response_ids == alone[0].response_ids and group[0].sampler_logprobs == []
+        assert all(len(c.sampler_logprobs) == len(c.response_ids) for c in group[1:])
+    assert len({tuple(c.response_ids) for group in both for c in group[1:]}) > 2  # the others are sampled

@@ -195,3 +195,28 @@ def test_hardest_mutants_are_those_failing_the_fewest_ground_truth_tests(sandbox
     assert len(list((tmp_path / "mutants").glob("*.json"))) == 1
     spread = nonequivalent_mutants(CLAMP, sandbox, limit=3)
     assert "line 1: return None at the top of clamp()" in {m.description for m in spread}  # one per operator
+
+
+COUNT_UP = Problem(
+    id="count_up",
+    title="Count up",
+    description="Count from 0 up to n.",
+    entry_point="count_up",
+    reference_solution="def count_up(n):\n    i = 0\n    while i < n:\n        i += 1\n    return i\n",
+    tests="from solution import *\n\ndef test_three():\n    assert count_up(3) == 3\n\n"
+          "def test_zero():\n    assert count_up(0) == 0\n",
+)
+
+
+def test_a_mutant_that_runs_into_the_time_limit_is_not_kept(monkeypatch, tmp_path):
+    from sandbox import Sandbox, SandboxConfig
+
+    monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
+    looping = {"line 4: += -> -=", "line 4: 1 -> 0"}  # i -= 1 and i += 0 never reach 3
+    assert looping <= {m.description for m in make_mutants(COUNT_UP.reference_solution)}
+    with Sandbox(SandboxConfig(num_workers=2, timeout_s=1.0)) as sb:
+        rows = sb.run_matrix([m.source for m in make_mutants(COUNT_UP.reference_solution)], [COUNT_UP.tests])
+        timed_out = {m.description for m, row in zip(make_mutants(COUNT_UP.reference_solution), rows) if row[0].timed_out}
+        assert timed_out == looping  # the ground-truth tests do kill them, by the time limit
+        kept = {m.description for m in nonequivalent_mutants(COUNT_UP, sb, limit=0)}
+    assert kept and not kept & looping
