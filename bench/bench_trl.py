@@ -56,6 +56,12 @@ class Timing:
     tokens: float  # completion tokens sampled
     signal: float  # groups whose rewards differ (the others teach nothing)
 
+    def shares(self) -> str:
+        """What the side spends its time on, in percent of its total."""
+        parts = {"generation": self.generation, "sandbox": self.sandbox, "reference log-probs": self.ref_logprobs,
+                 "update": self.update}
+        return ", ".join(f"{name} {100 * value / self.total:.0f}%" for name, value in parts.items())
+
     def row(self, name: str) -> str:
         g = self.groups
         return (f"{name:<9}{self.total / g:>9.2f}{self.generation / g:>9.2f}{self.sandbox / g:>10.2f}"
@@ -131,8 +137,8 @@ def trl_trainer(config: TrainingConfig, problems: list[Problem], sandbox: Sandbo
 
     generator = LLMGenerator(load_model(config.generator_model, "cpu", config.dtype))
     model, tokenizer = generator.model, generator.tokenizer
-    source = model.config._name_or_path  # TRL loads its reference from there (the tiny model is built: saved first)
-    if not (source and Path(source).is_dir()):
+    source = model.config._name_or_path  # TRL loads its reference from there: saved first where it cannot (tiny, GGUF)
+    if not (source and (Path(source) / "config.json").is_file()) or getattr(model, "is_quantized", False):
         model.save_pretrained(Path(folder) / "model")
         model.config._name_or_path = str(Path(folder) / "model")
     prefix = CODE_PREFIX if generator.prefill else ""
@@ -221,9 +227,13 @@ def main():
     print(HEADER)
     print(mine.row("project"))
     print(theirs.row("TRL"))
-    print(f"TRL / project: {theirs.total / mine.total:.2f}x per group "
-          f"(generation {theirs.generation / max(mine.generation, 1e-9):.2f}x, "
-          f"update with reference {(theirs.update + theirs.ref_logprobs) / max(mine.update + mine.ref_logprobs, 1e-9):.2f}x)")
+    print(f"TRL / project: {theirs.total / mine.total:.2f}x per group, generation "
+          f"{theirs.generation / mine.generation:.2f}x")
+    print(f"project: {mine.shares()}")
+    print(f"TRL:     {theirs.shares()}")
+    if mine.signal < mine.groups:
+        print(f"(the project leaves the {mine.groups - mine.signal:.0f} group(s) without signal out of its update; "
+              "TRL computes its loss on every group)")
 
 
 if __name__ == "__main__":
