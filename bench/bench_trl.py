@@ -8,14 +8,14 @@ each problem's code prompt after an empty chain (`reasoning.stages.code_prompt(p
 generator's chat template with its code-block prefill; `group_size` codes sampled per problem (temperature,
 top_p) within `code_tokens`; each code's reward its pass rate on the problem's tests in this project's
 sandbox (sanitized as training does); then one update of the last `train_last_layers` blocks (AdamW at
-`learning_rate`, KL coefficient beta `kl_coef`, clip 0.2), in bf16 where the preset's `precision` says so.
+`learning_rate`, KL coefficient beta `kl_coef`, clip `clip_coef`), in bf16 where the preset's `precision` says so.
 
 - this project: `LLMGenerator.generate_code` (its decoder: the samples of a prompt share its prefill, rows stop
   when their code block closes, sampling runs a bf16 copy of the weights) and `AdversarialTrainer.update`
   (the frozen blocks below the trained ones run once for the reference and the update; a group whose
   rewards are all equal is left out of the update).
 - TRL: `GRPOTrainer.train` for `repeats` optimizer steps, each over all the groups: transformers' `generate`
-  on fp32 weights under bf16 autocast, the reference log-probs from a whole second copy of the model, then the
+  on the fp32 weights (under bf16 autocast with `precision` bf16), the reference log-probs from a whole second copy of the model, then the
   loss's forward and backward, a group (`group_size` rows) at a time, and the optimizer step.
 
 Prints seconds per group for each side (total, generation, sandbox, reference log-probs, update: the rest),
