@@ -15,8 +15,9 @@ sandbox (sanitized as training does); then one update of the last `train_last_la
   (the frozen blocks below the trained ones run once for the reference and the update; a group whose
   rewards are all equal is left out of the update).
 - TRL: `GRPOTrainer.train` for `repeats` optimizer steps, each over all the groups: transformers' `generate`
-  on the fp32 weights (under bf16 autocast with `precision` bf16), the reference log-probs from a whole second copy of the model, then the
-  loss's forward and backward, a group (`group_size` rows) at a time, and the optimizer step.
+  on the fp32 weights (under bf16 autocast with `precision` bf16), the reference log-probs from a whole second
+  copy of the model, then the loss's forward and backward, a group (`group_size` rows) at a time, and the
+  optimizer step.
 
 Prints seconds per group for each side (total, generation, sandbox, reference log-probs, update: the rest),
 the completion tokens sampled per group, the groups with signal, and TRL's total over this project's.
