@@ -70,7 +70,8 @@ class Timing:
                 f"{self.signal:>6.0f}/{g}")
 
 
-HEADER = f"{'side':<9}{'total s':>9}{'gen s':>9}{'sandbox s':>10}{'ref lp s':>10}{'update s':>10}{'tokens/group':>14}  signal"
+HEADER = (f"{'side':<9}{'total s':>9}{'gen s':>9}{'sandbox s':>10}{'ref lp s':>10}{'update s':>10}{'tokens/group':>14}"
+          "  signal")
 
 
 def pass_rates(sandbox: Sandbox, problems: list[Problem], codes: list[str]) -> list[float]:
@@ -167,7 +168,8 @@ def trl_trainer(config: TrainingConfig, problems: list[Problem], sandbox: Sandbo
     dataset = Dataset.from_list([{"prompt": text, "index": i} for i, text in enumerate(prompts(generator, problems))])
     trainer = GRPOTrainer(model=model, reward_funcs=pass_rate, args=args, train_dataset=dataset,
                           processing_class=tokenizer)
-    unfreeze(trainer.model, trainable_names(trainer.model, config.train_last_layers))  # before train() makes the optimizer
+    # the parameters that train, as the project's: before `train()` makes the optimizer of those with gradients
+    unfreeze(trainer.model, trainable_names(trainer.model, config.train_last_layers))
     trainer.model.train()
 
     def timed(method, key, when=lambda *a: True):
