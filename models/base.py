@@ -139,10 +139,11 @@ class _GrowingLayer(DynamicLayer):
     its token into the buffers instead of copying the whole cache (`torch.cat`, 22% of a step's time at 64 rows
     and 600 cached tokens with the default model on 2 CPU cores)."""
 
+    length, buffers = 0, None  # tokens held; the (keys, values) buffers, None before the first update
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.length, self.buffers = 0, None
+        if self.buffers is None:  # (set here, not by `lazy_initialization`, whose signature changed in 5.x)
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
         n, t = self.length, key_states.shape[-2]
         if self.buffers is None or n + t > self.buffers[0].shape[-2]:
             room = n + t + max(n + t, 128)  # doubled, so a long decode copies its cache O(log) times
@@ -158,13 +159,17 @@ class _GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized and self.length:
+        if self.buffers is not None and self.length:
             self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
             self.keys, self.values = self.buffers[0][..., :self.length, :], self.buffers[1][..., :self.length, :]
 
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        if self.is_initialized:
+    def reset(self) -> None:
+        self.length, self.buffers = 0, None
+        super().reset()
+
+    def crop(self, *args, **kwargs) -> None:
+        super().crop(*args, **kwargs)  # a shorter view of the buffers
+        if self.buffers is not None:
             self.length = self.keys.shape[-2]
 
 

@@ -422,3 +422,27 @@ def test_greedy_first_decodes_the_greedy_code_with_the_sampled_ones(tiny_generat
         assert group[0].response_ids == alone[0].response_ids and group[0].sampler_logprobs == []
         assert all(len(c.sampler_logprobs) == len(c.response_ids) for c in group[1:])
     assert len({tuple(c.response_ids) for group in both for c in group[1:]}) > 2  # the others are sampled
+
+
+def test_growing_cache_holds_what_torch_cat_would(tiny_generator):
+    """`growing_cache`: keys and values written into buffers with room equal the concatenation transformers'
+    `DynamicLayer` makes, through growth, dropped rows and a crop."""
+    from models.base import growing_cache
+
+    torch.manual_seed(0)
+    n_layers = len(growing_cache(tiny_generator.model).layers)
+    layers = [(torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)) for _ in range(n_layers)]
+    cache = growing_cache(tiny_generator.model, layers)
+    layer, (keys, values) = cache.layers[0], layers[0]
+    for t in (1, 200, 1):  # the second update outgrows the first buffers
+        k, v = torch.randn(3, 2, t, 4), torch.randn(3, 2, t, 4)
+        out = layer.update(k, v)
+        keys, values = torch.cat([keys, k], dim=-2), torch.cat([values, v], dim=-2)
+        assert torch.equal(out[0], keys) and torch.equal(out[1], values)
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    keys, values = keys[[0, 2]], values[[0, 2]]
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    out = layer.update(k, v)
+    assert torch.equal(out[0], torch.cat([keys, k], dim=-2)) and cache.get_seq_length() == 5 + 202 + 1
+    layer.crop(-3)
+    assert layer.keys.shape[-2] == 205 and torch.equal(layer.update(k, v)[1][..., -1:, :], v)
