@@ -326,6 +326,21 @@ def test_dynamic_sampling_draws_uniform_groups_less_and_resumes_the_same_draws(e
     assert len({trainer.next_problems()[0].id for _ in range(60)}) == 3  # no history: every problem comes up
 
 
+def test_generator_steps_draw_easy_problems_less_with_easy_weight_generator(example_problems, sandbox):
+    import dataclasses
+
+    trainer = make_trainer(example_problems, sandbox, easy_weight_generator=0.01)
+    hard, *easy = trainer.train_problems
+    trainer.train_problems = [dataclasses.replace(hard, difficulty="hard")] + [
+        dataclasses.replace(p, difficulty="easy") for p in easy]
+    by_generator = [trainer.next_problems("generator")[0].id for _ in range(60)]
+    assert by_generator.count(hard.id) > 50  # each easy problem 100x less likely
+    by_discriminator = [trainer.next_problems("discriminator")[0].id for _ in range(60)]
+    assert by_discriminator.count(hard.id) < 40  # the discriminator draws every problem alike
+    with pytest.raises(ValueError, match="easy_weight_generator"):
+        make_trainer(example_problems, sandbox, easy_weight_generator=0)
+
+
 def test_max_minutes_checkpoints_and_stops_then_resume_finishes(example_problems, sandbox, random_rewards, tmp_path):
     manager = CheckpointManager(tmp_path)
     stopped = make_trainer(example_problems, sandbox, run_dir=tmp_path, manager=manager, max_minutes=1e-9)

@@ -135,6 +135,7 @@ class TrainingConfig:
     k_alternations: int = 1  # K: rapid one-and-one alternations per stage
     problems_per_step: int = 1  # problems in one training step
     uniform_group_weight: float = 0.25  # draw weight of a problem whose last group all passed or all failed (1 = none)
+    easy_weight_generator: float = 1.0  # draw weight, in generator steps, of a problem labelled easy (1 = as any other)
     max_minutes: float = 0.0  # stop cleanly with a checkpoint after this many minutes (0 = no limit); resume later
     # rollouts
     group_size: int = 4  # generator samples (stage text + code) per problem and step: the group of its advantages
@@ -182,6 +183,8 @@ class TrainingConfig:
             raise ValueError("group_size must be >= 2 (group-relative advantages need a group), num_test_samples >= 1")
         if not 0 < self.uniform_group_weight <= 1:
             raise ValueError("uniform_group_weight must be in (0, 1]; 1 draws every problem equally often")
+        if not 0 < self.easy_weight_generator <= 1:
+            raise ValueError("easy_weight_generator must be in (0, 1]; 1 draws easy problems as often as the others")
         if self.problems in ("humaneval", "heldout") and not self.allow_heldout_training:
             raise ValueError("HumanEval is the held-out evaluation set; train on 'train', or pass "
                              "--allow-heldout-training to train on it anyway (the run records it)")
