@@ -26,8 +26,8 @@ refused (`--allow-overlap` evaluates it anyway, marked in the report).
 
 `--reuse REPORT.json` takes a named model's per-problem results (`default`, a Hugging Face id: not a folder or
 checkpoint, whose contents can change) from an earlier report instead of running it again, the base model of a
-comparison typically, only when that report used the same problems, settings and batch size; the new report
-marks the model as reused.
+comparison typically, only when that report used the same problems, settings and batch size and the same
+version of the evaluation (`EVAL_VERSION`, in report.json); the new report marks the model as reused.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring.measure import CHAINS, EvalSettings, ProblemResult, evaluate_problems, measures
+from scoring.measure import CHAINS, EVAL_VERSION, EvalSettings, ProblemResult, evaluate_problems, measures
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,19 @@ def load_models(spec: str, device: str, use_discriminator: bool):
 
 def reusable_runs(path: str, problems, settings: EvalSettings, batch_size: int) -> dict:
     """model spec -> run dict of the earlier report at `path`, or ValueError when it was measured otherwise
-    (another problem list, other settings or batch size: its results would not pair with this run's)."""
+    (another problem list, other settings or batch size, another `EVAL_VERSION`: its results would not pair with
+    this run's)."""
     try:
         report = json.loads(Path(path).read_text())
         runs = {run["model"]: run for run in report["models"]}
         same = (report["settings"] == asdict(settings) and report.get("batch_size") == batch_size
+                and report.get("eval_version") == EVAL_VERSION
                 and all([r["id"] for r in run["per_problem"]] == [p.id for p in problems] for run in runs.values()))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--reuse {path}: not a readable evaluation report ({e})") from None
     if not same:
-        raise ValueError(f"--reuse {path}: measured on other problems, settings or batch size; run it again")
+        raise ValueError(f"--reuse {path}: measured on other problems, settings or batch size, or by another "
+                         f"version of the evaluation (this is version {EVAL_VERSION}); run it again")
     return runs
 
 
@@ -172,7 +175,8 @@ def parse_args(argv=None):
                         help="evaluate a checkpoint even when it was trained on some of the evaluation problems")
     parser.add_argument("--reuse", metavar="REPORT", default=None,
                         help="report.json of an earlier evaluation: named models listed there (not folders or checkpoints) "
-                             "are not run again when it used the same problems, settings and batch size")
+                             "are not run again when it used the same problems, settings, batch size and evaluation "
+                             "version")
     parser.add_argument("--allow-unisolated", action="store_true",
                         help="let the sandbox's 'process' level run as root, where bubblewrap and unshare cannot start: "
                              "no network, file or process isolation (refused without it; as in run_training.py)")
@@ -255,7 +259,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
     (out / "report.json").write_text(json.dumps({"problems": args.problems, "skip": args.skip, "limit": args.limit,
-                                                 "settings": asdict(settings), "rejected": rejected,
+                                                 "settings": asdict(settings), "eval_version": EVAL_VERSION,
+                                                 "rejected": rejected,
                                                  "batch_size": args.batch_size, "isolation": isolation,
                                                  "measures": table, "models": runs}, indent=2) + "\n")
     print(report)

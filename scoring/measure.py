@@ -25,6 +25,10 @@ from scoring.terms import discriminator_terms
 from scoring.test_diversity import compute_test_diversity
 
 CHAINS = ("full", "none")
+# What `evaluate_problems` measures and how it decodes, with the mutants' version: a report of another version
+# does not pair with this one's (`python -m evaluation --reuse` refuses it). 2: prefill without padding, prompts
+# reused within a batch, the greedy code decoded with the sampled ones, no mutant that times out (2026-12-07).
+EVAL_VERSION = 2
 
 
 @dataclass

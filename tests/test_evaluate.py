@@ -69,6 +69,11 @@ def test_two_models_one_report(tmp_path, capsys):
     assert "(reused)" in (tmp_path / "again" / "report.md").read_text()
     assert main([*again, "--seed", "1", "--out", str(tmp_path / "other")]) == 2
     assert "other problems, settings or batch size" in capsys.readouterr().err
+    older = {**json.loads((tmp_path / "report.json").read_text()), "eval_version": 1}  # another decoding, mutants
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert main([*again[:-len(TINY) - 2], "--reuse", str(tmp_path / "older.json"), *TINY,
+                 "--out", str(tmp_path / "older")]) == 2
+    assert "another version of the evaluation" in capsys.readouterr().err
 
 
 def test_measures_count_passes_validity_and_mutants(sandbox, example_problems, tiny_generator, tiny_discriminator,
