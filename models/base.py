@@ -167,6 +167,21 @@ class _GrowingLayer(DynamicLayer):
         self.length, self.buffers = 0, None
         super().reset()
 
+    def _adopt(self) -> None:
+        """New buffers for the keys and values an inherited method replaced (`batch_repeat_interleave`, ...)."""
+        keys, values = self.keys, self.values
+        self.length, self.buffers = 0, None
+        if keys is not None and keys.numel():
+            self.update(keys, values)
+
+    def batch_repeat_interleave(self, *args, **kwargs) -> None:
+        super().batch_repeat_interleave(*args, **kwargs)
+        self._adopt()
+
+    def reorder_cache(self, *args, **kwargs) -> None:
+        super().reorder_cache(*args, **kwargs)
+        self._adopt()
+
     def crop(self, *args, **kwargs) -> None:
         super().crop(*args, **kwargs)  # a shorter view of the buffers
         if self.buffers is not None:
@@ -187,9 +202,10 @@ class PromptStore:
     """The keys and values of the prompts one model prefilled in its last call (`LLMBase.reusing_prompts`),
     so that a prompt of the next call that starts like one of them prefills only the rest. A reasoning stage's
     prompt holds the problem and the stages before it, which the previous stage's prompt held too; a code
-    prompt holds the whole chain; a second call on the same prompts (sampled codes after the greedy one)
-    prefills nothing. Entries are batch-1 caches of each group's prefix (`prefill_shared_prefixes`); only the
-    last call's are kept, so memory stays one call's prompts. Valid while the weights do not change."""
+    prompt holds the whole chain; a second call on the same prompts prefills nothing. Entries are batch-1
+    caches of each group's prefix (`prefill_shared_prefixes`); the last call's and the current call's are kept,
+    so memory stays about two calls' prompts. Valid while the weights do not change. On a GPU the plain
+    batched prefill stores nothing: the store pays there only after a call that shared prefixes."""
 
     def __init__(self):
         self.previous: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
@@ -263,14 +279,18 @@ def prefill_shared_prefixes(model, rows: list[list[int]], min_share: float = 0.5
     on_cpu = torch.device(model.device).type == "cpu"
     if max_cost is None:
         max_cost = 1.0 if on_cpu else 0.75
-    if (not on_cpu and all(len(g) == 1 for g in groups)
-            and (store is None or not any(store.longest(rows[g[0]])[0] for g in groups))):
+    if any(type(layer) is not _GrowingLayer for layer in growing_cache(model).layers):
+        return None  # a sliding-window layer keeps only its last tokens: no prefix can be cut from it
+    stored = [store.longest(rows[g[0]])[0] if store is not None else 0 for g in groups]
+    if not on_cpu and all(len(g) == 1 for g in groups) and not any(
+            n >= min_share * len(rows[g[0]]) for g, n in zip(groups, stored)):
         return None  # nothing shared or stored: the plain batched prefill
     shared = [min(c, min(len(rows[r]) for r in g) - 1) for g, c in zip(groups, shared)]  # leave one token to feed
     P = max(len(ids) for ids in rows)
     S = max(len(rows[r]) - c for g, c in zip(groups, shared) for r in g)
     width = P - S  # W
-    if width <= 0 or sum(shared) + len(rows) * S > max_cost * len(rows) * P:
+    computed = sum(c - min(n, c) for c, n in zip(shared, stored))  # what the store does not already hold
+    if width <= 0 or computed + len(rows) * S > max_cost * len(rows) * P:
         return None
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for g in groups:
@@ -444,8 +464,8 @@ class LLMBase:
     @contextlib.contextmanager
     def reusing_prompts(self) -> Iterator[None]:
         """Inside the block, each `sample` call prefills only what its prompts do not share with the
-        prompts of the call before it (`PromptStore`): the evaluation's stages, codes and sampled codes of a
-        batch. The weights must not change inside the block (the stored keys and values would be stale)."""
+        prompts of the call before it (`PromptStore`): the evaluation's stages and codes of a batch. The
+        weights must not change inside the block (the stored keys and values would be stale); not nested."""
         self.prompt_store = PromptStore()
         try:
             yield

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from reasoning.stages import STAGES
 from sandbox.matrix import build_test_matrix, unique_columns
 from scoring.metrics import reasoning_coherence
-from scoring.mutation import nonequivalent_mutants
+from scoring.mutation import MUTATOR_VERSION, nonequivalent_mutants
 from scoring.pass_at_k import pass_at_k
 from scoring.ranking import dual_agreement
 from scoring.terms import discriminator_terms
@@ -28,7 +28,7 @@ CHAINS = ("full", "none")
 # What `evaluate_problems` measures and how it decodes, with the mutants' version: a report of another version
 # does not pair with this one's (`python -m evaluation --reuse` refuses it). 2: prefill without padding, prompts
 # reused within a batch, the greedy code decoded with the sampled ones, no mutant that times out (2026-12-07).
-EVAL_VERSION = 2
+EVAL_VERSION = f"2.{MUTATOR_VERSION}"
 
 
 @dataclass
@@ -98,7 +98,7 @@ def measures(num_samples: int) -> dict:
 def evaluate_problems(generator, discriminator, problems, sandbox, settings: EvalSettings, batch_size: int = 8,
                       desc: str = "evaluating", mutants: dict | None = None) -> list[ProblemResult]:
     """Run one model (an `LLMGenerator`, and an `LLMDiscriminator` or None) on `problems`; one batched
-    `generate` per stage, for the greedy codes, the sampled codes and the test suites of a batch.
+    decoding per stage, for the greedy and sampled codes together, and for the test suites of a batch.
     `mutants`: problem id -> mutant sources (made here, and cached on disk, when missing)."""
     mutants = {} if mutants is None else mutants
     results = []

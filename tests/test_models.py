@@ -446,3 +446,7 @@ def test_growing_cache_holds_what_torch_cat_would(tiny_generator):
     assert torch.equal(out[0], torch.cat([keys, k], dim=-2)) and cache.get_seq_length() == 5 + 202 + 1
     layer.crop(-3)
     assert layer.keys.shape[-2] == 205 and torch.equal(layer.update(k, v)[1][..., -1:, :], v)
+    before = layer.keys.clone()
+    layer.batch_repeat_interleave(2)  # an inherited method that replaces the keys: new buffers follow them
+    k4 = torch.randn(4, 2, 1, 4)
+    assert torch.equal(layer.update(k4, k4)[0], torch.cat([before.repeat_interleave(2, dim=0), k4], dim=-2))
