@@ -500,10 +500,12 @@ class LLMBase:
         prompts = [self.format_prompt(t) + prefix for t, prefix in zip(user_texts, prefixes, strict=True)]
         prompt_ids = [self.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(per_prompt)]
+        greedy_rows = [r % per_prompt == 0 for r in range(len(rows))] if greedy_first else None  # each prompt's first
         batch = build_token_batch(rows, [[] for _ in rows], self.pad_id, self.device)
         stop = None
         if code_block and settings.stop_after_code_block:
-            stop = CodeBlockStop(self.tokenizer, [prefix.count("```") for prefix in prefixes for _ in range(per_prompt)])
+            fences = [prefix.count("```") for prefix in prefixes for _ in range(per_prompt)]
+            stop = CodeBlockStop(self.tokenizer, fences)
         model = self.model if self.sampling_model is None else self.sampling_model
         rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # a model with frozen bf16 weights and fp32 trained ones runs under bf16 autocast (at bf16 speed)
@@ -514,7 +516,7 @@ class LLMBase:
             new_tokens, chosen = decode(model, batch, settings.max_new_tokens or default_max_new_tokens,
                                         settings.sampler(model.config.vocab_size), stop or (lambda row, tokens: False),
                                         min_new_tokens=settings.min_new_tokens, eos_ids=self.eos_ids, cached=cached,
-                                        greedy_rows=[greedy_first and r % per_prompt == 0 for r in range(len(rows))])
+                                        greedy_rows=greedy_rows)
 
         out: list[list[Generation]] = [[] for _ in prompts]
         for row, response in enumerate(new_tokens):  # each ends at its EOS, its closed code block or the budget

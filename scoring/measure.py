@@ -4,8 +4,9 @@ what the trainer's validation slice scores checkpoints by.
 `evaluate_problems` runs the five greedy reasoning stages (or none), a greedy code, `num_samples` sampled
 codes and `num_test_suites` discriminator test suites per problem, one batched decoding per step of a
 batch (the greedy and the sampled codes together; each model's prompts reuse the keys and values of its
-previous call's, `LLMBase.reusing_prompts`), and the sandbox on all of them; `ProblemResult` holds what it measured, `measures` turns results
-into the reported numbers (pass@k, ranked@1, valid-test rate, mutation score, test diversity, ...).
+previous call's, `LLMBase.reusing_prompts`), and the sandbox on all of them; `ProblemResult` holds what it
+measured, `measures` turns results into the reported numbers (pass@k, ranked@1, valid-test rate, mutation
+score, test diversity, ...).
 """
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def evaluate_problems(generator, discriminator, problems, sandbox, settings: Eva
     return results
 
 
-def _evaluate_batch(generator, discriminator, batch, sandbox, settings: EvalSettings, mutants: dict) -> list[ProblemResult]:
+def _evaluate_batch(generator, discriminator, batch, sandbox, settings: EvalSettings,
+                    mutants: dict) -> list[ProblemResult]:
     """`evaluate_problems` on one batch, each model's prompts reused from call to call (`reusing_prompts`)."""
     sample = dict(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
     n, m = settings.num_samples, settings.num_test_suites if discriminator is not None else 0

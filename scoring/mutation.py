@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MUTATOR_VERSION = 2  # bump when the operators or the choice change: it is part of the cache key (2: no mutant that times out)
+MUTATOR_VERSION = 2  # bump when the operators or the choice change (part of the cache key); 2: none that times out
 
 _SYMBOL = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
            ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not", ast.Add: "+", ast.Sub: "-",

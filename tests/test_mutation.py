@@ -213,10 +213,11 @@ def test_a_mutant_that_runs_into_the_time_limit_is_not_kept(monkeypatch, tmp_pat
 
     monkeypatch.setenv("ADVCODE_CACHE_DIR", str(tmp_path))
     looping = {"line 4: += -> -=", "line 4: 1 -> 0"}  # i -= 1 and i += 0 never reach 3
-    assert looping <= {m.description for m in make_mutants(COUNT_UP.reference_solution)}
+    candidates = make_mutants(COUNT_UP.reference_solution)
+    assert looping <= {m.description for m in candidates}
     with Sandbox(SandboxConfig(num_workers=2, timeout_s=1.0)) as sb:
-        rows = sb.run_matrix([m.source for m in make_mutants(COUNT_UP.reference_solution)], [COUNT_UP.tests])
-        timed_out = {m.description for m, row in zip(make_mutants(COUNT_UP.reference_solution), rows) if row[0].timed_out}
+        rows = sb.run_matrix([m.source for m in candidates], [COUNT_UP.tests])
+        timed_out = {m.description for m, row in zip(candidates, rows) if row[0].timed_out}
         assert timed_out == looping  # the ground-truth tests do kill them, by the time limit
         kept = {m.description for m in nonequivalent_mutants(COUNT_UP, sb, limit=0)}
     assert kept and not kept & looping

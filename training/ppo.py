@@ -261,8 +261,8 @@ def train_step(
     to `max_grad_norm`, step. The loss and its gradient are taken a micro-batch of rows at a time
     (`micro_batches`, `config.micro_batch_tokens`): the minibatch's token mean is the sum of its micro-batches'
     token means weighted by their shares of its tokens, so the step is that of the whole minibatch. A
-    non-finite loss or gradient norm skips the step: gradients are dropped, the
-    optimizer does not step, weights and optimizer state stay bit-for-bit unchanged; it is counted in
+    non-finite loss or gradient norm skips the step: gradients are dropped, the optimizer does not step,
+    weights and optimizer state stay bit-for-bit unchanged; it is counted in
     `ppo/skipped_steps`. With `batch.old_logprobs` None the log-probs of the current weights (before any
     step, no grad) are used, so the first step has ratio 1. The forward runs under bf16 autocast when
     `config.precision` is "bf16", on the model's device type. The model's train/eval mode is left as it is
