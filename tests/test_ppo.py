@@ -175,20 +175,24 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("tiled", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_token_logprobs_and_their_gradients_equal_the_whole_softmax(temperature):
-    """`token_logprobs` a few rows at a time (checkpointed chunks) against log_softmax over whole logits: values,
-    entropy, and the gradients of the hidden states, a tied output weight and a bias; bf16 autocast too."""
+def test_chunked_token_logprobs_and_their_gradients_equal_the_whole_softmax(temperature, tiled):
+    """`token_logprobs` a few rows at a time against log_softmax over whole logits: values, entropy, and the
+    gradients of the hidden states, a tied output weight and a bias; bf16 autocast too. Tiled: an `nn.Linear`
+    head, tiles of 5 rows x 16 vocabulary columns (8 x 7 tiles, the last ones partial); else any callable head,
+    checkpointed chunks of 5 rows."""
     from models.logprobs import token_logprobs
 
     torch.manual_seed(0)
     N, H, V = 37, 16, 101
-    embedding, head = torch.nn.Embedding(V, H), torch.nn.Linear(H, V)
-    head.weight = embedding.weight  # tied, as the default model's output layer is
+    embedding, linear = torch.nn.Embedding(V, H), torch.nn.Linear(H, V)
+    linear.weight = embedding.weight  # tied, as the default model's output layer is
+    head = linear if tiled else (lambda h: linear(h))
     hidden, tokens, weights = torch.randn(N, H, requires_grad=True), torch.randint(0, V, (N,)), torch.randn(N)
-    params = [hidden, embedding.weight, head.bias]
-    lp, entropy = token_logprobs(hidden, head, tokens, temperature, entropy=True, chunk_bytes=4 * V * 5)  # 8 chunks
-    logits = head(hidden) / temperature
+    params = [hidden, embedding.weight, linear.bias]
+    lp, entropy = token_logprobs(hidden, head, tokens, temperature, entropy=True, chunk_bytes=4 * V * 5, tile=(5, 16))
+    logits = linear(hidden) / temperature
     expected = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
     probs = logits.softmax(-1)
     torch.testing.assert_close(lp, expected)
@@ -197,7 +201,7 @@ def test_chunked_token_logprobs_and_their_gradients_equal_the_whole_softmax(temp
                             torch.autograd.grad((expected * weights).sum(), params)):
         torch.testing.assert_close(ours, theirs)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmul in bf16, the softmax in fp32
-        low, _ = token_logprobs(hidden, head, tokens, temperature, chunk_bytes=4 * V * 5)
+        low, _ = token_logprobs(hidden, head, tokens, temperature, chunk_bytes=4 * V * 5, tile=(5, 16))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, expected, atol=0.1, rtol=0.05)
 
@@ -443,3 +447,4 @@ def test_sampler_gap_metric(tiny_model_factory):
     batch.sampler_logprobs = None
     assert math.isnan(train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch,
                                  PPOConfig(kl_coef=0.0))["ppo/sampler_logprob_gap"])
+
