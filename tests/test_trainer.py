@@ -183,6 +183,7 @@ BF16_SAMPLER = pytest.param(-1, id="bf16-sampler")  # last-layer training, froze
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(example_problems, sandbox, random_rewards, tmp_path,
                                                                     lora_rank):
     options = dict(frozen_dtype="bfloat16", train_last_layers=1) if lora_rank < 0 else dict(lora_rank=lora_rank)
+    options["carry_samples"] = True  # the checkpoint between the stages holds the discriminator's waiting samples
 
     def trainer(run):
         return make_trainer(example_problems, sandbox, run_dir=tmp_path / run, manager=CheckpointManager(tmp_path / run),
@@ -310,6 +311,31 @@ def test_zero_signal_groups_are_left_out_of_the_batch(example_problems, sandbox,
     assert metrics["ppo/zero_signal_groups"] == 1 and metrics["ppo/no_signal_updates"] == 0
     assert sizes == [2 * 2]  # only the second group: 2 samples x (stage text + code)
     assert metrics["ppo/sampler_logprob_gap"] < 1e-4  # fp32 sampling and training: the same policy
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_carried_samples_join_the_other_roles_next_update(example_problems, sandbox, random_rewards, monkeypatch,
+                                                          carry):
+    from training import trainer as trainer_module
+
+    trainer = make_trainer(example_problems, sandbox, problems_per_step=2, carry_samples=carry)
+    batches, real = [], trainer_module.train_step
+    monkeypatch.setattr(trainer_module, "train_step",
+                        lambda m, o, batch, c, *rest: batches.append(batch) or real(m, o, batch, c, *rest))
+    first = trainer.step("discriminator", "understand")
+    waiting = trainer.state.carried.get("generator", [])
+    assert first["ppo/carried_groups"] == 0 and first["ppo/groups"] == 2
+    # random rewards: both generator groups have signal and wait (2 samples x stage text + code each)
+    assert len(waiting) == (8 if carry else 0) and {r["group"] for r in waiting} == ({"0:0", "0:1"} if carry else set())
+    second = trainer.step("generator", "understand")
+    assert second["ppo/carried_groups"] == (2 if carry else 0) and second["ppo/groups"] == (4 if carry else 2)
+    assert len(batches[1]) == (16 if carry else 8)
+    if carry:  # the waiting rows come first: the same tokens, sampled by the weights the update trains
+        first_row = batches[1].input_ids[0][batches[1].attention_mask[0].bool()].tolist()
+        assert first_row == waiting[0]["prompt_ids"] + waiting[0]["response_ids"]
+        assert second["ppo/sampler_logprob_gap"] < 1e-4
+    assert "generator" not in trainer.state.carried  # used once
+    assert len(trainer.state.carried.get("discriminator", [])) == (4 if carry else 0)  # 2 x 2 suites, no critiques
 
 
 def test_dynamic_sampling_draws_uniform_groups_less_and_resumes_the_same_draws(example_problems, sandbox):

@@ -150,6 +150,7 @@ class TrainingConfig:
     rollout_remaining_stages: bool = True  # write the stages after s before the code (False: code right after s)
     critique: bool = True  # the discriminator critiques stage s before writing its tests
     max_attempts: int = 1  # code attempts per sample; >1 repairs from failing tests (multi-attempt)
+    carry_samples: bool = False  # a model's update also takes its samples with signal from the other model's steps since its last update (on-policy: it was frozen then; their rewards as scored then)
     # what trains
     train_last_layers: int = 0  # train only the last this many transformer blocks (0 = all parameters)
     lora_rank: int = 0  # LoRA adapters of this rank instead of full weights (0 = off; needs peft)
@@ -225,9 +226,11 @@ PRESETS: dict[str, dict] = {
     # the final weights are the run's choice (run 5: they gained on held-out problems, the checkpoint its
     # 8-problem validation chose did not), and its minutes go to training. 8 problems per step: a generate
     # call's time grows far slower than its rows (docs/training.md 'Signal per hour'), so N = K = 1 steps
-    # per stage keep the run within its hour with 4x the groups of each step
+    # per stage keep the run within its hour with 4x the groups of each step; each model's update also takes
+    # its samples from the other's steps (carry_samples: on-policy, it was frozen then)
     "learn": dict(n_steps=1, k_alternations=1, problems_per_step=8, group_size=4, num_test_samples=4,
-                  rollout_remaining_stages=False, critique=False, stage_tokens=32, code_tokens=192, test_tokens=192,
+                  rollout_remaining_stages=False, critique=False, carry_samples=True, stage_tokens=32,
+                  code_tokens=192, test_tokens=192,
                   train_last_layers=4, validation_problems=0, max_minutes=60.0,
                   rewards=dict(disc_validity_coef=0.2, disc_format_coef=0.0),
                   ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),

@@ -74,6 +74,9 @@ class TrainerState:
     uniform_groups: dict[str, bool] = field(default_factory=dict)  # problem id -> its last group all passed or all failed
     last_metrics: dict = field(default_factory=dict)  # the most recent step's metrics (with validation's, if any)
     stage_metrics: dict[str, dict] = field(default_factory=dict)  # stage -> aggregated metrics of its steps
+    # role -> the rows of its groups with signal sampled in the other role's steps since its own last update
+    # (`carry_samples`): {"prompt_ids", "response_ids", "sampler_logprobs", "reward", "group"} each
+    carried: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class AdversarialTrainer:
@@ -307,24 +310,34 @@ class AdversarialTrainer:
         group-relative within each problem. A group whose rewards are all equal has zero advantages: it is
         left out of the batch (no tokens, no KL term) and counted in `ppo/zero_signal_groups`; a step with
         no group left has no update (`ppo/no_signal_updates`). With several processes each passes its own
-        rollouts, all take the same update (`train_step`), and the metrics are those of all processes."""
-        rows = []  # (generation, reward, group) of every sampled action
-        for g, r in enumerate(rollouts):
-            pairs = (zip(r.stage_samples, r.codes, r.gen_rewards) if role == "generator"
-                     else zip(r.critiques or [None] * len(r.tests), r.tests, r.disc_rewards))
-            rows += [(gen, float(reward), g) for first, second, reward in pairs for gen in (first, second)
-                     if gen is not None and gen.response_ids]
-        advantages = compute_advantages([w for _, w, _ in rows], [g for _, _, g in rows],
+        rollouts, all take the same update (`train_step`), and the metrics are those of all processes.
+
+        With `carry_samples` the update also takes the role's groups with signal from the other role's steps
+        since its own last update (`TrainerState.carried`, counted in `ppo/carried_groups` and `ppo/groups`):
+        its weights have not changed since it sampled them, so they are on-policy, and a step's rollout then
+        teaches both models instead of one; their rewards are those scored then, against the other model as
+        it was. This step's samples of the other role wait, in the same way, for that role's next update."""
+        step = self.state.global_step
+        own = [row for g, r in enumerate(rollouts) for row in action_rows(r, role, f"{step}:{g}")]
+        rows = self.state.carried.pop(role, []) + own  # carried first: on-policy, this role was frozen since
+        advantages = compute_advantages([row["reward"] for row in rows], [row["group"] for row in rows],
                                         self.config.ppo.normalize_advantages)  # zero in a group without signal
-        live = {g for (_, _, g), a in zip(rows, advantages.tolist()) if a != 0}
-        keep = [i for i, (_, _, g) in enumerate(rows) if g in live]
-        out = {"ppo/zero_signal_groups": len(rollouts) - len(live), "ppo/groups": len(rollouts)}
+        live = {row["group"] for row, a in zip(rows, advantages.tolist()) if a != 0}
+        keep = [i for i, row in enumerate(rows) if row["group"] in live]
+        if self.config.carry_samples:  # the other role's groups with signal wait for its next update
+            other = next(r for r in ROLES if r != role)
+            waiting = [row for g, r in enumerate(rollouts) for row in action_rows(r, other, f"{step}:{g}")]
+            signal = has_signal(waiting)
+            self.state.carried.setdefault(other, []).extend(row for row in waiting if row["group"] in signal)
+        carried = len({row["group"] for row in rows} - {row["group"] for row in own})
+        out = {"ppo/zero_signal_groups": len(rollouts) + carried - len(live), "ppo/groups": len(rollouts) + carried,
+               "ppo/carried_groups": carried}
         if not any(self.processes.gather(bool(keep))):
             out["ppo/no_signal_updates"] = 1
             return self._merged(out)
         wrapper = self.wrappers[role]
         top = shares_bottom(self.config, wrapper.model)  # the frozen blocks below the trained ones run once
-        batch = self._update_batch(role, [rows[i][0] for i in keep], advantages[keep], top, out) if keep else None
+        batch = self._update_batch(role, [rows[i] for i in keep], advantages[keep], top, out) if keep else None
         # gradients on by parameter name while the whole model is in place, then the top-only view
         with trainable(wrapper.model, self.trainable_names[role]), top_blocks(wrapper.model, top):
             out.update(train_step(wrapper.model, self.optimizers[role], batch, self.config.ppo, self.processes))
@@ -336,18 +349,19 @@ class AdversarialTrainer:
         """The update's metrics over all processes (counts summed, the rest averaged)."""
         if not self.processes.distributed:
             return out
-        return merge_metrics(self.processes.gather(out), summed=("ppo/zero_signal_groups", "ppo/groups", "ppo/tokens"))
+        return merge_metrics(self.processes.gather(out), summed=("ppo/zero_signal_groups", "ppo/groups", "ppo/tokens",
+                                                                  "ppo/carried_groups"))
 
-    def _update_batch(self, role: str, gens: list, advantages: torch.Tensor, top: int, out: dict) -> RolloutBatch:
-        """The update's token batch of the sampled `gens` with the reference log-probs (and, with `top` trained
-        blocks, the frozen bottom's hidden states)."""
+    def _update_batch(self, role: str, rows: list[dict], advantages: torch.Tensor, top: int, out: dict) -> RolloutBatch:
+        """The update's token batch of the sampled `rows` (`action_rows`) with the reference log-probs (and,
+        with `top` trained blocks, the frozen bottom's hidden states)."""
         wrapper = self.wrappers[role]
-        tb = wrapper.token_batch([g.prompt_ids for g in gens], [g.response_ids for g in gens])
+        tb = wrapper.token_batch([row["prompt_ids"] for row in rows], [row["response_ids"] for row in rows])
         P = tb.prompt_width
         sampler_logprobs = torch.full(tb.input_ids.shape, math.nan)  # (B, P+R) NaN where the sampler gave none
-        for i, g in enumerate(gens):
-            if len(g.sampler_logprobs) == len(g.response_ids):
-                sampler_logprobs[i, P:P + len(g.response_ids)] = torch.tensor(g.sampler_logprobs)
+        for i, row in enumerate(rows):
+            if len(row["sampler_logprobs"]) == len(row["response_ids"]):
+                sampler_logprobs[i, P:P + len(row["response_ids"])] = torch.tensor(row["sampler_logprobs"])
         batch = RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
                              response_mask=tb.response_mask, advantages=advantages.to(wrapper.device),
                              sampler_logprobs=sampler_logprobs.to(wrapper.device),
@@ -470,6 +484,7 @@ class AdversarialTrainer:
         from training.checkpoint_manager import capture_rng_state
 
         rng_states = self.processes.gather(capture_rng_state()) if self.processes.distributed else None
+        carried = self.processes.gather(self.state.carried) if self.processes.distributed else None
         if not self.processes.is_main:
             return None
         metrics = dict(self.state.last_metrics)
@@ -478,6 +493,8 @@ class AdversarialTrainer:
         state = {**asdict(self.state), "last_metrics": metrics, "stage": metrics.get("stage"),
                  "config": self.config.to_dict(),
                  "training_problems": sorted(content_hash(p) for p in self.problems)}
+        if carried is not None:  # each process's own samples waiting for an update
+            state["carried"] = {"ranks": carried}
         # named by steps taken, which never go back (a stage run again gets new names; the schedule
         # position is in the state)
         return self.checkpoints.save_checkpoint(
@@ -521,6 +538,9 @@ class AdversarialTrainer:
             self._sync_sampler(role)
         known = TrainerState.__dataclass_fields__
         self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in known})
+        if "ranks" in self.state.carried:  # saved by several processes: this one's own
+            ranks = self.state.carried["ranks"]
+            self.state.carried = ranks[self.processes.rank] if self.processes.rank < len(ranks) else {}
         if start_stage is not None:
             self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
         else:
@@ -613,6 +633,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def action_rows(rollout: ProblemRollout, role: str, group: str) -> list[dict]:
+    """The update rows of `role`'s sampled actions in one problem's rollout: per sample the generator's stage
+    text and code, or the discriminator's critique (when on) and tests, each with its sample's reward and
+    `group` (plain data: they may wait in the trainer state, and its checkpoints, for a later update)."""
+    pairs = (zip(rollout.stage_samples, rollout.codes, rollout.gen_rewards) if role == "generator"
+             else zip(rollout.critiques or [None] * len(rollout.tests), rollout.tests, rollout.disc_rewards))
+    return [{"prompt_ids": list(gen.prompt_ids), "response_ids": list(gen.response_ids),
+             "sampler_logprobs": list(gen.sampler_logprobs), "reward": float(reward), "group": group}
+            for first, second, reward in pairs for gen in (first, second) if gen is not None and gen.response_ids]
+
+
+def has_signal(rows: list[dict]) -> set[str]:
+    """The groups of `rows` whose rewards differ (the others have zero advantages: `compute_advantages`)."""
+    rewards: dict[str, list[float]] = {}
+    for row in rows:
+        rewards.setdefault(row["group"], []).append(row["reward"])
+    return {g for g, r in rewards.items() if max(r) - min(r) > 1e-6}
 
 
 def rollout_metrics(rollouts: list[ProblemRollout]) -> dict:
