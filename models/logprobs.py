@@ -66,8 +66,7 @@ def token_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, temperature
     rows in chunks of about `chunk_bytes` of fp32 logits, each under activation checkpointing (the backward
     computes a chunk's logits again instead of keeping them)."""
     if type(head) is torch.nn.Linear:
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        dtype = _autocast_dtype(hidden.device.type) or head.weight.dtype
         bias = None if head.bias is None else head.bias.to(dtype)
         lp, ent = _LinearLogprobs.apply(hidden.to(dtype), head.weight.to(dtype), bias, tokens, temperature,
                                         entropy, *tile)
@@ -90,6 +89,16 @@ def token_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, temperature
            for i, (h, a) in enumerate(zip(hidden.split(rows), tokens.split(rows)))]
     empty = hidden.new_zeros(0, dtype=torch.float32)
     return (torch.cat(lps) if lps else empty), ((torch.cat(ents) if ents else empty) if entropy else None)
+
+
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    """The dtype autocast computes in on `device` ("cpu", "cuda"), None when it is off."""
+    try:
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        if device == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class _LinearLogprobs(torch.autograd.Function):
