@@ -114,7 +114,7 @@ class _LinearLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, tokens, temperature, want_entropy, rows, columns):
         N, V = hidden.shape[0], weight.shape[0]
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        target = torch.empty_like(lse)
+        target = torch.full_like(lse, math.nan)  # (a token outside the vocabulary stays NaN)
         ent = torch.zeros_like(lse)
         for r0 in range(0, N, rows):
             h, a = hidden[r0:r0 + rows], tokens[r0:r0 + rows]

@@ -447,4 +447,3 @@ def test_sampler_gap_metric(tiny_model_factory):
     batch.sampler_logprobs = None
     assert math.isnan(train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch,
                                  PPOConfig(kl_coef=0.0))["ppo/sampler_logprob_gap"])
-

@@ -327,7 +327,8 @@ class AdversarialTrainer:
         if self.config.carry_samples:  # the other role's groups with signal wait for its next update
             other = next(r for r in ROLES if r != role)
             waiting = [row for g, r in enumerate(rollouts) for row in action_rows(r, other, f"{step}:{g}")]
-            signal = has_signal(waiting)
+            signal = {row["group"] for row, a in zip(waiting, compute_advantages(
+                [row["reward"] for row in waiting], [row["group"] for row in waiting]).tolist()) if a != 0}
             self.state.carried.setdefault(other, []).extend(row for row in waiting if row["group"] in signal)
         carried = len({row["group"] for row in rows} - {row["group"] for row in own})
         out = {"ppo/zero_signal_groups": len(rollouts) + carried - len(live), "ppo/groups": len(rollouts) + carried,
@@ -538,9 +539,11 @@ class AdversarialTrainer:
             self._sync_sampler(role)
         known = TrainerState.__dataclass_fields__
         self.state = TrainerState(**{k: v for k, v in ckpt.trainer_state.items() if k in known})
-        if "ranks" in self.state.carried:  # saved by several processes: this one's own
-            ranks = self.state.carried["ranks"]
-            self.state.carried = ranks[self.processes.rank] if self.processes.rank < len(ranks) else {}
+        # samples waiting for an update: this process's own (saved by one process: the main one's; by more
+        # processes than this run has: the others' are dropped); none when this run does not carry samples
+        carried = self.state.carried.get("ranks", [self.state.carried])
+        self.state.carried = carried[self.processes.rank] if (self.config.carry_samples and
+                                                              self.processes.rank < len(carried)) else {}
         if start_stage is not None:
             self.state.position = min(e.index for e in self.schedule if e.stage == start_stage)
         else:
@@ -644,14 +647,6 @@ def action_rows(rollout: ProblemRollout, role: str, group: str) -> list[dict]:
     return [{"prompt_ids": list(gen.prompt_ids), "response_ids": list(gen.response_ids),
              "sampler_logprobs": list(gen.sampler_logprobs), "reward": float(reward), "group": group}
             for first, second, reward in pairs for gen in (first, second) if gen is not None and gen.response_ids]
-
-
-def has_signal(rows: list[dict]) -> set[str]:
-    """The groups of `rows` whose rewards differ (the others have zero advantages: `compute_advantages`)."""
-    rewards: dict[str, list[float]] = {}
-    for row in rows:
-        rewards.setdefault(row["group"], []).append(row["reward"])
-    return {g for g, r in rewards.items() if max(r) - min(r) > 1e-6}
 
 
 def rollout_metrics(rollouts: list[ProblemRollout]) -> dict:
