@@ -129,8 +129,8 @@ class _LinearLogprobs(torch.autograd.Function):
                 s = s * rescale + e.sum(1)
                 if want_entropy:
                     t = t * rescale + (e * z).sum(1)
-                inside = ((a >= v0) & (a < v0 + z.shape[1])).nonzero().squeeze(1)
-                target[r0 + inside] = z[inside, a[inside] - v0]
+                inside, column = _in_tile(a, v0, z.shape[1])
+                target[r0 + inside] = z[inside, column]
                 m = m_new
             lse[r0:r0 + n] = m + s.log()
             if want_entropy:
@@ -155,8 +155,8 @@ class _LinearLogprobs(torch.autograd.Function):
             for v0 in range(0, V, columns):
                 z = _logit_tile(h, weight, bias, v0, columns, T)  # (n, c)
                 dz = (z - lse[r0:r0 + rows, None]).exp_().mul_(-g[:, None])  # −g·softmax
-                inside = ((a >= v0) & (a < v0 + z.shape[1])).nonzero().squeeze(1)
-                dz[inside, a[inside] - v0] += g[inside]
+                inside, column = _in_tile(a, v0, z.shape[1])
+                dz[inside, column] += g[inside]
                 v1 = v0 + z.shape[1]
                 dz_low = dz.to(hidden.dtype)
                 if need_h:
@@ -167,6 +167,12 @@ class _LinearLogprobs(torch.autograd.Function):
                     grad_b[v0:v1] += dz.sum(0)
         cast = lambda grad, like: None if grad is None else grad.to(like.dtype)  # noqa: E731
         return cast(grad_h, hidden), cast(grad_w, weight), cast(grad_b, bias), None, None, None, None, None
+
+
+def _in_tile(tokens: torch.Tensor, v0: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows whose token lies in vocabulary columns v0..v0+width-1, and its column within the tile."""
+    inside = ((tokens >= v0) & (tokens < v0 + width)).nonzero().squeeze(1)
+    return inside, tokens[inside] - v0
 
 
 def _logit_tile(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, v0: int, columns: int,

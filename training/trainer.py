@@ -319,7 +319,8 @@ class AdversarialTrainer:
         it was. This step's samples of the other role wait, in the same way, for that role's next update."""
         step = self.state.global_step
         own = [row for g, r in enumerate(rollouts) for row in action_rows(r, role, f"{step}:{g}")]
-        rows = self.state.carried.pop(role, []) + own  # carried first: on-policy, this role was frozen since
+        waited = self.state.carried.pop(role, [])  # on-policy: this role was frozen since they were sampled
+        rows = waited + own
         advantages = compute_advantages([row["reward"] for row in rows], [row["group"] for row in rows],
                                         self.config.ppo.normalize_advantages)  # zero in a group without signal
         live = {row["group"] for row, a in zip(rows, advantages.tolist()) if a != 0}
@@ -330,7 +331,7 @@ class AdversarialTrainer:
             signal = {row["group"] for row, a in zip(waiting, compute_advantages(
                 [row["reward"] for row in waiting], [row["group"] for row in waiting]).tolist()) if a != 0}
             self.state.carried.setdefault(other, []).extend(row for row in waiting if row["group"] in signal)
-        carried = len({row["group"] for row in rows} - {row["group"] for row in own})
+        carried = len({row["group"] for row in waited})
         out = {"ppo/zero_signal_groups": len(rollouts) + carried - len(live), "ppo/groups": len(rollouts) + carried,
                "ppo/carried_groups": carried}
         if not any(self.processes.gather(bool(keep))):
