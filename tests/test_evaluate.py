@@ -1,6 +1,7 @@
 """`python -m evaluation`: paired comparison with bootstrap intervals, the measures, checkpoints as models,
 the training-overlap refusal, bad input."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,21 @@ def test_compare_pairs_by_problem_and_skips_undefined():
     assert mutation[0]["problems"] == 1 and mutation[1]["diff"] == 0.5
     text = markdown_report([base, trained], table, "t")
     assert "| pass@1 (greedy) (n=2) | 0.500 | 1.000 (Δ +0.500 [+0.000, +1.000]) |" in text
+
+
+def test_a_pooled_run_is_its_seeds_mean_per_problem():
+    base = {"model": "base", "seconds": 60, "per_problem": [result("a", False, 0, False, 0.5, 0.5),
+                                                           result("b", False, 0, False, 0.5, 0.5)]}
+    seed1 = {"model": "s1", "seconds": 60, "per_problem": [result("a", True, 2, True, 1.0, 1.0),
+                                                          result("b", False, 0, False, 0.5, None)]}
+    seed2 = {"model": "s2", "seconds": 60, "per_problem": [result("a", False, 1, True, 0.0, 0.5),
+                                                          result("b", True, 2, False, 1.0, 1.0)]}
+    table = compare([base, {"model": "pooled", "seconds": 120, "seeds": [seed1, seed2]}], num_samples=2)
+    greedy = table["pass@1 (greedy)"][1]  # per problem (1 + 0) / 2 and (0 + 1) / 2
+    assert greedy["mean"] == 0.5 and greedy["diff"] == 0.5 and greedy["ci_low"] == greedy["ci_high"] == 0.5
+    assert table["valid test rate"][1]["mean"] == pytest.approx(0.625)  # a: 0.5, b: 0.75
+    mutation = table["mutation score"]  # undefined for seed 1 on b: b leaves the measure for the pool
+    assert mutation[0]["problems"] == mutation[1]["problems"] == 1 and mutation[1]["mean"] == 0.75
 
 
 def test_two_models_one_report(tmp_path, capsys):
@@ -160,3 +176,34 @@ def test_bad_input_exits_nonzero(tmp_path, capsys):
     assert main(["--models", "tiny", "--chain", "none", "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
     assert "none.json" in err and "nope" in err and "is a file" in err and "--batch-size" in err
+
+
+def test_replicate_trains_evaluates_pools_and_goes_on_where_it_stopped(tmp_path):
+    """Two seeds of the tiny preset (one stage), each evaluated against the base on two problems; a second call
+    runs nothing; a seed whose run lost its end is resumed, and its evaluation kept (the same checkpoint)."""
+    command = [sys.executable, "-m", "evaluation.replicate", "--seeds", "1", "2", "--preset", "tiny",
+               "--out", str(tmp_path), "--problems", "examples", "--train-args", "--stages understand --quiet",
+               "--eval-args", " ".join(["--limit", "2", "--num-samples", "2", "--num-test-suites", "1", "--allow-overlap", *TINY])]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {"seed-1", "seed-2", "eval-base", "eval-seed-1", "eval-seed-2", "report.md"} <= {p.name for p in tmp_path.iterdir()}
+    assert json.loads((tmp_path / "seed-2" / "config.json").read_text())["seed"] == 2
+    report = json.loads((tmp_path / "report.json").read_text())
+    pooled = report["tables"]["pooled"]["pass@1 (greedy)"]
+    per_seed = [report["tables"]["seeds"][s]["pass@1 (greedy)"][1]["mean"] for s in ("1", "2")]
+    assert pooled[1]["mean"] == pytest.approx(sum(per_seed) / 2) and pooled[1]["problems"] == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "pooled over seeds 1, 2" in text and "seed 1 (checkpoint step" in text and "seed 2 (checkpoint step" in text
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and "replicate: " not in again.stderr  # every step's result was there
+    (tmp_path / "seed-2" / "summary.json").unlink()  # as if killed before its end
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [line for line in resumed.stderr.splitlines() if line.startswith("replicate: ")]
+    assert len(steps) == 1 and "seed 2: resuming its training" in steps[0]
+    shutil.rmtree(tmp_path / "seed-1")  # a run folder deleted (checkpoints are large): its evaluation stands for it
+    kept = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert kept.returncode == 0 and "replicate: " not in kept.stderr and not (tmp_path / "seed-1").exists()
+    assert json.loads((tmp_path / "report.json").read_text())["tables"] == report["tables"]
+    other = subprocess.run([*command[:-2], "--eval-args", "--limit 1"], capture_output=True, text=True, cwd=ROOT)
+    assert other.returncode == 1 and "holds another recipe" in other.stderr.strip().splitlines()[-1]

@@ -58,6 +58,23 @@ def test_dtype_auto_and_forced(monkeypatch):
         resolve_dtype("int8")
 
 
+def test_update_precision_auto_is_bf16_only_where_native(monkeypatch):
+    from models.logprobs import autocast, resolve_precision
+
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)  # an AVX2-only CPU: bf16 is emulated, slow
+    assert resolve_precision("auto", "cpu") == "fp32"
+    with autocast(model, "auto"):
+        assert model(torch.ones(1, 2)).dtype == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    with autocast(model, "auto"):
+        assert model(torch.ones(1, 2)).dtype == torch.bfloat16
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"  # forced
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16")
+
+
 def test_missing_default_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

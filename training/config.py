@@ -96,7 +96,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0  # global gradient-norm clip
     normalize_advantages: bool = True  # divide group-relative advantages by the group's std
     weight_decay: float = 0.0  # AdamW weight decay
-    precision: str = "fp32"  # "fp32", or "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU)
+    precision: str = "fp32"  # "fp32"; "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU); "auto": bf16 where it is native (a GPU that has it, a CPU with AMX or AVX512-BF16), else fp32 (emulated bf16 is ~7x slower)
     micro_batch_tokens: int = 8192  # the update's forwards take rows of similar extent together, up to this many token positions (rows x width) at a time: less padding, bounded memory (0 = a minibatch at once)
 
     def __post_init__(self):
@@ -107,8 +107,8 @@ class PPOConfig:
             raise ValueError("clip_coef must be in (0, 1), e.g. 0.2")
         if self.ppo_epochs < 1 or self.num_minibatches < 1:
             raise ValueError("ppo_epochs and num_minibatches must be >= 1")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.kl_coef < 0 or self.max_grad_norm <= 0:
             raise ValueError("kl_coef must be >= 0 and max_grad_norm > 0")
 
@@ -219,7 +219,7 @@ PRESETS: dict[str, dict] = {
     # the default: the default model, the training set, all five stages, on 2 idle CPU cores (README: what the commands print)
     "demo": dict(n_steps=1, k_alternations=0, group_size=4, num_test_samples=4, rollout_remaining_stages=False,
                  critique=False, stage_tokens=32, code_tokens=160, test_tokens=160, train_last_layers=4,
-                 validation_problems=2, ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),
+                 validation_problems=2, ppo=dict(precision="auto", learning_rate=1e-5, kl_coef=0.1)),
     # the proof that training helps: the default models on the training set for 60 minutes on 2 CPU cores,
     # then `python -m evaluation` of base against trained on held-out HumanEval (docs/experiments.md); valid
     # tests weigh 0.2 and the format term is off (run 5: its suites stopped shrinking). No validation slice:
@@ -233,7 +233,7 @@ PRESETS: dict[str, dict] = {
                   code_tokens=192, test_tokens=192,
                   train_last_layers=4, validation_problems=0, max_minutes=60.0,
                   rewards=dict(disc_validity_coef=0.2, disc_format_coef=0.0),
-                  ppo=dict(precision="bf16", learning_rate=1e-5, kl_coef=0.1)),
+                  ppo=dict(precision="auto", learning_rate=1e-5, kl_coef=0.1)),
     # the tiny random model: a smoke test of the whole pipeline in well under a minute
     "tiny": dict(generator_model="tiny", problems="examples", n_steps=1, k_alternations=1, group_size=2,
                  num_test_samples=2, stage_tokens=12, code_tokens=16, test_tokens=16, rollout_remaining_stages=False,
@@ -243,7 +243,7 @@ PRESETS: dict[str, dict] = {
     # steps of ~1e-6 on bf16 weights would round away (bf16 keeps 8 significant bits)
     "gpu": dict(generator_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", n_steps=8, k_alternations=4, group_size=8,
                 num_test_samples=8, problems_per_step=4, max_attempts=2, train_last_layers=8, validation_problems=16,
-                ppo=dict(precision="bf16", learning_rate=1e-6, ppo_epochs=2, num_minibatches=4)),
+                ppo=dict(precision="auto", learning_rate=1e-6, ppo_epochs=2, num_minibatches=4)),
 }
 
 

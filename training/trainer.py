@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from data.problems import Problem, content_hash
 from models.loading import resolve_device, resolve_dtype
+from models.logprobs import resolve_precision
 from reasoning.stages import stages_before
 from sandbox import Sandbox
 from scoring.run_metrics import BOOKKEEPING, load_metrics, number, summarize_metrics
@@ -142,7 +143,8 @@ class AdversarialTrainer:
             sampling = generation_dtype(config, trained, frozen)
             if sampling is not None:  # sampling runs a copy in that dtype, synced after each update
                 wrapper.sampling_model = frozen_copy(wrapper.model, self.trainable_names[role], sampling)
-            logger.info("%s samples with %s weights", role, sampling or "its training")
+            logger.info("%s samples with %s weights; its update runs in %s", role, sampling or "its training",
+                        resolve_precision(config.ppo.precision, wrapper.device))
             self.optimizers[role] = make_optimizer(wrapper.model, config)
             freeze(wrapper.model)
         if self.processes.rank:  # the same weights everywhere (seeded alike above); its own sampling stream

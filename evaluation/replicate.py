@@ -1,0 +1,218 @@
+"""Train one recipe with several seeds and evaluate every trained model against the base, paired by problem.
+
+    python -m evaluation.replicate --seeds 1 2 3 --out runs/replicate       # the learn preset, held-out 80
+    python -m evaluation.replicate --seeds 1 2 3 --out runs/replicate       # again: goes on where it stopped
+
+For each seed S, in order:
+
+    train      python run_training.py --preset P --seed S --output-dir OUT/seed-S [--train-args]; a folder
+               with checkpoints but no summary.json (the run was interrupted) is resumed from its latest
+               checkpoint with the minutes its budget has left (its metrics' step times; `--max-minutes`
+               counts per session in run_training.py)
+    base       python -m evaluation --models BASE --out OUT/eval-base, once (BASE: the runs' own model)
+    evaluate   python -m evaluation --models BASE OUT/seed-S --reuse OUT/eval-base/report.json
+               --out OUT/eval-seed-S: the trained models against the base on the same problems
+
+Each step is skipped when its result is there (an evaluation only when it evaluated the run's checkpoint of
+now), so after an interruption the same command continues; a seed whose evaluation is there and whose run folder
+is gone (checkpoints are large: keep the reports, e.g. in git, and delete the runs) is not trained again, so the
+seeds of a replication can be run in different sessions (on one kind of machine: the learn preset stops at its
+60 minutes, so a slower machine trains fewer steps; each seed's table gives its checkpoint's step). Then OUT/report.md (and report.json): every
+seed's table and the pooled one: per problem the mean over the seeds, against the base, with a 95% paired
+bootstrap interval over problems (`evaluate.compare`). Every seed's evaluation of the held-out set is a look
+at it: count them. OUT/replicate.json keeps the recipe; a later call with another one is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from evaluation.evaluate import compare, markdown_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ReplicationError(RuntimeError):
+    """A step failed or the folder holds another recipe: one line saying which."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m evaluation.replicate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds, one run each")
+    parser.add_argument("--preset", default="learn", help="run_training.py preset (default: learn)")
+    parser.add_argument("--out", required=True, help="folder for the runs, their evaluations and the report")
+    parser.add_argument("--problems", default="heldout",
+                        help="evaluation problems, as python -m evaluation --problems takes them (default: heldout, "
+                             "the standard 80)")
+    parser.add_argument("--train-args", default="", help="more run_training.py options, one string after '=': "
+                                                         "--train-args='--stages understand'")
+    parser.add_argument("--eval-args", default="", help="more python -m evaluation options, one string after '=': "
+                                                        "--eval-args='--limit 16'")
+    return parser.parse_args(argv)
+
+
+def _run(command: list[str], what: str) -> None:
+    """Run a step in a process of its own (its output goes to this console), with this checkout importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    print(f"replicate: {what}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    code = subprocess.run(command, env=env).returncode
+    if code:
+        raise ReplicationError(f"{what} failed (exit {code}); run the same command again to go on from there")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def minutes_left(run_dir: Path) -> float | None:
+    """What an interrupted run's `max_minutes` has left after the steps in its metrics (None: no budget). At
+    least a step's worth: a run whose minutes are spent still has to end (summary.json)."""
+    from scoring.run_metrics import MetricsFileError, load_metrics
+
+    budget = (_read_json(run_dir / "config.json") or {}).get("max_minutes") or 0
+    if not budget:
+        return None
+    try:
+        spent = sum(row.get("time/step_s") or 0 for row in load_metrics(run_dir)) / 60
+    except MetricsFileError:
+        spent = 0.0
+    return max(budget - spent, 0.01)
+
+
+def train(seed: int, args, out: Path) -> Path:
+    """OUT/seed-S trained to its end (summary.json), started or resumed here when it is not."""
+    from training.checkpoint_manager import CheckpointManager
+
+    run_dir = out / f"seed-{seed}"
+    if (run_dir / "summary.json").exists():
+        return run_dir
+    script = [sys.executable, str(ROOT / "run_training.py"), "--output-dir", str(run_dir)]
+    if (run_dir / "checkpoints").is_dir() and CheckpointManager(run_dir, keep_last=None).get_latest_checkpoint():
+        left = minutes_left(run_dir)
+        _run(script + ["--resume"] + ([] if left is None else ["--max-minutes", f"{left:.2f}"]),
+             f"seed {seed}: resuming its training")
+    else:
+        _run(script + ["--preset", args.preset, "--seed", str(seed), *shlex.split(args.train_args)],
+             f"seed {seed}: training")
+    if not (run_dir / "summary.json").exists():
+        raise ReplicationError(f"seed {seed}: training ended without {run_dir / 'summary.json'}")
+    return run_dir
+
+
+def base_model(run_dir: Path) -> str:
+    """The model the run started from, as `python -m evaluation --models` names it."""
+    config = _read_json(run_dir / "config.json") or {}
+    generator = config.get("generator_model") or "default"
+    if (config.get("discriminator_model") or generator) != generator:
+        raise ReplicationError(f"{run_dir} trained two different base models; compare them with python -m evaluation")
+    return generator
+
+
+def evaluation_of(report_path: Path, checkpoint: Path | None) -> dict | None:
+    """The report at `report_path` when it is complete and (given a checkpoint) evaluated that checkpoint."""
+    report = _read_json(report_path)
+    if not isinstance(report, dict) or not report.get("models"):
+        return None
+    if checkpoint is not None:
+        recorded = (report["models"][-1].get("checkpoint") or {}).get("path")
+        if recorded is None or Path(recorded).resolve() != checkpoint.resolve():
+            return None
+    return report
+
+
+def evaluate(command: list[str], out: Path, checkpoint: Path | None, what: str) -> dict:
+    report = evaluation_of(out / "report.json", checkpoint)
+    if report is None:
+        _run([sys.executable, "-m", "evaluation", *command, "--out", str(out)], what)
+        report = evaluation_of(out / "report.json", checkpoint)
+        if report is None:
+            raise ReplicationError(f"{what}: no report of it in {out}")
+    return report
+
+
+def pooled_report(base: dict, seeds: dict[int, dict], title: str) -> tuple[str, dict]:
+    """Markdown with every seed's table and the pooled one (the seeds' per-problem mean against the base),
+    and the same as data."""
+    num_samples = base["settings"]["num_samples"]
+    base_run = base["models"][0]
+    parts, data = [], {"seeds": {}, "pooled": None}
+    for seed, report in seeds.items():
+        runs = [base_run, {**report["models"][-1], "model": f"seed {seed}"}]
+        table = compare(runs, num_samples)
+        step = (report["models"][-1].get("checkpoint") or {}).get("step")
+        parts.append(markdown_report(runs, table, f"seed {seed} (checkpoint step {step}): {title}"))
+        data["seeds"][seed] = table
+    if len(seeds) > 1:
+        pooled = {"model": f"pooled ({len(seeds)} seeds)", "seconds": sum(r["models"][-1]["seconds"] for r in seeds.values()),
+                  "seeds": [r["models"][-1] for r in seeds.values()]}
+        table = compare([base_run, pooled], num_samples)
+        parts.insert(0, markdown_report([base_run, pooled], table, f"pooled over seeds {', '.join(map(str, seeds))} "
+                                        f"(per problem the mean over the seeds): {title}"))
+        data["pooled"] = table
+    return "\n".join(parts), data
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from training.checkpoint_manager import CheckpointError, resolve_checkpoint
+
+    out = Path(args.out).resolve()
+    recipe = {"preset": args.preset, "train_args": args.train_args, "problems": args.problems,
+              "eval_args": args.eval_args}
+    try:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ReplicationError("--seeds: a seed is given twice")
+        if out.exists() and not out.is_dir():
+            raise ReplicationError(f"--out {out} is a file; give a folder")
+        kept = _read_json(out / "replicate.json")
+        if kept is not None and kept != recipe:
+            raise ReplicationError(f"{out} holds another recipe ({json.dumps(kept)}); give another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "replicate.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        eval_args = ["--problems", args.problems, *shlex.split(args.eval_args)]
+        base, reports = None, {}
+        for seed in args.seeds:
+            run_dir, evaluated = out / f"seed-{seed}", out / f"eval-seed-{seed}"
+            kept = evaluation_of(evaluated / "report.json", None)
+            if kept is not None and not run_dir.exists():  # the run is gone (its checkpoints are big), its verdict stays
+                model = kept["models"][0]["model"]
+                base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
+                reports[seed] = kept
+                continue
+            train(seed, args, out)
+            model = base_model(run_dir)
+            base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
+            if base["models"][0]["model"] != model:
+                raise ReplicationError(f"seed {seed} trained {model}, not {base['models'][0]['model']}")
+            try:
+                checkpoint = resolve_checkpoint(run_dir, run_folder="default")
+            except CheckpointError as e:
+                raise ReplicationError(f"seed {seed}: {e}") from None
+            reports[seed] = evaluate(["--models", model, str(run_dir), "--reuse", str(out / "eval-base" / "report.json"),
+                                      *eval_args], evaluated, checkpoint, f"seed {seed}: evaluation")
+    except ReplicationError as e:
+        print(f"replicate: error: {e}", file=sys.stderr)
+        return 1
+    settings = base["settings"]
+    title = (f"{args.problems}: {len(base['models'][0]['per_problem'])} problems, chain {settings['chain']}, "
+             f"n = {settings['num_samples']}, m = {settings['num_test_suites']}; Δ = difference to "
+             f"{base['models'][0]['model']} [95% paired bootstrap CI]")
+    text, data = pooled_report(base, reports, title)
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps({**recipe, "seeds": args.seeds, "tables": data}, indent=2) + "\n")
+    print(text)
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
