@@ -5,22 +5,29 @@
 
 For each seed S, in order:
 
-    train      python run_training.py --preset P --seed S --output-dir OUT/seed-S [--train-args]; a folder
-               with checkpoints but no summary.json (the run was interrupted) is resumed from its latest
-               checkpoint with the minutes its budget has left (its metrics' step times; `--max-minutes`
-               counts per session in run_training.py)
+    train      python run_training.py --preset P --seed S --output-dir OUT/seed-S [--train-args]; a run
+               folder without summary.json (interrupted) is resumed, as below
     base       python -m evaluation --models BASE --out OUT/eval-base, once (BASE: the runs' own model)
     evaluate   python -m evaluation --models BASE OUT/seed-S --reuse OUT/eval-base/report.json
                --out OUT/eval-seed-S: the trained models against the base on the same problems
 
-Each step is skipped when its result is there (an evaluation only when it evaluated the run's checkpoint of
-now), so after an interruption the same command continues; a seed whose evaluation is there and whose run folder
-is gone (checkpoints are large: keep the reports, e.g. in git, and delete the runs) is not trained again, so the
-seeds of a replication can be run in different sessions (on one kind of machine: the learn preset stops at its
-60 minutes, so a slower machine trains fewer steps; each seed's table gives its checkpoint's step). Then OUT/report.md (and report.json): every
-seed's table and the pooled one: per problem the mean over the seeds, against the base, with a 95% paired
-bootstrap interval over problems (`evaluate.compare`). Every seed's evaluation of the held-out set is a look
-at it: count them. OUT/replicate.json keeps the recipe; a later call with another one is refused.
+Each step is skipped when its result is there (an evaluation only when this version of the evaluation made it
+of the run's checkpoint of now), so after an interruption the same command continues: a run folder without
+summary.json is resumed (from its latest checkpoint, or from the start when it has none) with what its first
+`--max-minutes` has left after the steps it keeps (`--max-minutes` itself counts per session in run_training.py;
+OUT/budgets.json keeps the first). A seed whose evaluation is there and whose checkpoints are gone (they are large:
+keep the reports, e.g. in git, and delete the runs) is not trained again, and every seed evaluated in OUT is pooled,
+also one an earlier call was given: the seeds of a replication can be run in different sessions (on one kind of
+machine: the learn preset stops at its 60 minutes, so a slower machine trains fewer steps; each seed's table gives
+its checkpoint's step, and config.json the update's precision).
+
+OUT/report.md (and report.json) then holds the pooled table, per problem the mean over the seeds against the base
+with a 95% paired bootstrap interval over problems (`evaluate.compare`; the interval resamples problems, not
+seeds), each seed's Δ side by side (their spread is the seed-to-seed variation), and every seed's table. Every
+seed's evaluation of the held-out set is a look at it: count them. OUT/replicate.json keeps the recipe (preset,
+options, problems); a later call with another one is refused, as are options the command sets itself (`--seed`,
+`--output-dir`, `--resume`, `--preset` in --train-args; `--models`, `--out`, `--reuse`, `--problems` in
+--eval-args).
 """
 from __future__ import annotations
 
@@ -73,33 +80,44 @@ def _read_json(path: Path):
         return None
 
 
-def minutes_left(run_dir: Path) -> float | None:
-    """What an interrupted run's `max_minutes` has left after the steps in its metrics (None: no budget). At
-    least a step's worth: a run whose minutes are spent still has to end (summary.json)."""
-    from scoring.run_metrics import MetricsFileError, load_metrics
+def minutes_spent(run_dir: Path) -> float:
+    """Minutes of the steps an interrupted run keeps: those before its latest checkpoint (a resume runs the
+    later ones again), from their `time/step_s` in metrics.jsonl (a torn line is skipped, as the trainer cuts it)."""
+    from training.checkpoint_manager import CheckpointManager, read_trainer_state
 
-    budget = (_read_json(run_dir / "config.json") or {}).get("max_minutes") or 0
-    if not budget:
-        return None
+    latest = CheckpointManager(run_dir, keep_last=None).get_latest_checkpoint()
+    done = read_trainer_state(latest).get("global_step", 0) if latest else 0
     try:
-        spent = sum(row.get("time/step_s") or 0 for row in load_metrics(run_dir)) / 60
-    except MetricsFileError:
-        spent = 0.0
-    return max(budget - spent, 0.01)
+        lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except OSError:
+        return 0.0
+    seconds = 0.0
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < done:
+            seconds += row.get("time/step_s") or 0
+    return seconds / 60
 
 
 def train(seed: int, args, out: Path) -> Path:
-    """OUT/seed-S trained to its end (summary.json), started or resumed here when it is not."""
-    from training.checkpoint_manager import CheckpointManager
-
+    """OUT/seed-S trained to its end (summary.json), started or resumed here when it is not. A resumed run gets
+    what its first `max_minutes` (kept in OUT/budgets.json at its first resume: a resume rewrites config.json with
+    the minutes it was given) has left after the steps it keeps; at least a step's worth, so that it ends."""
     run_dir = out / f"seed-{seed}"
     if (run_dir / "summary.json").exists():
         return run_dir
     script = [sys.executable, str(ROOT / "run_training.py"), "--output-dir", str(run_dir)]
-    if (run_dir / "checkpoints").is_dir() and CheckpointManager(run_dir, keep_last=None).get_latest_checkpoint():
-        left = minutes_left(run_dir)
-        _run(script + ["--resume"] + ([] if left is None else ["--max-minutes", f"{left:.2f}"]),
-             f"seed {seed}: resuming its training")
+    if (run_dir / "config.json").exists():  # started before: from its latest checkpoint, or again from the start
+        budgets = _read_json(out / "budgets.json") or {}
+        if str(seed) not in budgets:
+            budgets[str(seed)] = (_read_json(run_dir / "config.json") or {}).get("max_minutes") or 0
+            (out / "budgets.json").write_text(json.dumps(budgets, indent=2) + "\n")
+        budget = budgets[str(seed)]
+        left = ["--max-minutes", f"{max(budget - minutes_spent(run_dir), 0.01):.2f}"] if budget else []
+        _run(script + ["--resume", *left], f"seed {seed}: resuming its training")
     else:
         _run(script + ["--preset", args.preset, "--seed", str(seed), *shlex.split(args.train_args)],
              f"seed {seed}: training")
@@ -117,10 +135,23 @@ def base_model(run_dir: Path) -> str:
     return generator
 
 
+def checkpoint_of(run_dir: Path) -> Path | None:
+    """The checkpoint `python -m evaluation` takes for the run folder (`run_default`), None when there is none."""
+    from training.checkpoint_manager import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(run_dir, run_folder="default")
+    except CheckpointError:
+        return None
+
+
 def evaluation_of(report_path: Path, checkpoint: Path | None) -> dict | None:
-    """The report at `report_path` when it is complete and (given a checkpoint) evaluated that checkpoint."""
+    """The report at `report_path` when it is complete, made by this version of the evaluation, and (given a
+    checkpoint) evaluated that checkpoint."""
+    from scoring.measure import EVAL_VERSION
+
     report = _read_json(report_path)
-    if not isinstance(report, dict) or not report.get("models"):
+    if not isinstance(report, dict) or not report.get("models") or report.get("eval_version") != EVAL_VERSION:
         return None
     if checkpoint is not None:
         recorded = (report["models"][-1].get("checkpoint") or {}).get("path")
@@ -140,10 +171,16 @@ def evaluate(command: list[str], out: Path, checkpoint: Path | None, what: str) 
 
 
 def pooled_report(base: dict, seeds: dict[int, dict], title: str) -> tuple[str, dict]:
-    """Markdown with every seed's table and the pooled one (the seeds' per-problem mean against the base),
-    and the same as data."""
+    """Markdown with the pooled table (the seeds' per-problem mean against the base), every seed's Δ side by side
+    (the spread the pooled interval, which resamples problems only, does not show) and every seed's table; the
+    same as data. Raises ReplicationError for a seed evaluated on other problems or settings than the base."""
     num_samples = base["settings"]["num_samples"]
     base_run = base["models"][0]
+    ids = [r["id"] for r in base_run["per_problem"]]
+    for seed, report in seeds.items():
+        if report.get("settings") != base["settings"] or [r["id"] for r in report["models"][-1]["per_problem"]] != ids:
+            raise ReplicationError(f"seed {seed} was evaluated on other problems or settings than the base: delete "
+                                   f"eval-seed-{seed} (and its run folder's evaluation runs again)")
     parts, data = [], {"seeds": {}, "pooled": None}
     for seed, report in seeds.items():
         runs = [base_run, {**report["models"][-1], "model": f"seed {seed}"}]
@@ -155,22 +192,36 @@ def pooled_report(base: dict, seeds: dict[int, dict], title: str) -> tuple[str, 
         pooled = {"model": f"pooled ({len(seeds)} seeds)", "seconds": sum(r["models"][-1]["seconds"] for r in seeds.values()),
                   "seeds": [r["models"][-1] for r in seeds.values()]}
         table = compare([base_run, pooled], num_samples)
-        parts.insert(0, markdown_report([base_run, pooled], table, f"pooled over seeds {', '.join(map(str, seeds))} "
-                                        f"(per problem the mean over the seeds): {title}"))
+        spread = [f"| measure | {' | '.join(f'seed {seed}' for seed in seeds)} |", "|" + "---|" * (len(seeds) + 1)]
+        spread += [f"| {name} | " + " | ".join(f"{data['seeds'][seed][name][1]['diff']:+.3f}" if name in data["seeds"][seed]
+                                               else "" for seed in seeds) + " |" for name in table]
+        parts[:0] = [markdown_report([base_run, pooled], table, f"pooled over seeds {', '.join(map(str, seeds))} "
+                                     f"(per problem the mean over the seeds): {title}"),
+                     "### each seed's Δ to the base\n\n" + "\n".join(spread) + "\n"]
         data["pooled"] = table
     return "\n".join(parts), data
 
 
+TRAINING_OWN = ("--seed", "--output-dir", "--resume", "--preset")  # options the command sets itself
+EVALUATION_OWN = ("--models", "--out", "--reuse", "--problems")
+
+
+def _refuse_own_options(text: str, own: tuple[str, ...], name: str) -> None:
+    for token in shlex.split(text):
+        if token.split("=", 1)[0] in own:
+            raise ReplicationError(f"{name}: {token.split('=', 1)[0]} is set by python -m evaluation.replicate itself")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from training.checkpoint_manager import CheckpointError, resolve_checkpoint
-
     out = Path(args.out).resolve()
     recipe = {"preset": args.preset, "train_args": args.train_args, "problems": args.problems,
               "eval_args": args.eval_args}
     try:
         if len(set(args.seeds)) != len(args.seeds):
             raise ReplicationError("--seeds: a seed is given twice")
+        _refuse_own_options(args.train_args, TRAINING_OWN, "--train-args")
+        _refuse_own_options(args.eval_args, EVALUATION_OWN, "--eval-args")
         if out.exists() and not out.is_dir():
             raise ReplicationError(f"--out {out} is a file; give a folder")
         kept = _read_json(out / "replicate.json")
@@ -179,11 +230,15 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "replicate.json").write_text(json.dumps(recipe, indent=2) + "\n")
         eval_args = ["--problems", args.problems, *shlex.split(args.eval_args)]
+        earlier = {int(p.name.removeprefix("eval-seed-")) for p in out.glob("eval-seed-*")
+                   if p.name.removeprefix("eval-seed-").lstrip("-").isdigit() and (p / "report.json").exists()}
+        seeds = args.seeds + sorted(earlier - set(args.seeds))  # an earlier call's seeds are pooled too
         base, reports = None, {}
-        for seed in args.seeds:
+        for seed in seeds:
             run_dir, evaluated = out / f"seed-{seed}", out / f"eval-seed-{seed}"
             kept = evaluation_of(evaluated / "report.json", None)
-            if kept is not None and not run_dir.exists():  # the run is gone (its checkpoints are big), its verdict stays
+            gone = not run_dir.exists() or (run_dir / "summary.json").exists() and checkpoint_of(run_dir) is None
+            if kept is not None and gone:  # the run's checkpoints are gone (they are big), its verdict stays
                 model = kept["models"][0]["model"]
                 base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
                 reports[seed] = kept
@@ -193,22 +248,21 @@ def main(argv=None) -> int:
             base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
             if base["models"][0]["model"] != model:
                 raise ReplicationError(f"seed {seed} trained {model}, not {base['models'][0]['model']}")
-            try:
-                checkpoint = resolve_checkpoint(run_dir, run_folder="default")
-            except CheckpointError as e:
-                raise ReplicationError(f"seed {seed}: {e}") from None
+            checkpoint = checkpoint_of(run_dir)
+            if checkpoint is None:
+                raise ReplicationError(f"seed {seed}: {run_dir} ended without a checkpoint")
             reports[seed] = evaluate(["--models", model, str(run_dir), "--reuse", str(out / "eval-base" / "report.json"),
                                       *eval_args], evaluated, checkpoint, f"seed {seed}: evaluation")
+        settings = base["settings"]
+        title = (f"{args.problems}: {len(base['models'][0]['per_problem'])} problems, chain {settings['chain']}, "
+                 f"n = {settings['num_samples']}, m = {settings['num_test_suites']}; Δ = difference to "
+                 f"{base['models'][0]['model']} [95% paired bootstrap CI]")
+        text, data = pooled_report(base, reports, title)
     except ReplicationError as e:
         print(f"replicate: error: {e}", file=sys.stderr)
         return 1
-    settings = base["settings"]
-    title = (f"{args.problems}: {len(base['models'][0]['per_problem'])} problems, chain {settings['chain']}, "
-             f"n = {settings['num_samples']}, m = {settings['num_test_suites']}; Δ = difference to "
-             f"{base['models'][0]['model']} [95% paired bootstrap CI]")
-    text, data = pooled_report(base, reports, title)
     (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps({**recipe, "seeds": args.seeds, "tables": data}, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps({**recipe, "seeds": seeds, "tables": data}, indent=2) + "\n")
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0

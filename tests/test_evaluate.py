@@ -202,8 +202,20 @@ def test_replicate_trains_evaluates_pools_and_goes_on_where_it_stopped(tmp_path)
     steps = [line for line in resumed.stderr.splitlines() if line.startswith("replicate: ")]
     assert len(steps) == 1 and "seed 2: resuming its training" in steps[0]
     shutil.rmtree(tmp_path / "seed-1")  # a run folder deleted (checkpoints are large): its evaluation stands for it
-    kept = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    only_2 = [*command[:4], *command[5:]]  # --seeds 2: seed 1, evaluated before, is pooled all the same
+    kept = subprocess.run(only_2, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert kept.returncode == 0 and "replicate: " not in kept.stderr and not (tmp_path / "seed-1").exists()
     assert json.loads((tmp_path / "report.json").read_text())["tables"] == report["tables"]
+    assert "each seed's Δ to the base" in (tmp_path / "report.md").read_text()
     other = subprocess.run([*command[:-2], "--eval-args", "--limit 1"], capture_output=True, text=True, cwd=ROOT)
     assert other.returncode == 1 and "holds another recipe" in other.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("option, words", [("--train-args=--seed 5", "--seed is set by"),
+                                           ("--eval-args=--out x --limit 2", "--out is set by"),
+                                           ("--train-args=--output-dir=x --quiet", "--output-dir is set by")])
+def test_replicate_refuses_the_options_it_sets_itself(tmp_path, capsys, option, words):
+    from evaluation.replicate import main as replicate
+
+    assert replicate(["--seeds", "1", "--out", str(tmp_path / "r"), option]) == 1
+    assert words in capsys.readouterr().err and not (tmp_path / "r").exists()  # refused before anything ran

@@ -94,6 +94,7 @@ def test_tiny_run_prints_results_and_fills_the_run_folder(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())  # beside the settings: how the run was started
     assert config["launch_command"] == f"python run_training.py --preset tiny --stages understand,edge_cases --output-dir {tmp_path} --quiet"
     assert config["isolation"]["level"] in ("bwrap", "unshare", "process") and config["isolation"]["description"]
+    assert config["update_precision"] == "fp32"  # the tiny preset's; "auto" is recorded as what it resolved to
     assert "it/s]" not in r.stderr and "step/s]" not in r.stderr  # --quiet: no progress bar, not even weight loading
 
 

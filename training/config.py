@@ -406,7 +406,7 @@ def check_checkpoint_fits(saved: dict, config: TrainingConfig, position: int, st
 
 # what a run's config.json records beside its settings (the trainer writes them): never settings, so a resume
 # neither reads nor compares them
-RUN_RECORD_KEYS = ("launch_command", "isolation")
+RUN_RECORD_KEYS = ("launch_command", "isolation", "update_precision")
 
 # settings a resumed run may change: how long it runs now, what it keeps and logs, where it computes
 RESUME_MAY_CHANGE = {"max_minutes", "keep_last", "save_every", "samples_every", "output_dir", "device", "report_to"}

@@ -265,7 +265,8 @@ def train_step(
     weights and optimizer state stay bit-for-bit unchanged; it is counted in
     `ppo/skipped_steps`. With `batch.old_logprobs` None the log-probs of the current weights (before any
     step, no grad) are used, so the first step has ratio 1. The forward runs under bf16 autocast when
-    `config.precision` is "bf16", on the model's device type. The model's train/eval mode is left as it is
+    `config.precision` is "bf16" (or "auto" where bf16 is native: `models.logprobs.resolve_precision`), on the
+    model's device type. The model's train/eval mode is left as it is
     (dropout should be off for ratios to mean anything; HF models load in eval mode).
 
     With `processes` (`training.distributed.Processes`) of several processes, every process calls this in

@@ -86,9 +86,9 @@ class AdversarialTrainer:
     Built from a `TrainingConfig`; models, problems, sandbox and checkpoint manager can be passed in
     (tests pass tiny models), else they are made from the config. `run_dir` receives `config.json`,
     `metrics.jsonl`, `samples.jsonl` and checkpoints (from the main process only); config.json records beside
-    the settings the sandbox's isolation in force and `launch_command`, the command that started the run
-    (`training.config.RUN_RECORD_KEYS`). `processes`: this process's place in a multi-process run
-    (`training.distributed.launched_processes`); one by default."""
+    the settings the sandbox's isolation in force, the update's precision (`precision` "auto" resolved here) and
+    `launch_command`, the command that started the run (`training.config.RUN_RECORD_KEYS`). `processes`: this
+    process's place in a multi-process run (`training.distributed.launched_processes`); one by default."""
 
     def __init__(self, config: TrainingConfig, problems: list[Problem], generator=None, discriminator=None,
                  sandbox: Sandbox | None = None, checkpoint_manager=None, run_dir: str | Path | None = None,
@@ -151,7 +151,8 @@ class AdversarialTrainer:
             seed_everything(config.seed + self.processes.rank)
         if self.run_dir and self.processes.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            record = {"launch_command": launch_command, "isolation": self.sandbox.isolation_record()}
+            record = {"launch_command": launch_command, "isolation": self.sandbox.isolation_record(),
+                      "update_precision": resolve_precision(config.ppo.precision, self.generator.device)}
             (self.run_dir / "config.json").write_text(json.dumps({**config.to_dict(), **record}, indent=2) + "\n")
         logger.info("%d training problems, %d validation problems", len(self.train_problems),
                     len(self.validation_problems))
