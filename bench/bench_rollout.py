@@ -14,11 +14,13 @@ Variants, interleaved within each repeat (load from other processes hits every o
     fp32 shared         the same weights, the shared prompt prefix prefilled once (`prefill_shared_prefixes`)
     mixed plain         frozen weights bf16, the trained last layers fp32, under bf16 autocast (learn run 2)
     bf16 copy plain     sampling from the bf16 generation copy (`training.policy.frozen_copy`)
-    bf16 copy shared    both: the default of the demo and learn presets
+    bf16 copy shared    both: the default of the demo and learn presets where bf16 is native
+    int8 copy plain     sampling from the int8 generation copy (`training.policy.generation_copy`, `--generation-dtype
+    int8 copy shared    int8`): int8 linear layers, the rest fp32; for a CPU without native bf16
 
-The last line reads `rollout speedup X.XX`: bf16 copy shared over fp32 plain at the last shape, same run.
-Also printed: the machine's memory bandwidth (a large numpy copy), which bounds decoding: every decode step
-reads every weight once, so tokens/s <= batch x bandwidth / bytes of weights.
+`--variants` picks some (on a CPU without native bf16 the bf16 ones only emulate it). The last line reads
+`rollout speedup X.XX (LAST over FIRST, shape S)`: the last variant timed over the first, at the last shape, in
+the same run (by default: int8 copy shared over fp32 plain).
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ from data.problems import load_problem_set  # noqa: E402
 from models import LLMDiscriminator, LLMGenerator, SamplingConfig  # noqa: E402
 from models.loading import load_model  # noqa: E402
 from training.config import preset_config  # noqa: E402
-from training.policy import _cast_frozen, frozen_copy, trainable_names  # noqa: E402
+from training.policy import _cast_frozen, frozen_copy, generation_copy, trainable_names  # noqa: E402
 from training.rollout import sample_discriminator, sample_generator  # noqa: E402
 
 STAGE = "algorithm"
-VARIANTS = ("fp32 plain", "fp32 shared", "mixed plain", "bf16 copy plain", "bf16 copy shared")
+VARIANTS = ("fp32 plain", "fp32 shared", "mixed plain", "bf16 copy plain", "bf16 copy shared", "int8 copy plain",
+            "int8 copy shared")
 
 
 def bandwidth_gb_s() -> float:
@@ -88,7 +91,10 @@ def main():
     parser.add_argument("--model", default="default", help="model name, Hugging Face id or folder (default: default)")
     parser.add_argument("--shapes", nargs="+", default=["demo", "learn"], help="presets whose step shape to time")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                        help=f"which to time, in this order (default: all: {', '.join(VARIANTS)})")
     args = parser.parse_args()
+    chosen_variants = tuple(args.variants)
     warnings.filterwarnings("ignore", message="Unfeasible length constraints")  # EOS suppressed on purpose
 
     torch.manual_seed(0)
@@ -98,7 +104,7 @@ def main():
     mixed = copy.deepcopy(fp32)  # the learn preset's model: frozen weights bf16, the trained layers fp32
     _cast_frozen(mixed, trained, torch.bfloat16)
     bf16 = frozen_copy(mixed, trained, torch.bfloat16)
-    models = {"fp32": fp32, "mixed": mixed, "bf16 copy": bf16}
+    models = {"fp32": fp32, "mixed": mixed, "bf16 copy": bf16, "int8 copy": generation_copy(fp32, trained, torch.qint8)}
     generator, discriminator = LLMGenerator((mixed, tokenizer)), LLMDiscriminator((mixed, tokenizer))
     weight_gb = sum(p.numel() * p.element_size() for p in bf16.parameters()) / 1e9
     bandwidth = bandwidth_gb_s()
@@ -140,25 +146,26 @@ def main():
 
     for repeat in range(args.repeats):
         for shape in args.shapes:
-            variants = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
+            variants = chosen_variants if repeat % 2 == 0 else chosen_variants[::-1]
             for variant in variants:
                 seconds, tokens, extra = run(shape, variant)
                 results.setdefault((shape, variant), []).append((seconds, tokens, extra))
                 print(f"  repeat {repeat + 1} {shape:6s} {variant:17s} {seconds:7.1f} s  {tokens} tokens", flush=True)
 
-    print(f"\n{'shape':6s}  {'variant':17s}  {'s/step':>7s}  {'tokens/s':>8s}  {'vs fp32 plain':>13s}  {'peak +MB':>8s}")
+    print(f"\n{'shape':6s}  {'variant':17s}  {'s/step':>7s}  {'tokens/s':>8s}  {'vs ' + chosen_variants[0]:>13s}  {'peak +MB':>8s}")
     for shape in args.shapes:
-        base = statistics.median(s for s, _, _ in results[(shape, "fp32 plain")])
-        for variant in VARIANTS:
+        base = statistics.median(s for s, _, _ in results[(shape, chosen_variants[0])])
+        for variant in chosen_variants:
             runs = results[(shape, variant)]
             seconds = statistics.median(s for s, _, _ in runs)
             tokens = runs[0][1]
             print(f"{shape:6s}  {variant:17s}  {seconds:7.1f}  {tokens / seconds:8.1f}  {base / seconds:12.2f}x  "
                   f"{max(m for _, _, m in runs):8.0f}")
     last = args.shapes[-1]
-    speedup = (statistics.median(s for s, _, _ in results[(last, "fp32 plain")])
-               / statistics.median(s for s, _, _ in results[(last, "bf16 copy shared")]))
-    print(f"rollout speedup {speedup:.2f}")
+    first, final = chosen_variants[0], chosen_variants[-1]
+    speedup = (statistics.median(s for s, _, _ in results[(last, first)])
+               / statistics.median(s for s, _, _ in results[(last, final)]))
+    print(f"rollout speedup {speedup:.2f} ({final} over {first}, shape {last})")
 
 
 if __name__ == "__main__":

@@ -435,7 +435,32 @@ def test_generation_copy_follows_the_config(example_problems, sandbox):
     assert {p.dtype for p in full.sampling_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in full.model.parameters()} == {torch.float32}
     with pytest.raises(ValueError, match="generation_dtype must be"):
-        tiny_config(generation_dtype="int8")
+        tiny_config(generation_dtype="int4")
+
+
+def test_int8_generation_copy_shares_quantizes_and_follows_the_updates(example_problems, sandbox, random_rewards):
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    trainer = make_trainer(example_problems, sandbox, train_last_layers=1, generation_dtype="int8")
+    model, sampler = trainer.generator.model, trainer.generator.sampling_model
+    linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    modules = dict(sampler.named_modules())
+    assert linears and all(isinstance(modules[n], Int8Linear) for n in linears)  # the output layer too
+    assert sampler.model.embed_tokens.weight is model.model.embed_tokens.weight  # the rest is shared
+    assert sampler.model.layers[1].input_layernorm.weight is model.model.layers[1].input_layernorm.weight
+
+    def int8_weights():
+        return {n: dict(sampler.named_modules())[n].weight().dequantize() for n in linears}
+
+    before = int8_weights()
+    metrics = trainer.train_generator_epoch("understand", steps=1)[0]
+    assert 0 <= metrics["ppo/sampler_logprob_gap"] < 0.1  # int8 sampling, fp32 scoring: close, not identical
+    after, trained = int8_weights(), dict(model.named_parameters())
+    moved = {n for n in linears if not torch.equal(before[n], after[n])}
+    assert moved and all("layers.1." in n for n in moved), moved  # the trained block quantized again, only it
+    for n in moved:  # within half a step of its channel's scale of the fp32 weights
+        scale = trained[f"{n}.weight"].abs().amax(dim=1, keepdim=True) / 127
+        assert ((after[n] - trained[f"{n}.weight"]).abs() <= scale / 2 + 1e-6).all(), n
 
 
 def test_heldout_problems_need_the_flag(example_problems, tmp_path):

@@ -123,7 +123,7 @@ class TrainingConfig:
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "mps" or "cpu"
     dtype: str = "float32"  # dtype of the weights that train: "float32" (AdamW's small steps need it), "bfloat16", "auto"
     frozen_dtype: str = "auto"  # dtype of the weights that do not train: "auto" (bf16 on a GPU or a CPU with native bf16), "float32", "bfloat16"
-    generation_dtype: str = "auto"  # sample from a copy of the weights in this dtype, synced after each update: "auto" (bf16 where frozen_dtype's auto picks it, unless LoRA), "bfloat16", "off" (the training weights)
+    generation_dtype: str = "auto"  # sample from a copy of the weights in this dtype, synced after each update: "auto" (bf16 where frozen_dtype's auto picks it, unless LoRA), "bfloat16", "int8" (int8 linear layers, CPU), "off" (the training weights)
     # data
     problems: str = "train"  # "train" (the project's training set), "examples", "humaneval" (held out), a JSON/JSONL/Parquet file, or a dataset id owner/name[:split]
     max_problems: int = 0  # use only the first this many problems (0 = all)
@@ -191,8 +191,8 @@ class TrainingConfig:
                              "--allow-heldout-training to train on it anyway (the run records it)")
         if self.max_attempts < 1 or self.problems_per_step < 1:
             raise ValueError("max_attempts and problems_per_step must be >= 1")
-        if self.generation_dtype not in ("auto", "off", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
-            raise ValueError(f"generation_dtype must be 'auto', 'off' or a dtype such as 'bfloat16', got "
+        if self.generation_dtype not in ("auto", "off", "int8", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
+            raise ValueError(f"generation_dtype must be 'auto', 'off', 'int8' or a dtype such as 'bfloat16', got "
                              f"{self.generation_dtype!r}")
         if self.lora_rank and self.generation_dtype not in ("auto", "off"):
             raise ValueError("generation_dtype needs full or last-layer training; with LoRA use 'auto' or 'off'")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 
 import torch
 
@@ -180,8 +181,46 @@ def generation_dtype(config: TrainingConfig, trained: torch.dtype, frozen: torch
     if config.generation_dtype == "auto":
         low = frozen in (torch.bfloat16, torch.float16) and trained == torch.float32
         return frozen if low else None
+    if config.generation_dtype == "int8":
+        return torch.qint8
     dtype = resolve_dtype(config.generation_dtype, torch.device("cpu"))
     return None if dtype == trained else dtype
+
+
+def generation_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.dtype) -> torch.nn.Module:
+    """The copy sampling runs (`LLMBase.sampling_model`): `frozen_copy` in `dtype`, or for `torch.qint8` one
+    whose linear layers hold int8 weights with a scale per output channel and quantize their inputs on the fly
+    (torch.ao dynamic quantization: fbgemm / oneDNN int8 kernels, CPU only), every other parameter (embeddings,
+    norms) shared with `model`. Decoding reads a quarter of fp32's weight bytes and multiplies in int8: for a
+    CPU without native bf16, where the other copies gain nothing (docs/training.md 'Rollout speed')."""
+    if dtype != torch.qint8:
+        return frozen_copy(model, trained, dtype)
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("generation_dtype 'int8' runs on CPU only (torch's dynamic quantization)")
+    # every parameter shared (and left trainable: they are the model's), the linear layers replaced below
+    out = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    for name, module in list(out.named_modules()):
+        if type(module) is torch.nn.Linear:
+            _replace(out, name, _int8_linear(module))
+    return out
+
+
+def _int8_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+    """`linear` as a dynamically quantized int8 linear layer (weights per output channel), built from a copy."""
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as e:  # a torch without it
+        raise ValueError(f"generation_dtype 'int8' needs torch.ao's dynamic quantization, which this torch lacks ({e}); "
+                         "use 'auto' or 'off'") from None
+    with warnings.catch_warnings():  # torch 2.13 announces the quantized tensor functions' removal at every call
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8)[0]
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def frozen_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.dtype | None = None) -> torch.nn.Module:
@@ -210,12 +249,18 @@ def frozen_copy(model: torch.nn.Module, trained: set[str] | None, dtype: torch.d
 
 @torch.no_grad()
 def sync_generation_copy(sampler: torch.nn.Module, model: torch.nn.Module, trained: set[str] | None) -> None:
-    """Copy `model`'s `trained` parameters (None: all) into its generation copy (`frozen_copy`), cast to the
-    copy's dtype."""
+    """Copy `model`'s `trained` parameters (None: all) into its generation copy (`generation_copy`), cast to the
+    copy's dtype; an int8 copy's trained linear layers are quantized again."""
     params = dict(sampler.named_parameters())
     for name, p in model.named_parameters():
-        if (trained is None or name in trained) and params[name] is not p:
+        if (trained is None or name in trained) and name in params and params[name] is not p:
             params[name].copy_(p)
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    quantized = {name for name, m in sampler.named_modules() if isinstance(m, Int8Linear)}
+    for name, module in model.named_modules():  # an int8 copy: the trained linear layers quantized again
+        if name in quantized and any(trained is None or f"{name}.{p}" in trained for p, _ in module.named_parameters()):
+            _replace(sampler, name, _int8_linear(module))
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:

@@ -43,7 +43,7 @@ from training.config import ROLES, TrainingConfig, build_schedule, check_checkpo
 from training.policy import (
     bottom_hidden_states,
     freeze,
-    frozen_copy,
+    generation_copy,
     generation_dtype,
     is_lora,
     make_optimizer,
@@ -142,7 +142,7 @@ class AdversarialTrainer:
             self.trainable_names[role] = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
             sampling = generation_dtype(config, trained, frozen)
             if sampling is not None:  # sampling runs a copy in that dtype, synced after each update
-                wrapper.sampling_model = frozen_copy(wrapper.model, self.trainable_names[role], sampling)
+                wrapper.sampling_model = generation_copy(wrapper.model, self.trainable_names[role], sampling)
             logger.info("%s samples with %s weights; its update runs in %s", role, sampling or "its training",
                         resolve_precision(config.ppo.precision, wrapper.device))
             self.optimizers[role] = make_optimizer(wrapper.model, config)
