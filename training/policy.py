@@ -255,8 +255,10 @@ def sync_generation_copy(sampler: torch.nn.Module, model: torch.nn.Module, train
     for name, p in model.named_parameters():
         if (trained is None or name in trained) and name in params and params[name] is not p:
             params[name].copy_(p)
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
+    try:
+        from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    except ImportError:  # a torch without dynamic quantization: no int8 copy can exist
+        return
     quantized = {name for name, m in sampler.named_modules() if isinstance(m, Int8Linear)}
     for name, module in model.named_modules():  # an int8 copy: the trained linear layers quantized again
         if name in quantized and any(trained is None or f"{name}.{p}" in trained for p, _ in module.named_parameters()):
