@@ -234,20 +234,26 @@ def main(argv=None) -> int:
                    if p.name.removeprefix("eval-seed-").lstrip("-").isdigit() and (p / "report.json").exists()}
         seeds = args.seeds + sorted(earlier - set(args.seeds))  # an earlier call's seeds are pooled too
         base, reports = None, {}
+
+        def base_of(model: str) -> dict:
+            """The base model's evaluation (run once), which every seed must have started from."""
+            nonlocal base
+            base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
+            if base["models"][0]["model"] != model:
+                raise ReplicationError(f"seed {seed} trained {model}, not {base['models'][0]['model']}")
+            return base
+
         for seed in seeds:
             run_dir, evaluated = out / f"seed-{seed}", out / f"eval-seed-{seed}"
             kept = evaluation_of(evaluated / "report.json", None)
             gone = not run_dir.exists() or (run_dir / "summary.json").exists() and checkpoint_of(run_dir) is None
             if kept is not None and gone:  # the run's checkpoints are gone (they are big), its verdict stays
-                model = kept["models"][0]["model"]
-                base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
+                base_of(kept["models"][0]["model"])
                 reports[seed] = kept
                 continue
             train(seed, args, out)
             model = base_model(run_dir)
-            base = base or evaluate(["--models", model, *eval_args], out / "eval-base", None, f"base model {model}")
-            if base["models"][0]["model"] != model:
-                raise ReplicationError(f"seed {seed} trained {model}, not {base['models'][0]['model']}")
+            base_of(model)
             checkpoint = checkpoint_of(run_dir)
             if checkpoint is None:
                 raise ReplicationError(f"seed {seed}: {run_dir} ended without a checkpoint")

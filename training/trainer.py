@@ -133,6 +133,7 @@ class AdversarialTrainer:
 
         # trainable parameters, frozen references, optimizers; then everything frozen until its update
         self.references, self.trainable_names, self.optimizers = {}, {}, {}
+        update_precision = resolve_precision(config.ppo.precision, self.generator.device)  # "auto" resolved, once
         for role in ROLES:
             wrapper = self.wrappers[role]
             trained = next(wrapper.model.parameters()).dtype
@@ -144,7 +145,7 @@ class AdversarialTrainer:
             if sampling is not None:  # sampling runs a copy in that dtype, synced after each update
                 wrapper.sampling_model = generation_copy(wrapper.model, self.trainable_names[role], sampling)
             logger.info("%s samples with %s weights; its update runs in %s", role, sampling or "its training",
-                        resolve_precision(config.ppo.precision, wrapper.device))
+                        update_precision)
             self.optimizers[role] = make_optimizer(wrapper.model, config)
             freeze(wrapper.model)
         if self.processes.rank:  # the same weights everywhere (seeded alike above); its own sampling stream
@@ -152,7 +153,7 @@ class AdversarialTrainer:
         if self.run_dir and self.processes.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             record = {"launch_command": launch_command, "isolation": self.sandbox.isolation_record(),
-                      "update_precision": resolve_precision(config.ppo.precision, self.generator.device)}
+                      "update_precision": update_precision}
             (self.run_dir / "config.json").write_text(json.dumps({**config.to_dict(), **record}, indent=2) + "\n")
         logger.info("%d training problems, %d validation problems", len(self.train_problems),
                     len(self.validation_problems))
