@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from transformers.cache_utils import DynamicLayer
 
 from models.loading import contiguous_head_input, load_model, prepare_tokenizer, resolve_device, resolve_dtype
 from models.sampling import CodeBlockStop, SamplingConfig, TopKFirstTopPLogitsProcessor
-from models.logprobs import autocast, forward_logprobs, position_ids
+from models.logprobs import autocast, cache_argument, common_prefix_length, forward_logprobs, position_ids
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +119,6 @@ def build_token_batch(
         response_mask=response_mask.to(device),
         prompt_width=P,
     )
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-def cache_argument(model) -> str:
-    """The name of the KV cache in `model`'s forward and in its outputs: `cache` since
-    transformers 5.x renamed it, `past_key_values` before."""
-    base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own forward takes **kwargs
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class _GrowingLayer(DynamicLayer):

@@ -279,6 +279,75 @@ def test_micro_batches_cover_every_real_token_once_and_cut_padding():
     assert sum(len(rows) * (hi - lo) for rows, lo, hi in groups) < mask.numel()  # less padding than the batch
 
 
+def shared_prompt_batch(seed=2):
+    """Two prompts of 20 and 14 tokens with three sampled responses each (2 to 9 tokens), their rows
+    interleaved, and a row that shares nothing: as an update batch holds a step's groups."""
+    from models.base import build_token_batch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda n: torch.randint(3, 100, (n,), generator=g).tolist()  # noqa: E731
+    a, b = ids(20), ids(14)
+    prompts = [a, b, a, b, a, b, ids(6)]
+    responses = [ids(n) for n in (5, 2, 9, 7, 3, 4, 6)]
+    tb = build_token_batch(prompts, responses, pad_id=0)
+    return RolloutBatch(input_ids=tb.input_ids, attention_mask=tb.attention_mask, response_mask=tb.response_mask,
+                        advantages=torch.linspace(-1, 1, 7))
+
+
+def test_micro_batches_put_the_rows_of_a_prompt_together():
+    from models.logprobs import common_prefix_length, real_tokens, shared_prefix_cost
+    from training.ppo import micro_batches
+
+    batch = shared_prompt_batch()
+    groups = micro_batches(batch.attention_mask, 200, batch.input_ids)
+    assert sorted(sorted(rows.tolist()) for rows, _, _ in groups) == [[0, 2, 4], [1, 3, 5], [6]]
+    mask = batch.attention_mask.bool()
+    for rows, lo, hi in groups:
+        assert mask[rows][:, :lo].sum() == 0 and mask[rows][:, hi:].sum() == 0  # every real token inside
+        tokens = real_tokens(batch.input_ids[rows], batch.attention_mask[rows])[0]
+        common = min((common_prefix_length(tokens[0], t) for t in tokens[1:]), default=0)
+        assert len(rows) == 1 or shared_prefix_cost([len(t) for t in tokens], common)[1] <= 200
+    # a budget too small for a whole group: it splits, each part still within it
+    small = micro_batches(batch.attention_mask, 40, batch.input_ids)
+    assert sorted(r for rows, _, _ in small for r in rows.tolist()) == list(range(7)) and len(small) > 3
+
+
+def test_decoder_states_run_a_shared_prefix_once_and_equal_the_plain_forward(tiny_model_factory):
+    """The rows' common prompt runs once (the first block sees it once, then each row's rest right-padded),
+    and the states at the real tokens, the log-probs and the gradients equal the plain padded forward's."""
+    from models.logprobs import decoder_states, position_ids
+
+    model = tiny_model_factory()
+    batch = shared_prompt_batch()
+    rows = torch.tensor([0, 2, 4])  # one prompt's samples
+    ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+    decoder = model.get_decoder()
+    seen = []
+    hook = decoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:2]))
+    try:
+        shared = decoder_states(decoder, ids, mask)
+    finally:
+        hook.remove()
+    lengths = mask.sum(1)  # 25, 29, 23 real tokens; 20 of them the shared prompt
+    assert [tuple(s) for s in seen] == [(1, 20), (3, int(lengths.max()) - 20)]
+    plain = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(shared[real], plain[real], atol=1e-5, rtol=1e-5)
+    assert (shared[~real] == 0).all()
+    # fed states (the top blocks after a frozen bottom, whose prefix states are the same in every row), with
+    # the gradients of the block's weights
+    states = plain.detach()
+    weight = torch.randn_like(plain)
+    grads = []
+    for run in (lambda: decoder_states(decoder, ids, mask, states),
+                lambda: decoder(inputs_embeds=states, attention_mask=mask, position_ids=position_ids(mask),
+                                use_cache=False).last_hidden_state):
+        out = run()
+        grads.append(torch.autograd.grad((out * weight)[real].sum(), list(decoder.layers[-1].parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_micro_batched_update_equals_the_whole_batch_update(tiny_model_factory):
     """Same loss, gradient and metrics a micro-batch at a time as over the whole minibatch at once, and the
     same reference log-probs; a frozen part stays frozen."""
@@ -432,7 +501,9 @@ def test_the_first_ppo_ratio_is_exactly_one(tiny_model_factory, monkeypatch, epo
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     train_step(model, optimizer, batch, PPOConfig(kl_coef=0.0, ppo_epochs=epochs, num_minibatches=minibatches))
     assert torch.equal(ratios[0], torch.zeros_like(ratios[0]))  # log ratio exactly 0 before any step
-    if len(ratios) > 1:
+    if epochs * minibatches == 1:  # one step: every micro-batch's ratio comes before it
+        assert all(torch.equal(r, torch.zeros_like(r)) for r in ratios)
+    else:
         assert any(r.abs().max() > 0 for r in ratios[1:])  # after a step the policy has moved
 
 

@@ -97,7 +97,7 @@ class PPOConfig:
     normalize_advantages: bool = True  # divide group-relative advantages by the group's std
     weight_decay: float = 0.0  # AdamW weight decay
     precision: str = "fp32"  # "fp32"; "bf16": autocast the update's forward pass to bfloat16 (CPU or GPU); "auto": bf16 where it is native (a GPU that has it, a CPU with AMX or AVX512-BF16), else fp32 (emulated bf16 is ~7x slower)
-    micro_batch_tokens: int = 8192  # the update's forwards take rows of similar extent together, up to this many token positions (rows x width) at a time: less padding, bounded memory (0 = a minibatch at once)
+    micro_batch_tokens: int = 8192  # the update's forwards take rows that share a prompt prefix together (the prefix run once), up to this many token positions at a time: less padding, bounded memory (0 = a minibatch at once)
 
     def __post_init__(self):
         check_numbers(self)

@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from training.config import TrainingConfig
-from models.logprobs import autocast, position_ids
+from models.logprobs import autocast, decoder_states
 from training.ppo import RolloutBatch, compute_ref_logprobs
 
 
@@ -77,32 +77,27 @@ def top_blocks(model: torch.nn.Module | None, count: int):
 def bottom_hidden_states(model: torch.nn.Module, batch: RolloutBatch, top: int, precision: str = "fp32",
                          micro_batch_tokens: int = 0) -> torch.Tensor:
     """(B, T, H) the output of every block but the last `top` on the batch's tokens, without gradients, a
-    micro-batch of rows at a time (`RolloutBatch.micro_batches`; zero at the columns a micro-batch cuts, which
-    are padding): what `top_blocks` starts from.
+    micro-batch of rows at a time (`RolloutBatch.micro_batches`, each sharing its rows' common prompt prefix:
+    `models.logprobs.decoder_states`; zero at the columns a micro-batch cuts, which are padding): what
+    `top_blocks` starts from.
 
     With the last layers trained (`train_last_layers`), the blocks below them are frozen and shared by the
     policy and its reference, so the update computes them once for the old log-probs, the reference
     log-probs and the update's forward instead of three times (a full forward of the 0.5B default model on
     a step's prompts costs ~10 s on 2 CPU cores)."""
     owner = _layer_owner(model)
-    full = owner.layers
-    captured = []
-    hook = full[len(full) - top - 1].register_forward_hook(
-        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
-    owner.layers = torch.nn.ModuleList(list(full)[:-top])
+    full, norm = owner.layers, owner.norm
+    owner.layers, owner.norm = torch.nn.ModuleList(list(full)[:-top]), torch.nn.Identity()  # the blocks' output as it is
     out = None
     try:
         for rows, columns, mb in batch.micro_batches(micro_batch_tokens):
             with autocast(model, precision):  # the decoder alone: the output layer is not needed
-                owner(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                      position_ids=position_ids(mb.attention_mask), use_cache=False)
-            hidden = captured.pop()  # (b, t, H)
+                hidden = decoder_states(owner, mb.input_ids, mb.attention_mask)  # (b, t, H)
             if out is None:
                 out = hidden.new_zeros(*batch.input_ids.shape, hidden.shape[-1])  # (B, T, H)
             out[rows, columns] = hidden
     finally:
-        owner.layers = full
-        hook.remove()
+        owner.layers, owner.norm = full, norm
     return out
 
 
@@ -111,7 +106,8 @@ def shares_bottom(config: TrainingConfig, model: torch.nn.Module) -> int:
     whole model runs, e.g. with LoRA, full training or an unknown layout)."""
     owner = _layer_owner(model)
     k = config.train_last_layers
-    if config.lora_rank or config.gradient_checkpointing or owner is None or not 0 < k < len(owner.layers):
+    if (config.lora_rank or config.gradient_checkpointing or owner is None or not 0 < k < len(owner.layers)
+            or not isinstance(getattr(owner, "norm", None), torch.nn.Module)):
         return 0
     return k
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.logprobs import forward_logprobs
+from models.logprobs import common_prefix_length, forward_logprobs, real_tokens, shared_prefix_cost
 
 if TYPE_CHECKING:  # annotation only: this module imports nothing but torch (and `models.logprobs`) at run time
     from training.config import PPOConfig
@@ -179,21 +179,28 @@ class RolloutBatch:
         return self.apply(lambda t: t[index])
 
     def micro_batches(self, max_tokens: int) -> list[tuple[torch.Tensor, slice, RolloutBatch]]:
-        """The rows in micro-batches of similar extent (`micro_batches`), each `(rows, columns, batch)`: the
-        batch of those rows cut to the columns they use; one micro-batch of everything when `max_tokens` is 0."""
+        """The rows in micro-batches (`micro_batches`: rows that share a prompt prefix together), each
+        `(rows, columns, batch)`: the batch of those rows cut to the columns they use; one micro-batch of
+        everything when `max_tokens` is 0."""
         return [(rows, slice(lo, hi), self.select(rows).apply(lambda t: t[:, lo:hi] if t.dim() > 1 else t))
-                for rows, lo, hi in micro_batches(self.attention_mask, max_tokens)]
+                for rows, lo, hi in micro_batches(self.attention_mask, max_tokens, self.input_ids)]
 
 
-def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[torch.Tensor, int, int]]:
+def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
+                  input_ids: torch.Tensor | None = None) -> list[tuple[torch.Tensor, int, int]]:
     """Rows of a (B, T) batch in groups `(rows, lo, hi)` whose real tokens all lie in columns lo..hi-1.
 
-    Rows are taken in order of where their real tokens start and end, and a group grows while its rows ×
-    (hi − lo) stay within `max_tokens` (a row alone may exceed it); `max_tokens` 0 gives one group of every
-    row. Cutting the columns that are padding in every row of a group changes no real token's result
-    (position ids count real tokens, padding is masked), so a forward over the groups equals one over the
-    batch up to float rounding, with less padding computed and bounded memory: a step's rows mix short
-    stage texts and long codes, whose common (B, T) is mostly padding for the short ones."""
+    Given `input_ids`, rows are taken in the order of their real tokens, so rows that begin alike (the
+    samples of one prompt, the prompts of one problem) come together, and a row joins the group before it
+    when the group then costs fewer token positions than the two apart and at most `max_tokens`, costed as
+    `models.logprobs.decoder_states` runs it (their common prefix once, each row's rest right-padded:
+    `shared_prefix_cost`); rows that share nothing stay apart. Without `input_ids`, rows are taken in order of
+    where their real tokens start and end, and a group grows while its rows × (hi − lo) stay within
+    `max_tokens`. A row alone may exceed it; `max_tokens` 0 gives one group of every row. Cutting the
+    columns that are padding in every row of a group changes no real token's result (position ids count
+    real tokens, padding is masked), so a forward over the groups equals one over the batch up to float
+    rounding, with less padding computed and bounded memory: a step's rows mix short stage texts and long
+    codes, whose common (B, T) is mostly padding for the short ones."""
     real = attention_mask.bool()  # (B, T)
     B, T = real.shape
     if not max_tokens or B == 0:
@@ -203,6 +210,22 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[t
     end = (torch.where(real, columns, -1).amax(1) + 1).tolist()  # (B,) one past the last real column
     end = [max(e, s + 1) for s, e in zip(start, end)]  # (a row without a real token: one column)
     groups: list[tuple[list[int], int, int]] = []  # (rows, lo, hi)
+    if input_ids is not None:
+        tokens = real_tokens(input_ids, attention_mask)[0]
+        costs: list[tuple[int, int]] = []  # each group's (common prefix, token positions)
+        for r in sorted(range(B), key=lambda r: tokens[r]):
+            n = max(1, len(tokens[r]))
+            if groups:
+                rows, lo, hi = groups[-1]
+                common, cost = costs[-1]
+                common = min(common, common_prefix_length(tokens[rows[0]], tokens[r]))
+                joined = shared_prefix_cost([len(tokens[i]) for i in rows] + [n], common)[1]
+                if joined < cost + n and joined <= max_tokens:
+                    groups[-1], costs[-1] = (rows + [r], min(lo, start[r]), max(hi, end[r])), (common, joined)
+                    continue
+            groups.append(([r], start[r], end[r]))
+            costs.append((n, n))
+        return [(torch.tensor(rows, device=real.device), lo, hi) for rows, lo, hi in groups]
     for r in sorted(range(B), key=lambda r: (start[r], end[r])):
         if groups:
             rows, lo, hi = groups[-1]
