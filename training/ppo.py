@@ -194,8 +194,8 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
     samples of one prompt, the prompts of one problem) come together, and a row joins the group before it
     when the group then costs fewer token positions than the two apart and at most `max_tokens`, costed as
     `models.logprobs.decoder_states` runs it (their common prefix once, each row's rest right-padded:
-    `shared_prefix_cost`); rows that share nothing stay apart. Without `input_ids`, rows are taken in order of
-    where their real tokens start and end, and a group grows while its rows × (hi − lo) stay within
+    `shared_prefix_cost`). The rows left alone that way (and every row without `input_ids`) are taken in order
+    of where their real tokens start and end, and a group grows while its rows × (hi − lo) stay within
     `max_tokens`. A row alone may exceed it; `max_tokens` 0 gives one group of every row. Cutting the
     columns that are padding in every row of a group changes no real token's result (position ids count
     real tokens, padding is masked), so a forward over the groups equals one over the batch up to float
@@ -225,9 +225,13 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
                     continue
             groups.append(([r], start[r], end[r]))
             costs.append((n, n))
-        return [(torch.tensor(rows, device=real.device), lo, hi) for rows, lo, hi in groups]
-    for r in sorted(range(B), key=lambda r: (start[r], end[r])):
-        if groups:
+        alone = [g[0][0] for g in groups if len(g[0]) == 1]  # rows that share with none: by extent, below
+        groups = [g for g in groups if len(g[0]) > 1]
+    else:
+        alone = list(range(B))
+    shared = len(groups)
+    for r in sorted(alone, key=lambda r: (start[r], end[r])):
+        if len(groups) > shared:
             rows, lo, hi = groups[-1]
             lo, hi = min(lo, start[r]), max(hi, end[r])
             if (len(rows) + 1) * (hi - lo) <= max_tokens:
