@@ -52,19 +52,38 @@ def shared_prefix_cost(lengths: Sequence[int], common: int) -> tuple[int, int]:
 
 @functools.cache
 def _mask_builder():
-    """transformers' `create_causal_mask` where it takes a `layer_idx` (5.x), else None (no prefix sharing)."""
+    """transformers' `create_causal_mask` where it takes every keyword `decoder_states` passes (5.x), else None."""
     try:
         from transformers.masking_utils import create_causal_mask
     except ImportError:
         return None
-    return create_causal_mask if {"layer_idx", "cache"} <= set(inspect.signature(create_causal_mask).parameters) else None
+    wanted = {"config", "inputs_embeds", "attention_mask", "cache", "position_ids", "layer_idx", "allow_is_causal_skip"}
+    return create_causal_mask if wanted <= set(inspect.signature(create_causal_mask).parameters) else None
+
+
+def shares_prefixes(decoder: torch.nn.Module) -> bool:
+    """Whether `decoder_states` can run a shared prefix on this decoder: transformers 5.x (`_mask_builder`), a
+    stack of Llama-style blocks whose attention knows its cache slot, every layer full causal attention (a
+    sliding window or attention chunks keep only their last tokens, and the mask built here would be wrong),
+    SDPA or eager attention (FlashAttention takes a 2-D mask that it would size against the wrong cache
+    layer), and no gradient checkpointing in training mode (transformers drops the cache there)."""
+    config = decoder.config
+    layers = getattr(decoder, "layers", None)
+    return bool(
+        _mask_builder() is not None and layers and len(layers)
+        and getattr(getattr(layers[0], "self_attn", None), "layer_idx", None) is not None
+        and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"])
+        and not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
+        and not getattr(config, "attention_chunk_size", None)
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and not (getattr(decoder, "gradient_checkpointing", False) and decoder.training))
 
 
 def decoder_states(decoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, H) `decoder`'s last hidden state on a batch in the token layout (`models.base.build_token_batch`),
-    fed `input_ids` or, given, `inputs_embeds` (B, T, H) at the same positions; zero at padding. Gradients flow
-    when the caller's grad mode allows.
+    fed `input_ids` or, given, `inputs_embeds` (B, T, H) at the same positions (what it holds at padding is
+    not defined). Gradients flow when the caller's grad mode allows.
 
     Shared-prefix forward: when the rows begin with the same c real tokens (a micro-batch of one problem's
     samples: `training.ppo.micro_batches` groups them) and that costs fewer token positions than the padded
@@ -73,18 +92,16 @@ def decoder_states(decoder: torch.nn.Module, input_ids: torch.Tensor, attention_
     independent of what follows it and positions count real tokens, so the result equals the plain forward's
     up to float rounding. A step's update rows share a problem's prompt: the bottom blocks' pass over a
     learn-preset batch computed 0.51-0.68 of its real tokens (less still of the padded ones). The plain forward
-    where the decoder is not a transformers 5.x full-attention stack (a sliding window keeps only its last
-    tokens) or nothing is shared."""
+    where the decoder cannot share (`shares_prefixes`), a row's real tokens are not contiguous, or nothing is
+    shared."""
     B, T = input_ids.shape
     rows, start = real_tokens(input_ids, attention_mask)
     lengths = [len(r) for r in rows]
     common = min((common_prefix_length(rows[0], r) for r in rows[1:]), default=0)
     c, cost = shared_prefix_cost(lengths, common) if B > 1 else (0, 0)
-    config = decoder.config
-    layers = getattr(decoder, "layers", None)
-    first = getattr(getattr(layers[0], "self_attn", None), "layer_idx", None) if layers else None  # its cache slot
-    if (not c or cost >= B * T or _mask_builder() is None or first is None
-            or any(t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"])):
+    contiguous = attention_mask.bool().sum(1).tolist() == [
+        int(attention_mask[r, start[r]:start[r] + n].bool().sum()) for r, n in enumerate(lengths)]
+    if not c or cost >= B * T or not contiguous or not shares_prefixes(decoder):
         inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         return decoder(**inputs, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                        use_cache=False).last_hidden_state
@@ -107,7 +124,8 @@ def decoder_states(decoder: torch.nn.Module, input_ids: torch.Tensor, attention_
     mask = torch.cat([attention_mask.new_ones(B, c), real.to(attention_mask.dtype)], 1)  # (B, c + S)
     positions = (c + offsets).expand(B, S)  # (B, S)
     # the 4-D mask, built here: the decoder's own sizes it from cache layer 0, empty when only the top blocks run
-    mask = _mask_builder()(config=config, inputs_embeds=embeds, attention_mask=mask, cache=cache,
+    first = decoder.layers[0].self_attn.layer_idx  # the cache slot of the first block this decoder runs
+    mask = _mask_builder()(config=decoder.config, inputs_embeds=embeds, attention_mask=mask, cache=cache,
                            position_ids=positions, layer_idx=first, allow_is_causal_skip=False)
     suffix = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                      **{name: cache}).last_hidden_state  # (B, S, H)

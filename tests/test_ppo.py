@@ -1,5 +1,6 @@
 """PPO math on hand-made tensors, and `train_step` on a tiny randomly initialised Llama (no download)."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -315,9 +316,11 @@ def test_micro_batches_put_the_rows_of_a_prompt_together():
 def test_decoder_states_run_a_shared_prefix_once_and_equal_the_plain_forward(tiny_model_factory):
     """The rows' common prompt runs once (the first block sees it once, then each row's rest right-padded),
     and the states at the real tokens, the log-probs and the gradients equal the plain padded forward's."""
-    from models.logprobs import decoder_states, position_ids
+    from models.logprobs import decoder_states, position_ids, shares_prefixes
 
     model = tiny_model_factory()
+    if not shares_prefixes(model.get_decoder()):
+        pytest.skip("this transformers cannot share a prefix (before 5.x): decoder_states runs the plain forward")
     batch = shared_prompt_batch()
     rows = torch.tensor([0, 2, 4])  # one prompt's samples
     ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
@@ -346,6 +349,22 @@ def test_decoder_states_run_a_shared_prefix_once_and_equal_the_plain_forward(tin
         grads.append(torch.autograd.grad((out * weight)[real].sum(), list(decoder.layers[-1].parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_bottom_then_top_blocks_equal_the_whole_model(tiny_model_factory):
+    """The frozen bottom block's states and then the top block (its attention in cache slot 1, slot 0 left
+    empty), both sharing each prompt's prefix by micro-batch, give the whole model's log-probs."""
+    from training.policy import bottom_hidden_states, top_blocks
+
+    model = tiny_model_factory()
+    batch = shared_prompt_batch()
+    P = int((batch.response_mask.sum(0) > 0).nonzero()[0])
+    whole = batch_logprobs(model, batch.input_ids, batch.attention_mask, keep_from=P)
+    hidden = bottom_hidden_states(model, batch, top=1, micro_batch_tokens=200)
+    with top_blocks(model, 1):
+        top = compute_ref_logprobs(model, replace(batch, hidden_states=hidden), micro_batch_tokens=200)
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(top[mask], whole[mask], atol=1e-5, rtol=1e-5)
 
 
 def test_micro_batched_update_equals_the_whole_batch_update(tiny_model_factory):

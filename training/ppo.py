@@ -192,11 +192,12 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
 
     Given `input_ids`, rows are taken in the order of their real tokens, so rows that begin alike (the
     samples of one prompt, the prompts of one problem) come together, and a row joins the group before it
-    when the group then costs fewer token positions than the two apart and at most `max_tokens`, costed as
+    when the group then costs fewer token positions than the two apart, costed as
     `models.logprobs.decoder_states` runs it (their common prefix once, each row's rest right-padded:
-    `shared_prefix_cost`). The rows left alone that way (and every row without `input_ids`) are taken in order
-    of where their real tokens start and end, and a group grows while its rows × (hi − lo) stay within
-    `max_tokens`. A row alone may exceed it; `max_tokens` 0 gives one group of every row. Cutting the
+    `shared_prefix_cost`), and its rows × (hi − lo) stay within `max_tokens` (the bound of the plain forward,
+    which runs where a prefix cannot be shared: `models.logprobs.shares_prefixes`). The rows left alone that
+    way (and every row without `input_ids`) are taken in order of where their real tokens start and end, and a
+    group grows while its rows × (hi − lo) stay within `max_tokens`. A row alone may exceed it; `max_tokens` 0 gives one group of every row. Cutting the
     columns that are padding in every row of a group changes no real token's result (position ids count
     real tokens, padding is masked), so a forward over the groups equals one over the batch up to float
     rounding, with less padding computed and bounded memory: a step's rows mix short stage texts and long
@@ -220,8 +221,9 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
                 common, cost = costs[-1]
                 common = min(common, common_prefix_length(tokens[rows[0]], tokens[r]))
                 joined = shared_prefix_cost([len(tokens[i]) for i in rows] + [n], common)[1]
-                if joined < cost + n and joined <= max_tokens:
-                    groups[-1], costs[-1] = (rows + [r], min(lo, start[r]), max(hi, end[r])), (common, joined)
+                lo, hi = min(lo, start[r]), max(hi, end[r])
+                if joined < cost + n and (len(rows) + 1) * (hi - lo) <= max_tokens:
+                    groups[-1], costs[-1] = (rows + [r], lo, hi), (common, joined)
                     continue
             groups.append(([r], start[r], end[r]))
             costs.append((n, n))
