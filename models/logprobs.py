@@ -34,12 +34,20 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[list[list[int]], list[int]]:
-    """Each row's real tokens (attention mask 1, contiguous in the token layout) and the column they start at."""
-    real = attention_mask.bool()
-    columns = torch.arange(real.shape[1], device=real.device)
-    start = torch.where(real, columns, real.shape[1]).amin(1).clamp(max=real.shape[1] - 1).tolist()  # (B,)
-    return [row[mask].tolist() for row, mask in zip(input_ids, real)], start
+def real_columns(attention_mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Each row's first real column (attention mask 1) and one past its last, as lists (B,); a row without a
+    real token gets its last column, one wide."""
+    real = attention_mask.bool()  # (B, T)
+    T = real.shape[1]
+    columns = torch.arange(T, device=real.device)
+    start = torch.where(real, columns, T).amin(1).clamp(max=T - 1).tolist()
+    end = (torch.where(real, columns, -1).amax(1) + 1).tolist()
+    return start, [max(e, s + 1) for s, e in zip(start, end)]
+
+
+def real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+    """Each row's real tokens (attention mask 1), in order."""
+    return [row[mask].tolist() for row, mask in zip(input_ids, attention_mask.bool())]
 
 
 def shared_prefix_cost(lengths: Sequence[int], common: int) -> tuple[int, int]:
@@ -95,12 +103,12 @@ def decoder_states(decoder: torch.nn.Module, input_ids: torch.Tensor, attention_
     where the decoder cannot share (`shares_prefixes`), a row's real tokens are not contiguous, or nothing is
     shared."""
     B, T = input_ids.shape
-    rows, start = real_tokens(input_ids, attention_mask)
+    rows = real_tokens(input_ids, attention_mask)
+    start, end = real_columns(attention_mask)
     lengths = [len(r) for r in rows]
     common = min((common_prefix_length(rows[0], r) for r in rows[1:]), default=0)
     c, cost = shared_prefix_cost(lengths, common) if B > 1 else (0, 0)
-    contiguous = attention_mask.bool().sum(1).tolist() == [
-        int(attention_mask[r, start[r]:start[r] + n].bool().sum()) for r, n in enumerate(lengths)]
+    contiguous = all(e - s == n for s, e, n in zip(start, end, lengths))
     if not c or cost >= B * T or not contiguous or not shares_prefixes(decoder):
         inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         return decoder(**inputs, attention_mask=attention_mask, position_ids=position_ids(attention_mask),

@@ -305,7 +305,7 @@ def test_micro_batches_put_the_rows_of_a_prompt_together():
     mask = batch.attention_mask.bool()
     for rows, lo, hi in groups:
         assert mask[rows][:, :lo].sum() == 0 and mask[rows][:, hi:].sum() == 0  # every real token inside
-        tokens = real_tokens(batch.input_ids[rows], batch.attention_mask[rows])[0]
+        tokens = real_tokens(batch.input_ids[rows], batch.attention_mask[rows])
         common = min((common_prefix_length(tokens[0], t) for t in tokens[1:]), default=0)
         assert len(rows) == 1 or shared_prefix_cost([len(t) for t in tokens], common)[1] <= 200
     # a budget too small for a whole group: it splits, each part still within it

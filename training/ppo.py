@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.logprobs import common_prefix_length, forward_logprobs, real_tokens, shared_prefix_cost
+from models.logprobs import common_prefix_length, forward_logprobs, real_columns, real_tokens, shared_prefix_cost
 
 if TYPE_CHECKING:  # annotation only: this module imports nothing but torch (and `models.logprobs`) at run time
     from training.config import PPOConfig
@@ -197,22 +197,19 @@ def micro_batches(attention_mask: torch.Tensor, max_tokens: int,
     `shared_prefix_cost`), and its rows × (hi − lo) stay within `max_tokens` (the bound of the plain forward,
     which runs where a prefix cannot be shared: `models.logprobs.shares_prefixes`). The rows left alone that
     way (and every row without `input_ids`) are taken in order of where their real tokens start and end, and a
-    group grows while its rows × (hi − lo) stay within `max_tokens`. A row alone may exceed it; `max_tokens` 0 gives one group of every row. Cutting the
-    columns that are padding in every row of a group changes no real token's result (position ids count
-    real tokens, padding is masked), so a forward over the groups equals one over the batch up to float
-    rounding, with less padding computed and bounded memory: a step's rows mix short stage texts and long
-    codes, whose common (B, T) is mostly padding for the short ones."""
+    group grows while its rows × (hi − lo) stay within `max_tokens`. A row alone may exceed it; `max_tokens` 0
+    gives one group of every row. Cutting the columns that are padding in every row of a group changes no real
+    token's result (position ids count real tokens, padding is masked), so a forward over the groups equals one
+    over the batch up to float rounding, with less padding computed and bounded memory: a step's rows mix short
+    stage texts and long codes, whose common (B, T) is mostly padding for the short ones."""
     real = attention_mask.bool()  # (B, T)
     B, T = real.shape
     if not max_tokens or B == 0:
         return [(torch.arange(B, device=real.device), 0, T)]
-    columns = torch.arange(T, device=real.device)
-    start = torch.where(real, columns, T).amin(1).clamp(max=T - 1).tolist()  # (B,) first real column
-    end = (torch.where(real, columns, -1).amax(1) + 1).tolist()  # (B,) one past the last real column
-    end = [max(e, s + 1) for s, e in zip(start, end)]  # (a row without a real token: one column)
+    start, end = real_columns(attention_mask)  # (B,) first real column, one past the last
     groups: list[tuple[list[int], int, int]] = []  # (rows, lo, hi)
     if input_ids is not None:
-        tokens = real_tokens(input_ids, attention_mask)[0]
+        tokens = real_tokens(input_ids, attention_mask)
         costs: list[tuple[int, int]] = []  # each group's (common prefix, token positions)
         for r in sorted(range(B), key=lambda r: tokens[r]):
             n = max(1, len(tokens[r]))
